@@ -1,0 +1,372 @@
+package main
+
+// redis.conf is the user's fragment followed by the directives only this pod
+// can know. The fragment is parsed the way Redis parses its own file, so that
+// what we refuse and what Redis would read are the same thing, and it is
+// rendered back canonically: the hash then changes only when a setting does.
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// directive is one line of redis.conf: a lower-cased name and its arguments.
+type directive struct {
+	name string
+	args []string
+	line int // in the text it was read from
+}
+
+// ownedDirectives are set by the manager alone. A fragment that sets one
+// would fight the manager over ports, roles or credentials.
+var ownedDirectives = map[string]string{
+	"port":                  "the manager sets it from --redis-port",
+	"bind":                  "the manager binds all interfaces so that the other instances can reach this one",
+	"dir":                   "the manager sets it from --data-dir",
+	"daemonize":             "redis-server must stay in the foreground as the manager's child",
+	"supervised":            "the manager is the supervisor",
+	"pidfile":               "the manager tracks redis-server's PID itself",
+	"logfile":               "redis-server logs to the manager, which re-emits its lines",
+	"include":               "the whole configuration must come from the ConfigMap",
+	"replicaof":             "roles follow spec.targetPrimary",
+	"slaveof":               "roles follow spec.targetPrimary",
+	"masterauth":            "credentials come from spec.authSecretRef",
+	"masteruser":            "credentials come from spec.authSecretRef",
+	"requirepass":           "credentials come from spec.authSecretRef",
+	"replica-announce-ip":   "the manager sets it from --announce-host",
+	"replica-announce-port": "the manager sets it from --redis-port",
+	"protected-mode":        "the manager must reach redis-server and so must the other instances",
+}
+
+// managerCommands are the commands the manager itself sends; renaming one
+// away would leave the manager blind or unable to stop redis-server cleanly.
+var managerCommands = map[string]bool{
+	"auth": true, "config": true, "info": true, "ping": true,
+	"replicaof": true, "shutdown": true, "slaveof": true,
+}
+
+// parseFragment reads a redis.conf fragment and refuses what the manager
+// owns, naming the line and the reason.
+func parseFragment(text string) ([]directive, error) {
+	ds, err := parseConf(text)
+	if err != nil {
+		return nil, fmt.Errorf("redis.conf fragment %w", err)
+	}
+	for _, d := range ds {
+		if why, owned := ownedDirectives[d.name]; owned {
+			return nil, fmt.Errorf("redis.conf fragment line %d: %q is set by the manager and may not appear in the fragment: %s", d.line, d.name, why)
+		}
+		if d.name == "rename-command" && len(d.args) > 0 && managerCommands[strings.ToLower(d.args[0])] {
+			return nil, fmt.Errorf("redis.conf fragment line %d: renaming %s would stop the manager from supervising redis-server", d.line, strings.ToUpper(d.args[0]))
+		}
+	}
+	return ds, nil
+}
+
+// parseConf reads redis.conf text as Redis does: one directive a line, '#'
+// comments, arguments split as sdssplitargs splits them.
+func parseConf(text string) ([]directive, error) {
+	if i := strings.IndexByte(text, 0); i >= 0 {
+		return nil, fmt.Errorf("line %d: holds a NUL byte", 1+strings.Count(text[:i], "\n"))
+	}
+	var out []directive
+	for i, line := range strings.Split(text, "\n") {
+		line = strings.Trim(line, " \t\r\n")
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		args, err := splitArgs(line)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", i+1, err)
+		}
+		if len(args) > 0 {
+			out = append(out, directive{name: strings.ToLower(args[0]), args: args[1:], line: i + 1})
+		}
+	}
+	return out, nil
+}
+
+// splitArgs is Redis's sdssplitargs: blanks separate arguments; "double
+// quotes" take \n \r \t \b \a \\ \" and \xHH escapes; 'single quotes' take \'
+// only; a closing quote must be followed by a blank or the end of the line.
+func splitArgs(line string) ([]string, error) {
+	var args []string
+	i := 0
+	for {
+		for i < len(line) && isBlank(line[i]) {
+			i++
+		}
+		if i == len(line) {
+			return args, nil
+		}
+		var cur strings.Builder
+		inDouble, inSingle := false, false
+		for done := false; !done; {
+			if inDouble {
+				switch {
+				case i == len(line):
+					return nil, fmt.Errorf("unbalanced double quotes")
+				case line[i] == '\\' && i+3 < len(line) && line[i+1] == 'x' && isHex(line[i+2]) && isHex(line[i+3]):
+					v, _ := strconv.ParseUint(line[i+2:i+4], 16, 8)
+					cur.WriteByte(byte(v))
+					i += 3
+				case line[i] == '\\' && i+1 < len(line):
+					i++
+					cur.WriteByte(unescape(line[i]))
+				case line[i] == '"':
+					if i+1 < len(line) && !isBlank(line[i+1]) {
+						return nil, fmt.Errorf("closing double quote must be followed by a space")
+					}
+					done = true
+				default:
+					cur.WriteByte(line[i])
+				}
+			} else if inSingle {
+				switch {
+				case i == len(line):
+					return nil, fmt.Errorf("unbalanced single quotes")
+				case line[i] == '\\' && i+1 < len(line) && line[i+1] == '\'':
+					i++
+					cur.WriteByte('\'')
+				case line[i] == '\'':
+					if i+1 < len(line) && !isBlank(line[i+1]) {
+						return nil, fmt.Errorf("closing single quote must be followed by a space")
+					}
+					done = true
+				default:
+					cur.WriteByte(line[i])
+				}
+			} else {
+				switch {
+				case i == len(line) || line[i] == ' ' || line[i] == '\n' || line[i] == '\r' || line[i] == '\t':
+					done = true
+				case line[i] == '"':
+					inDouble = true
+				case line[i] == '\'':
+					inSingle = true
+				default:
+					cur.WriteByte(line[i])
+				}
+			}
+			if i < len(line) {
+				i++
+			}
+		}
+		args = append(args, cur.String())
+	}
+}
+
+// isBlank is C's isspace, which sdssplitargs skips between arguments and
+// wants after a closing quote; inside an unquoted argument only space, tab,
+// CR and LF end it.
+func isBlank(c byte) bool {
+	return c == ' ' || c == '\n' || c == '\r' || c == '\t' || c == '\v' || c == '\f'
+}
+
+func isHex(c byte) bool {
+	return ('0' <= c && c <= '9') || ('a' <= c && c <= 'f') || ('A' <= c && c <= 'F')
+}
+
+func unescape(c byte) byte {
+	switch c {
+	case 'n':
+		return '\n'
+	case 'r':
+		return '\r'
+	case 't':
+		return '\t'
+	case 'b':
+		return '\b'
+	case 'a':
+		return '\a'
+	}
+	return c
+}
+
+// quoteArg writes an argument so that splitArgs reads it back unchanged.
+func quoteArg(s string) string {
+	plain := s != "" && s[0] != '#'
+	for i := 0; i < len(s) && plain; i++ {
+		c := s[i]
+		plain = c > ' ' && c < 0x7f && c != '"' && c != '\'' && c != '\\'
+	}
+	if plain {
+		return s
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\' || c == '"':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		case c == '\n':
+			b.WriteString(`\n`)
+		case c == '\r':
+			b.WriteString(`\r`)
+		case c == '\t':
+			b.WriteString(`\t`)
+		case c < ' ' || c >= 0x7f:
+			fmt.Fprintf(&b, `\x%02x`, c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// ownedMarker separates the fragment from the owned directives in the file,
+// so that the last good fragment can be found again after a restart.
+const ownedMarker = "\n# Owned by the manager.\n"
+
+// previousFragment is the fragment of the redis.conf a previous run wrote:
+// the last good configuration, should the current one be refused.
+func previousFragment(path string) ([]directive, bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, false
+	}
+	frag, _, found := strings.Cut(string(data), ownedMarker)
+	if !found {
+		return nil, false
+	}
+	ds, err := parseFragment(frag)
+	return ds, err == nil
+}
+
+// pendingRestart names the directives whose values differ between the
+// configuration redis-server started with and the one now wanted. replicaof
+// is left out: the manager applies it live.
+func pendingRestart(running, wanted string) []string {
+	group := func(text string) map[string][][]string {
+		ds, _ := parseConf(text)
+		m := map[string][][]string{}
+		for _, d := range ds {
+			m[d.name] = append(m[d.name], d.args)
+		}
+		return m
+	}
+	a, b := group(running), group(wanted)
+	names := []string{}
+	for name := range a {
+		if _, ok := b[name]; !ok {
+			b[name] = nil
+		}
+	}
+	for name, args := range b {
+		if name != "replicaof" && !slices.EqualFunc(a[name], args, slices.Equal[[]string]) {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// podConfig is what only this pod knows, rendered after the fragment.
+type podConfig struct {
+	dataDir      string
+	port         int
+	announceHost string
+	replicaOf    string // "host:port" of the primary to follow; empty for the primary
+	password     string
+}
+
+// renderConfig returns the whole redis.conf for a fragment and this pod.
+func renderConfig(fragment []directive, pod podConfig) (string, error) {
+	var b strings.Builder
+	b.WriteString("# Generated by redis-operator; edit the ConfigMap, not this file.\n")
+	line := func(name string, args ...string) {
+		b.WriteString(quoteArg(name))
+		for _, a := range args {
+			b.WriteByte(' ')
+			b.WriteString(quoteArg(a))
+		}
+		b.WriteByte('\n')
+	}
+	for _, d := range fragment {
+		line(d.name, d.args...)
+	}
+	b.WriteString(ownedMarker)
+	port := strconv.Itoa(pod.port)
+	line("port", port)
+	line("bind", "*", "-::*")
+	line("protected-mode", "no")
+	line("dir", pod.dataDir)
+	line("daemonize", "no")
+	line("supervised", "no")
+	line("pidfile", "")
+	line("logfile", "")
+	line("replica-announce-ip", pod.announceHost)
+	line("replica-announce-port", port)
+	if pod.password != "" {
+		line("requirepass", pod.password)
+		line("masterauth", pod.password)
+	}
+	if pod.replicaOf != "" {
+		host, p, err := splitHostPort(pod.replicaOf)
+		if err != nil {
+			return "", fmt.Errorf("primary address: %w", err)
+		}
+		line("replicaof", host, p)
+	}
+	return b.String(), nil
+}
+
+// splitHostPort splits "host:port" as Redis announces it; an IPv6 host may be
+// bracketed or bare, since Redis itself writes it bare.
+func splitHostPort(addr string) (host, port string, err error) {
+	i := strings.LastIndexByte(addr, ':')
+	if i <= 0 || i == len(addr)-1 {
+		return "", "", fmt.Errorf("%q is not host:port", addr)
+	}
+	host, port = strings.Trim(addr[:i], "[]"), addr[i+1:]
+	if n, err := strconv.Atoi(port); err != nil || n <= 0 || n > 65535 {
+		return "", "", fmt.Errorf("%q has no valid port", addr)
+	}
+	return host, port, nil
+}
+
+// configHash identifies a rendered configuration without revealing it: the
+// file holds the password.
+func configHash(conf string) string {
+	sum := sha256.Sum256([]byte(conf))
+	return hex.EncodeToString(sum[:8])
+}
+
+// writeFileAtomic replaces path with data so that a reader, or a crash, sees
+// the old file or the new one and never a part of either.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(f.Name()) // a no-op once renamed
+	if _, err = f.Write(data); err == nil {
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync() // make the rename itself durable
+		d.Close()
+	}
+	return nil
+}

@@ -1,0 +1,381 @@
+// Command redis-operator is the instance manager of a Redis pod: it runs as
+// PID 1, supervises redis-server, and follows the pod's RedisCluster.
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Set at build time with -ldflags "-X main.version=... -X main.commit=...".
+var (
+	version = "dev"
+	commit  = "unknown"
+)
+
+func main() {
+	// Before anything else, so that a SIGTERM at any moment is a clean stop.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(exitCode(err, os.Stderr))
+}
+
+// configError is a mistake in how the manager was started: exit 2, one line.
+type configError struct{ err error }
+
+func (e configError) Error() string { return e.err.Error() }
+func (e configError) Unwrap() error { return e.err }
+
+func configErrorf(format string, args ...any) error {
+	return configError{fmt.Errorf(format, args...)}
+}
+
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "redis-operator: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+	if errors.As(err, new(configError)) {
+		return 2
+	}
+	return 1
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return configErrorf("usage: redis-operator instance|install DEST|version")
+	}
+	switch args[0] {
+	case "version":
+		fmt.Fprintf(stdout, "redis-operator %s (commit %s, %s, %s/%s)\n", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return nil
+	case "install":
+		if len(args) != 2 {
+			return configErrorf("usage: redis-operator install DEST")
+		}
+		return install(args[1])
+	case "instance":
+		s, err := parseSettings(args[1:], stderr)
+		if err != nil {
+			return err
+		}
+		return runInstance(ctx, s, stdout)
+	}
+	return configErrorf("unknown command %q: want instance, install or version", args[0])
+}
+
+// install copies this binary to dest so that a reader of dest never sees a
+// partial file, as an init container does into a volume shared with Redis.
+func install(dest string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("install: find this binary: %w", err)
+	}
+	data, err := os.ReadFile(self)
+	if err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	if err := writeFileAtomic(dest, data, 0o755); err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	return nil
+}
+
+// settings is how this instance was started.
+type settings struct {
+	cluster, podName, namespace string
+	clusterFile, kubeconfig     string
+	dataDir, redisServer        string
+	redisPort                   int
+	announceHost, httpAddr      string
+	operatorTokenFile           string
+	tlsCert, tlsKey, tlsCA      string
+	shutdownTimeout             time.Duration
+	logFormat                   string
+}
+
+func (s *settings) confPath() string { return filepath.Join(s.dataDir, "redis.conf") }
+
+func parseSettings(args []string, stderr io.Writer) (*settings, error) {
+	s := &settings{}
+	fs := flag.NewFlagSet("redis-operator instance", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	env := map[string]string{}
+	str := func(p *string, name, envName, def, usage string) {
+		if envName != "" {
+			env[name] = envName
+			usage += " (env " + envName + ")"
+		}
+		fs.StringVar(p, name, def, usage)
+	}
+	str(&s.cluster, "cluster", "CLUSTER_NAME", "", "name of the RedisCluster object (required)")
+	str(&s.podName, "pod-name", "POD_NAME", "", "this instance's name, its key in status.instancesStatus (default: hostname)")
+	str(&s.namespace, "namespace", "POD_NAMESPACE", "", "namespace of the RedisCluster (default: the in-cluster namespace, else default)")
+	str(&s.clusterFile, "cluster-file", "CLUSTER_FILE", "", "local mode: read the RedisCluster, ConfigMap and Secret from this YAML file")
+	str(&s.kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig for the Kubernetes API (default: in-cluster config)")
+	str(&s.dataDir, "data-dir", "REDIS_DATA_DIR", "/data", "Redis working directory; redis.conf is generated here")
+	str(&s.redisServer, "redis-server", "REDIS_SERVER", "redis-server", "redis-server binary, a path or a name on PATH")
+	str(&s.announceHost, "announce-host", "POD_IP", "", "host other instances use to reach this one (default: first non-loopback address)")
+	str(&s.httpAddr, "http-addr", "HTTP_ADDR", ":8000", "address for probes and operator commands")
+	str(&s.operatorTokenFile, "operator-token-file", "OPERATOR_TOKEN_FILE", "", "bearer token operator commands must present; re-read on change")
+	str(&s.tlsCert, "tls-cert-file", "", "", "serve HTTPS with this certificate")
+	str(&s.tlsKey, "tls-key-file", "", "", "the key of --tls-cert-file")
+	str(&s.tlsCA, "tls-client-ca-file", "", "", "a client certificate verified against this CA also authorises operator commands")
+	str(&s.logFormat, "log-format", "LOG_FORMAT", "json", "json or text")
+	fs.IntVar(&s.redisPort, "redis-port", 6379, "Redis port (env REDIS_PORT)")
+	env["redis-port"] = "REDIS_PORT"
+	fs.DurationVar(&s.shutdownTimeout, "shutdown-timeout", 30*time.Second, "budget for a graceful stop on SIGTERM (env SHUTDOWN_TIMEOUT)")
+	env["shutdown-timeout"] = "SHUTDOWN_TIMEOUT"
+
+	if err := fs.Parse(args); err != nil {
+		return nil, configError{err}
+	}
+	if fs.NArg() > 0 {
+		return nil, configErrorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for name, envName := range env {
+		if v, ok := os.LookupEnv(envName); ok && v != "" && !set[name] {
+			if err := fs.Set(name, v); err != nil {
+				return nil, configErrorf("%s=%q: %w", envName, v, err)
+			}
+		}
+	}
+	return s, s.complete()
+}
+
+// complete fills in defaults that depend on the machine and checks what can
+// be checked before anything starts.
+func (s *settings) complete() error {
+	if s.cluster == "" {
+		return configErrorf("--cluster (or CLUSTER_NAME) is required")
+	}
+	if s.podName == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return configErrorf("--pod-name not given and no hostname: %w", err)
+		}
+		s.podName = h
+	}
+	if s.namespace == "" {
+		s.namespace = "default"
+		if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil {
+			s.namespace = strings.TrimSpace(string(b))
+		}
+	}
+	if s.redisPort <= 0 || s.redisPort > 65535 {
+		return configErrorf("--redis-port %d is not a port", s.redisPort)
+	}
+	if s.shutdownTimeout <= 0 {
+		return configErrorf("--shutdown-timeout must be positive")
+	}
+	if s.logFormat != "json" && s.logFormat != "text" {
+		return configErrorf("--log-format %q: want json or text", s.logFormat)
+	}
+	if (s.tlsCert == "") != (s.tlsKey == "") {
+		return configErrorf("--tls-cert-file and --tls-key-file go together")
+	}
+	if s.clusterFile == "" {
+		return configErrorf("--cluster-file is required: this build has no Kubernetes API mode yet")
+	}
+	// redis-server runs in the data dir; relative paths would move with it.
+	for _, p := range []*string{&s.dataDir, &s.clusterFile} {
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return configErrorf("%s: %w", *p, err)
+		}
+		*p = abs
+	}
+	path, err := exec.LookPath(s.redisServer)
+	if err != nil {
+		return configErrorf("redis-server: %w", err)
+	}
+	s.redisServer = path
+	if err := checkDataDir(s.dataDir); err != nil {
+		return configError{err}
+	}
+	if s.announceHost == "" {
+		s.announceHost = firstAddress()
+	}
+	return nil
+}
+
+// checkDataDir makes the data directory if needed and proves it writable:
+// finding out when redis-server first saves would be too late.
+func checkDataDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	f, err := os.CreateTemp(dir, ".writable-*")
+	if err != nil {
+		return fmt.Errorf("data dir %s is not writable: %w", dir, err)
+	}
+	f.Close()
+	os.Remove(f.Name())
+	return nil
+}
+
+// firstAddress is the first non-loopback address of this host, IPv4 first;
+// loopback when there is none, which suits one machine and nothing else.
+func firstAddress() string {
+	addrs, _ := net.InterfaceAddrs()
+	var v6 string
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || ipn.IP.IsLoopback() || ipn.IP.IsLinkLocalUnicast() {
+			continue
+		}
+		if ipn.IP.To4() != nil {
+			return ipn.IP.String()
+		}
+		if v6 == "" {
+			v6 = ipn.IP.String()
+		}
+	}
+	if v6 != "" {
+		return v6
+	}
+	return "127.0.0.1"
+}
+
+func newLogger(format string, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	var h slog.Handler = slog.NewJSONHandler(w, opts)
+	if format == "text" {
+		h = slog.NewTextHandler(w, opts)
+	}
+	return slog.New(h)
+}
+
+// runInstance runs the manager until ctx ends, then stops redis-server
+// gracefully and returns.
+func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	base := newLogger(s.logFormat, stdout)
+	log := base.With("logger", "manager")
+
+	source := newLocalSource(s.clusterFile, s.cluster, s.namespace, s.podName)
+	first, err := source.load()
+	if err != nil {
+		return configError{err}
+	}
+	ln, err := net.Listen("tcp", s.httpAddr)
+	if err != nil {
+		return configErrorf("http: %w", err)
+	}
+	exeHash, err := executableHash()
+	if err != nil {
+		log.Warn("cannot hash this binary", "error", err)
+	}
+
+	// Children are reaped until the very end, after redis-server is gone.
+	reapCtx, stopReaping := context.WithCancel(context.Background())
+	defer stopReaping()
+	reaper := newReaper(log)
+	go reaper.run(reapCtx)
+
+	rec := &reconciler{log: log, settings: s, writer: source, exeHash: exeHash}
+	sup, err := newSupervisor(&supervisor{
+		log: log, redisLog: base.With("logger", "redis"), reaper: reaper, redisServer: s.redisServer, confPath: s.confPath(),
+		dataDir: s.dataDir, port: s.redisPort, shutdown: s.shutdownTimeout,
+		password: func() string { return *rec.password.Load() },
+	})
+	if err != nil {
+		return err
+	}
+	rec.sup = sup
+	newReconciler(rec)
+	obsCh := make(chan *observation, 1)
+	obs := &observer{log: log, port: s.redisPort, password: sup.password, out: obsCh}
+	obs.beat.Store(time.Now().UnixNano())
+	views, viewErrs := make(chan clusterView, 1), make(chan error, 1)
+
+	log.Info("starting", "version", version, "commit", commit, "pod", s.podName, "cluster", s.cluster,
+		"clusterFile", s.clusterFile, "dataDir", s.dataDir, "redisPort", s.redisPort, "announceHost", s.announceHost, "pid", os.Getpid())
+
+	// The loops stop when ctx ends; the supervisor, which owns the slow
+	// part (a graceful stop), is waited for before HTTP goes away.
+	var loops sync.WaitGroup
+	loops.Go(func() { source.run(ctx, views, viewErrs) })
+	loops.Go(func() { obs.run(ctx) })
+	loops.Go(func() { rec.run(ctx, first, views, viewErrs, obsCh) })
+	supDone := make(chan struct{})
+	go func() { sup.run(ctx); close(supDone) }()
+
+	srv := newHTTPServer(s, log, &health{rec: rec, sup: sup, obs: obs, source: &source.beat})
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- srv.serve(ln, s.tlsCert, s.tlsKey) }()
+
+	select {
+	case <-ctx.Done():
+		log.Info("stop requested")
+	case err = <-srvErr:
+		log.Error("http server failed; stopping", "error", err)
+		cancel()
+	}
+	<-supDone
+	loops.Wait()
+	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancelShutdown()
+	srv.Shutdown(shutdownCtx)
+	log.Info("stopped")
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// executableHash is the SHA-256 of the running binary, to tell versions apart
+// even when two builds carry the same version string.
+func executableHash() (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	f, err := os.Open(self)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// offer puts v into a one-slot channel, replacing a value not yet taken:
+// the reader wants the latest state, never a backlog.
+func offer[T any](ch chan T, v T) {
+	for {
+		select {
+		case ch <- v:
+			return
+		default:
+			select {
+			case <-ch:
+			default:
+			}
+		}
+	}
+}

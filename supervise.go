@@ -1,0 +1,402 @@
+package main
+
+// The manager is PID 1 of its pod: it starts redis-server, forwards its log,
+// reaps every zombie in the container, restarts redis-server when it dies,
+// and stops it gracefully when the pod is told to go.
+//
+// Exactly one goroutine waits for children (the reaper), because a second
+// wait, such as exec.Cmd.Wait, would race it for redis-server's exit status.
+// Exactly one goroutine owns redis-server's lifecycle (the supervisor).
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// prSetChildSubreaper makes orphans of our descendants our children, so that
+// we reap them as PID 1 would when we are not PID 1 (local mode, tests).
+const prSetChildSubreaper = 36
+
+// reaper owns every wait for a child process.
+type reaper struct {
+	log     *slog.Logger
+	sigchld chan os.Signal
+
+	mu      sync.Mutex // held across start and wait so an exit cannot beat its registration
+	waiting map[int]chan<- syscall.WaitStatus
+}
+
+// newReaper asks for SIGCHLD before any child exists and, when we are not
+// PID 1, becomes the subreaper of our descendants.
+func newReaper(log *slog.Logger) *reaper {
+	r := &reaper{log: log, sigchld: make(chan os.Signal, 1), waiting: map[int]chan<- syscall.WaitStatus{}}
+	signal.Notify(r.sigchld, syscall.SIGCHLD)
+	if os.Getpid() != 1 {
+		if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0); errno != 0 {
+			log.Warn("cannot become child subreaper; orphans of redis-server will not be reaped here", "error", errno)
+		}
+	}
+	return r
+}
+
+// start runs startProcess and registers the child before any wait can see it.
+// The returned channel receives the child's wait status once.
+func (r *reaper) start(startProcess func() (*os.Process, error)) (*os.Process, <-chan syscall.WaitStatus, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, err := startProcess()
+	if err != nil {
+		return nil, nil, err
+	}
+	ch := make(chan syscall.WaitStatus, 1)
+	r.waiting[p.Pid] = ch
+	return p, ch, nil
+}
+
+// run reaps children until ctx ends. A periodic sweep covers a SIGCHLD that
+// arrived while nothing listened (coalesced signals, a child adopted late).
+func (r *reaper) run(ctx context.Context) {
+	defer signal.Stop(r.sigchld)
+	sweep := time.NewTicker(5 * time.Second)
+	defer sweep.Stop()
+	for {
+		r.reapAll()
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.sigchld:
+		case <-sweep.C:
+		}
+	}
+}
+
+func (r *reaper) reapAll() {
+	for {
+		var ws syscall.WaitStatus
+		r.mu.Lock()
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		if pid > 0 {
+			if ch, ok := r.waiting[pid]; ok {
+				ch <- ws
+				delete(r.waiting, pid)
+				pid = -pid // reported to its owner; not an orphan
+			}
+		}
+		r.mu.Unlock()
+		switch {
+		case errors.Is(err, syscall.EINTR):
+			continue
+		case err != nil || pid == 0:
+			return // ECHILD: no children at all; 0: none has exited yet
+		case pid > 0:
+			r.log.Debug("reaped orphan", "pid", pid, "status", describeExit(ws))
+		}
+	}
+}
+
+func describeExit(ws syscall.WaitStatus) string {
+	switch {
+	case ws.Signaled():
+		return "killed by " + ws.Signal().String()
+	case ws.Exited():
+		return fmt.Sprintf("exit status %d", ws.ExitStatus())
+	}
+	return fmt.Sprintf("wait status %#x", uint32(ws))
+}
+
+// Restart backoff: redis-server that dies at once is retried quickly, then
+// ever more slowly; one that ran for a healthy minute starts the count anew.
+const (
+	backoffMin     = 100 * time.Millisecond
+	backoffMax     = 30 * time.Second
+	healthyRunTime = time.Minute
+)
+
+// supervisorState is what the rest of the manager may know of redis-server.
+type supervisorState struct {
+	wanted      bool      // the manager wants redis-server running
+	running     bool      // a redis-server process exists
+	pid         int       // its PID while running
+	restarts    int       // unexpected exits followed by a restart
+	startedAt   time.Time // of the current process
+	startedConf string    // redis.conf as it was read at the last start
+	retryAt     time.Time // when a crashed redis-server will be started again
+	lastExit    string
+	beat        time.Time // the loop is alive
+}
+
+// supervisor owns the redis-server process.
+type supervisor struct {
+	log         *slog.Logger // the manager's
+	redisLog    *slog.Logger // for redis-server's own lines
+	reaper      *reaper
+	redisServer string
+	confPath    string
+	dataDir     string
+	port        int
+	password    func() string
+	shutdown    time.Duration // budget for a graceful stop
+
+	want  chan bool // latest wish wins
+	state atomic.Pointer[supervisorState]
+
+	logR, logW *os.File // one pipe carries the log of every redis-server we start
+	logDone    chan struct{}
+}
+
+func newSupervisor(s *supervisor) (*supervisor, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("redis-server log pipe: %w", err)
+	}
+	s.logR, s.logW = r, w
+	s.want = make(chan bool, 1)
+	s.logDone = make(chan struct{})
+	s.state.Store(&supervisorState{beat: time.Now()})
+	go s.forwardLog()
+	return s, nil
+}
+
+// setWanted tells the supervisor whether redis-server should run. It never
+// blocks: a newer wish replaces one not yet read.
+func (s *supervisor) setWanted(run bool) { offer(s.want, run) }
+
+func (s *supervisor) snapshot() supervisorState { return *s.state.Load() }
+
+// run owns redis-server until ctx ends, then stops it gracefully.
+func (s *supervisor) run(ctx context.Context) {
+	st := *s.state.Load()
+	publish := func() { st.beat = time.Now(); c := st; s.state.Store(&c) }
+	var (
+		proc    *os.Process
+		exited  <-chan syscall.WaitStatus
+		backoff time.Duration
+		retry   *time.Timer
+		retryC  <-chan time.Time
+		beat    = time.NewTicker(time.Second)
+	)
+	defer beat.Stop()
+	start := func() {
+		retryC = nil
+		p, ch, conf, err := s.startRedis()
+		if err != nil {
+			s.log.Error("cannot start redis-server", "error", err)
+			st.lastExit = err.Error()
+			exited = nil
+			backoff = nextBackoff(backoff)
+			st.retryAt = time.Now().Add(backoff)
+			retry = time.NewTimer(backoff)
+			retryC = retry.C
+			return
+		}
+		proc, exited = p, ch
+		st.running, st.pid, st.startedAt, st.startedConf, st.retryAt = true, p.Pid, time.Now(), conf, time.Time{}
+		s.log.Info("redis-server started", "pid", p.Pid)
+	}
+	for {
+		publish()
+		select {
+		case <-ctx.Done():
+			if proc != nil {
+				s.stop(proc, exited, time.Now().Add(s.shutdown), "SHUTDOWN")
+				st.running, st.pid = false, 0
+				publish()
+			}
+			s.logW.Close() // lets the forwarder drain and finish
+			select {
+			case <-s.logDone:
+			case <-time.After(time.Second):
+			}
+			return
+		case st.wanted = <-s.want:
+			switch {
+			case st.wanted && proc == nil && retryC == nil:
+				start()
+			case !st.wanted && proc != nil:
+				s.stop(proc, exited, time.Now().Add(s.shutdown), "SHUTDOWN")
+				proc, exited, st.running, st.pid = nil, nil, false, 0
+			case !st.wanted && retryC != nil:
+				retry.Stop()
+				retryC, st.retryAt = nil, time.Time{}
+			}
+		case ws := <-exited:
+			proc.Release()
+			ran := time.Since(st.startedAt)
+			proc, exited, st.running, st.pid = nil, nil, false, 0
+			st.lastExit = describeExit(ws)
+			if !st.wanted {
+				break
+			}
+			if ran >= healthyRunTime {
+				backoff = 0
+			}
+			backoff = nextBackoff(backoff)
+			st.restarts++
+			st.retryAt = time.Now().Add(backoff)
+			s.log.Error("redis-server exited unexpectedly; restarting", "status", st.lastExit, "ranFor", ran.Round(time.Millisecond).String(), "restartIn", backoff.String(), "restarts", st.restarts)
+			retry = time.NewTimer(backoff)
+			retryC = retry.C
+		case <-retryC:
+			if st.wanted && proc == nil {
+				start()
+			}
+		case <-beat.C:
+		}
+	}
+}
+
+func nextBackoff(d time.Duration) time.Duration {
+	if d == 0 {
+		return backoffMin
+	}
+	return min(2*d, backoffMax)
+}
+
+// startRedis starts redis-server on the generated redis.conf, in its own
+// process group so that a Ctrl-C meant for the manager does not reach it.
+func (s *supervisor) startRedis() (*os.Process, <-chan syscall.WaitStatus, string, error) {
+	conf, err := os.ReadFile(s.confPath)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("read %s: %w", s.confPath, err)
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	defer devnull.Close()
+	p, ch, err := s.reaper.start(func() (*os.Process, error) {
+		return os.StartProcess(s.redisServer, []string{s.redisServer, s.confPath}, &os.ProcAttr{
+			Dir:   s.dataDir,
+			Env:   os.Environ(),
+			Files: []*os.File{devnull, s.logW, s.logW},
+			Sys:   &syscall.SysProcAttr{Setpgid: true},
+		})
+	})
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("start %s: %w", s.redisServer, err)
+	}
+	return p, ch, string(conf), nil
+}
+
+// stop asks redis-server to shut down with the given SHUTDOWN arguments
+// (plain SHUTDOWN saves when persistence is on and lets lagging replicas
+// catch up), falls back to SIGTERM when it cannot be asked, and only when the
+// deadline passes kills it.
+func (s *supervisor) stop(proc *os.Process, exited <-chan syscall.WaitStatus, deadline time.Time, shutdown ...string) {
+	s.log.Info("stopping redis-server", "pid", proc.Pid, "command", strings.Join(shutdown, " "), "budget", time.Until(deadline).Round(time.Millisecond).String())
+	asked := make(chan error, 1)
+	go func() { asked <- s.askShutdown(deadline, shutdown) }()
+	for {
+		select {
+		case ws := <-exited:
+			s.log.Info("redis-server stopped", "pid", proc.Pid, "status", describeExit(ws))
+			proc.Release()
+			return
+		case err := <-asked:
+			asked = nil
+			if err != nil {
+				s.log.Warn("SHUTDOWN failed; sending SIGTERM", "error", err)
+				proc.Signal(syscall.SIGTERM)
+			}
+		case <-time.After(time.Until(deadline)):
+			s.log.Error("redis-server did not stop within the shutdown budget; killing it", "pid", proc.Pid)
+			proc.Kill()
+			ws := <-exited
+			s.log.Warn("redis-server killed", "pid", proc.Pid, "status", describeExit(ws))
+			proc.Release()
+			return
+		}
+	}
+}
+
+// askShutdown sends SHUTDOWN. Redis closes the connection instead of
+// answering when it goes, so an EOF is success.
+func (s *supervisor) askShutdown(deadline time.Time, args []string) error {
+	c, err := dialRedis(localAddr(s.port), s.password(), time.Until(deadline))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	cmdArgs := make([]any, 0, len(args)-1)
+	for _, a := range args[1:] {
+		cmdArgs = append(cmdArgs, a)
+	}
+	_, err = c.Do(args[0], cmdArgs...)
+	if err == nil || errors.Is(err, io.EOF) || isConnReset(err) {
+		return nil
+	}
+	return err
+}
+
+func isConnReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// forwardLog re-emits redis-server's log lines as the manager's own records.
+func (s *supervisor) forwardLog() {
+	defer close(s.logDone)
+	br := bufio.NewReaderSize(s.logR, 64<<10)
+	for {
+		line, err := br.ReadString('\n')
+		if line = strings.TrimRight(line, "\r\n"); line != "" {
+			emitRedisLine(s.redisLog, line)
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// emitRedisLine parses "pid:role dd Mon yyyy hh:mm:ss.mmm level message".
+func emitRedisLine(log *slog.Logger, line string) {
+	pid, rest, ok := strings.Cut(line, ":")
+	if !ok || len(rest) < 29 || rest[1] != ' ' || rest[26] != ' ' || rest[28] != ' ' {
+		log.Info(line)
+		return
+	}
+	level := slog.LevelInfo
+	switch rest[27] {
+	case '.', '-':
+		level = slog.LevelDebug
+	case '#':
+		level = slog.LevelWarn
+	}
+	n, _ := strconv.Atoi(pid)
+	log.Log(context.Background(), level, rest[29:], "pid", n, "role", redisLogRoles[rest[0]])
+}
+
+var redisLogRoles = map[byte]string{'M': "master", 'S': "replica", 'C': "child", 'X': "sentinel"}
+
+// dialRedis connects and authenticates with a deadline on every step.
+func dialRedis(addr, password string, timeout time.Duration) (redis.Conn, error) {
+	timeout = max(timeout, 10*time.Millisecond)
+	opts := []redis.DialOption{
+		redis.DialConnectTimeout(timeout),
+		redis.DialReadTimeout(timeout),
+		redis.DialWriteTimeout(timeout),
+	}
+	if password != "" {
+		opts = append(opts, redis.DialPassword(password))
+	}
+	c, err := redis.Dial("tcp", addr, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to redis at %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+func localAddr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
