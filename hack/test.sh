@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, vet, every test under the race detector
+# against a real redis-server, and a short fuzz run of the config parser.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+hack/ensure-redis.sh
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change: $unformatted" >&2
+  exit 1
+fi
+go vet ./...
+go test -race -count=1 -timeout 20m ./...
+go test -run '^$' -fuzz FuzzParseFragment -fuzztime "${FUZZTIME:-20s}" .

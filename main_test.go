@@ -1,0 +1,397 @@
+package main
+
+// The tests run the real binary against a real redis-server, the way a pod
+// runs it: built once here, started with flags and a cluster file, read
+// through its HTTP endpoints, its log and Redis itself.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// binary is the manager built for this test run; race-enabled when the tests
+// are, so that the real process is checked for races too.
+var binary string
+
+// raceBuild is set by race_test.go in a -race test run.
+var raceBuild bool
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "redis-operator-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "redis-operator")
+	args := []string{"build", "-o", binary, "-ldflags", "-X main.version=test -X main.commit=testcommit"}
+	if raceBuild {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, ".")...)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building the manager:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func requireRedis(t *testing.T) string {
+	t.Helper()
+	path, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatal("redis-server is not installed; run hack/ensure-redis.sh (the tests need a real one)")
+	}
+	return path
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// clusterYAML is a local-mode cluster file: the RedisCluster, its ConfigMap
+// and, when password is set, its Secret.
+func clusterYAML(name, target, fragment, password string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "apiVersion: redisoperator.io/v1\nkind: RedisCluster\nmetadata:\n  name: %s\nspec:\n  instances: 3\n  targetPrimary: %q\n  configMapRef: {name: %s-config, key: redis.conf}\n", name, target, name)
+	if password != "" {
+		fmt.Fprintf(&b, "  authSecretRef: {name: %s-auth, key: password}\n", name)
+	}
+	fmt.Fprintf(&b, "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s-config\ndata:\n  redis.conf: |\n", name)
+	for _, line := range strings.Split(fragment, "\n") {
+		fmt.Fprintf(&b, "    %s\n", line)
+	}
+	if password != "" {
+		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: %s-auth\nstringData:\n  password: %q\n", name, password)
+	}
+	return b.String()
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := writeFileAtomic(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// instance is one running manager.
+type instance struct {
+	t              *testing.T
+	pod            string
+	clusterFile    string
+	dataDir        string
+	port, httpPort int
+	password       string
+	cmd            *exec.Cmd
+	out            *syncBuffer
+	done           chan struct{}
+	exitErr        error
+}
+
+type instanceOpts struct {
+	pod         string
+	clusterFile string
+	dataDir     string
+	port        int
+	password    string
+	prefix      []string // runs the manager under these, e.g. unshare
+	redisServer string
+	extraArgs   []string
+}
+
+func startInstance(t *testing.T, o instanceOpts) *instance {
+	t.Helper()
+	redisServer := o.redisServer
+	if redisServer == "" {
+		redisServer = requireRedis(t)
+	}
+	if o.port == 0 {
+		o.port = freePort(t)
+	}
+	if o.dataDir == "" {
+		o.dataDir = filepath.Join(t.TempDir(), o.pod)
+	}
+	in := &instance{t: t, pod: o.pod, clusterFile: o.clusterFile, dataDir: o.dataDir, port: o.port,
+		httpPort: freePort(t), password: o.password, out: &syncBuffer{}, done: make(chan struct{})}
+	args := append(append([]string{}, o.prefix...), binary, "instance",
+		"--cluster", "cache", "--pod-name", o.pod, "--cluster-file", o.clusterFile,
+		"--data-dir", o.dataDir, "--redis-port", fmt.Sprint(o.port), "--redis-server", redisServer,
+		"--http-addr", fmt.Sprintf("127.0.0.1:%d", in.httpPort), "--announce-host", "127.0.0.1",
+		"--shutdown-timeout", "20s")
+	args = append(args, o.extraArgs...)
+	in.cmd = exec.Command(args[0], args[1:]...)
+	in.cmd.Stdout, in.cmd.Stderr = in.out, in.out
+	in.cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1")
+	in.cmd.WaitDelay = 5 * time.Second // a stray grandchild must not hold the test on its pipe
+	if err := in.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { in.exitErr = in.cmd.Wait(); close(in.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-in.done:
+		default:
+			in.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-in.done:
+			case <-time.After(30 * time.Second):
+				in.cmd.Process.Kill()
+				<-in.done
+			}
+		}
+		if t.Failed() || strings.Contains(in.out.String(), "DATA RACE") {
+			t.Logf("log of %s:\n%s", in.pod, in.out.String())
+		}
+		if strings.Contains(in.out.String(), "DATA RACE") {
+			t.Errorf("%s: the race detector fired", in.pod)
+		}
+	})
+	return in
+}
+
+// stop sends SIGTERM and returns the exit code.
+func (in *instance) stop() int {
+	in.t.Helper()
+	in.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-in.done:
+	case <-time.After(40 * time.Second):
+		in.t.Fatalf("%s did not stop within 40s of SIGTERM", in.pod)
+	}
+	var ee *exec.ExitError
+	if errors.As(in.exitErr, &ee) {
+		return ee.ExitCode()
+	}
+	return 0
+}
+
+func (in *instance) get(path string) (int, []byte) {
+	in.t.Helper()
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d%s", in.httpPort, path))
+	if err != nil {
+		return 0, []byte(err.Error())
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func (in *instance) status() instanceStatus {
+	in.t.Helper()
+	code, body := in.get("/v1/status")
+	var st instanceStatus
+	if code != http.StatusOK {
+		return st
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		in.t.Fatalf("/v1/status: %v: %s", err, body)
+	}
+	return st
+}
+
+// eventually polls cond every 20ms until it holds or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (in *instance) waitReady(timeout time.Duration) {
+	in.t.Helper()
+	eventually(in.t, timeout, in.pod+" to be ready", func() bool {
+		code, _ := in.get("/readyz")
+		return code == http.StatusOK
+	})
+}
+
+func (in *instance) redis() redis.Conn {
+	in.t.Helper()
+	c, err := dialRedis(localAddr(in.port), in.password, 5*time.Second)
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	in.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func (in *instance) redisPID() int {
+	in.t.Helper()
+	text, err := redis.String(in.redis().Do("INFO", "server"))
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	return int(parseInfo(text).int("process_id"))
+}
+
+// logRecords are the manager's JSON log lines.
+func (in *instance) logRecords() []map[string]any {
+	var recs []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(in.out.String()))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var m map[string]any
+		if json.Unmarshal(sc.Bytes(), &m) == nil {
+			recs = append(recs, m)
+		}
+	}
+	return recs
+}
+
+func (in *instance) hasLog(msg string) bool {
+	for _, r := range in.logRecords() {
+		if r["msg"] == msg {
+			return true
+		}
+	}
+	return false
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// oneInstance starts a target primary on fragment in a fresh directory.
+func oneInstance(t *testing.T, fragment string) *instance {
+	t.Helper()
+	dir := t.TempDir()
+	cf := filepath.Join(dir, "cluster.yaml")
+	writeFile(t, cf, clusterYAML("cache", "cache-0", fragment, "s3cret-pw"))
+	return startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw"})
+}
+
+func TestVersion(t *testing.T) {
+	out, err := exec.Command(binary, "version").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(out), "redis-operator test (commit testcommit, go") {
+		t.Fatalf("version printed %q", out)
+	}
+}
+
+func TestInstallCopiesItselfAtomically(t *testing.T) {
+	dest := filepath.Join(t.TempDir(), "controller", "redis-operator")
+	os.MkdirAll(filepath.Dir(dest), 0o755)
+	if out, err := exec.Command(binary, "install", dest).CombinedOutput(); err != nil {
+		t.Fatalf("install: %v: %s", err, out)
+	}
+	fi, err := os.Stat(dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o755 {
+		t.Errorf("installed mode %v, want 0755", fi.Mode().Perm())
+	}
+	out, err := exec.Command(dest, "version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "redis-operator test") {
+		t.Fatalf("installed copy does not run: %v %q", err, out)
+	}
+	leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(dest), ".*"))
+	if len(leftovers) > 0 {
+		t.Errorf("install left temp files: %v", leftovers)
+	}
+}
+
+// A mistake in how the manager is started is exit 2 and one clear line.
+func TestStartErrorsExitTwoWithOneLine(t *testing.T) {
+	redisServer := requireRedis(t)
+	dir := t.TempDir()
+	cf := filepath.Join(dir, "cluster.yaml")
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", ""))
+	notADir := filepath.Join(dir, "file")
+	writeFile(t, notADir, "x")
+	base := []string{"instance", "--pod-name", "cache-0", "--http-addr", "127.0.0.1:0"}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no cluster", []string{"--cluster-file", cf, "--data-dir", dir}, "--cluster (or CLUSTER_NAME) is required"},
+		{"unwritable data dir", []string{"--cluster", "cache", "--cluster-file", cf, "--data-dir", filepath.Join(notADir, "data")}, "data dir"},
+		{"no redis-server", []string{"--cluster", "cache", "--cluster-file", cf, "--data-dir", dir, "--redis-server", filepath.Join(dir, "nope")}, "redis-server"},
+		{"unreadable cluster file", []string{"--cluster", "cache", "--cluster-file", filepath.Join(dir, "missing.yaml"), "--data-dir", dir, "--redis-server", redisServer}, "missing.yaml"},
+		{"no such cluster in file", []string{"--cluster", "other", "--cluster-file", cf, "--data-dir", dir, "--redis-server", redisServer}, `no RedisCluster named "other"`},
+		{"bad flag", []string{"--no-such-flag"}, "flag provided but not defined"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(binary, append(append([]string{}, base...), tc.args...)...)
+			cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+				t.Fatalf("exit: %v, want status 2; stderr: %s", err, stderr.String())
+			}
+			lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+			last := lines[len(lines)-1]
+			if !strings.HasPrefix(last, "redis-operator: ") || !strings.Contains(last, tc.want) {
+				t.Fatalf("stderr %q does not end in one line saying %q", stderr.String(), tc.want)
+			}
+		})
+	}
+}
+
+// Flags win over the environment; the environment fills in the rest.
+func TestSettingsFromEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("CLUSTER_NAME", "from-env")
+	t.Setenv("REDIS_PORT", "7001")
+	t.Setenv("POD_NAME", "env-pod")
+	t.Setenv("SHUTDOWN_TIMEOUT", "5s")
+	t.Setenv("PATH", os.Getenv("PATH"))
+	s, err := parseSettings([]string{"--redis-port", "7002", "--data-dir", dir, "--cluster-file", filepath.Join(dir, "c.yaml"), "--redis-server", "sh"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.cluster != "from-env" || s.podName != "env-pod" || s.redisPort != 7002 || s.shutdownTimeout != 5*time.Second {
+		t.Fatalf("settings %+v", s)
+	}
+	t.Setenv("REDIS_PORT", "banana")
+	if _, err := parseSettings([]string{"--data-dir", dir}, io.Discard); err == nil || !strings.Contains(err.Error(), "REDIS_PORT") {
+		t.Fatalf("a bad REDIS_PORT gave %v", err)
+	}
+}
