@@ -9,21 +9,31 @@ import (
 	"time"
 )
 
-// fillRedis writes n keys of size bytes through a pipeline, the way a busy
-// client would, so that the RDB is large enough to take a while to load.
+// fillRedis writes n keys of size bytes through a pipeline of MSETs, the way
+// a bulk loader would, so that the RDB takes a while to load.
 func fillRedis(t *testing.T, in *instance, n, size int) {
 	t.Helper()
 	c := in.redis()
 	value := strings.Repeat("v", size)
-	const batch = 10000
-	for i := 0; i < n; i += batch {
-		for j := i; j < min(i+batch, n); j++ {
-			c.Send("SET", fmt.Sprintf("key:%09d", j), value)
+	const perMSET, perFlush = 100, 100
+	sent := 0
+	for i := 0; i < n; {
+		for range perFlush {
+			if i >= n {
+				break
+			}
+			args := make([]any, 0, 2*perMSET)
+			for j := i; j < min(i+perMSET, n); j++ {
+				args = append(args, fmt.Sprintf("key:%09d", j), value)
+			}
+			i += len(args) / 2
+			c.Send("MSET", args...)
+			sent++
 		}
 		if err := c.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		for j := i; j < min(i+batch, n); j++ {
+		for ; sent > 0; sent-- {
 			if _, err := c.Receive(); err != nil {
 				t.Fatal(err)
 			}

@@ -290,7 +290,6 @@ type probeState struct {
 	startupReason string
 	loadedPercent float64
 	etaSeconds    int64
-	wanted        bool      // redis-server should run; false: stopped on purpose
 	lastAnswer    time.Time // redis-server last answered INFO
 }
 
@@ -427,7 +426,7 @@ func (r *reconciler) follow() {
 func (r *reconciler) publish(ctx context.Context) {
 	r.beat.Store(time.Now().UnixNano())
 	sup := r.sup.snapshot()
-	ps := &probeState{wanted: sup.wanted, lastAnswer: r.lastAnswer}
+	ps := &probeState{lastAnswer: r.lastAnswer}
 	st := instanceStatus{
 		Role:               "none",
 		Address:            joinHostPort(r.settings.announceHost, fmt.Sprint(r.settings.redisPort)),
@@ -462,11 +461,12 @@ func (r *reconciler) publish(ctx context.Context) {
 		st.UsedMemoryBytes = i.int("used_memory")
 		st.RedisVersion = i["redis_version"]
 	}
+	// r.wanted, not sup.wanted: the supervisor may not have heard yet.
 	switch {
-	case !sup.wanted && !r.fragmentOK:
+	case !r.wanted && !r.fragmentOK:
 		ps.reason = "no valid redis.conf fragment yet: " + r.confErr
 		ps.started = true
-	case !sup.wanted:
+	case !r.wanted:
 		ps.reason = fmt.Sprintf("waiting for the target primary %s to publish its address", r.role.target)
 		ps.started = true
 	case !sup.running && !sup.retryAt.IsZero():
