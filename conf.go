@@ -41,6 +41,8 @@ var ownedDirectives = map[string]string{
 	"requirepass":           "credentials come from spec.authSecretRef",
 	"replica-announce-ip":   "the manager sets it from --announce-host",
 	"replica-announce-port": "the manager sets it from --redis-port",
+	"slave-announce-ip":     "the manager sets it from --announce-host",
+	"slave-announce-port":   "the manager sets it from --redis-port",
 	"protected-mode":        "the manager must reach redis-server and so must the other instances",
 }
 
@@ -333,11 +335,29 @@ func splitHostPort(addr string) (host, port string, err error) {
 	return host, port, nil
 }
 
-// configHash identifies a rendered configuration without revealing it: the
-// file holds the password.
+// configHash identifies a rendered configuration. The credential lines are
+// left out: the hash is published, and must not let anyone test guesses of
+// the password against it.
 func configHash(conf string) string {
-	sum := sha256.Sum256([]byte(conf))
-	return hex.EncodeToString(sum[:8])
+	h := sha256.New()
+	for _, line := range strings.SplitAfter(conf, "\n") {
+		if !strings.HasPrefix(line, "requirepass ") && !strings.HasPrefix(line, "masterauth ") {
+			h.Write([]byte(line))
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// confPassword is the requirepass of a rendered configuration: the password
+// the redis-server started on it answers to.
+func confPassword(conf string) string {
+	ds, _ := parseConf(conf)
+	for _, d := range ds {
+		if d.name == "requirepass" && len(d.args) == 1 {
+			return d.args[0]
+		}
+	}
+	return ""
 }
 
 // writeFileAtomic replaces path with data so that a reader, or a crash, sees

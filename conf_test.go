@@ -109,13 +109,34 @@ func TestRenderConfig(t *testing.T) {
 			if err != nil {
 				t.Fatalf("rendered config does not parse: %v", err)
 			}
-			if ds[0].name != "maxmemory" || ds[len(ds)-1].name == "" {
-				t.Fatalf("unexpected directives %v", ds)
+			if ds[0].name != "maxmemory" || ds[3].name != "port" {
+				t.Fatalf("want the fragment first, then the owned directives: %v", ds)
 			}
 		})
 	}
 	if _, err := renderConfig(frag, podConfig{dataDir: "/d", port: 1, announceHost: "h", replicaOf: "no-port"}); err == nil {
 		t.Error("a primary address without a port was rendered")
+	}
+}
+
+// configHash is published; it must not change with the password alone, or
+// it would let anyone check guesses of the password against it.
+func TestConfigHashLeavesOutCredentials(t *testing.T) {
+	frag, _ := parseFragment("maxmemory 1mb")
+	pod := podConfig{dataDir: "/d", port: 6379, announceHost: "h", password: "one"}
+	a, _ := renderConfig(frag, pod)
+	pod.password = "two"
+	b, _ := renderConfig(frag, pod)
+	if configHash(a) != configHash(b) {
+		t.Fatal("configHash changes with the password")
+	}
+	if confPassword(b) != "two" {
+		t.Fatalf("confPassword = %q", confPassword(b))
+	}
+	pod.port = 6380
+	c, _ := renderConfig(frag, pod)
+	if configHash(a) == configHash(c) {
+		t.Fatal("configHash does not change with the port")
 	}
 }
 

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync/atomic"
 	"time"
 )
 
@@ -20,29 +19,35 @@ import (
 // redis-server that has not answered for redisHung is hung. Both are far
 // above the loops' own periods and timeouts.
 const (
-	loopStale = 15 * time.Second
-	redisHung = 30 * time.Second
+	loopStale   = 15 * time.Second
+	sourceStale = 2 * time.Minute
+	redisHung   = 30 * time.Second
 )
 
 type health struct {
 	rec    *reconciler
 	sup    *supervisor
 	obs    *observer
-	source *atomic.Int64
+	source func() time.Time
 }
 
 // problem says why the manager is not alive, or "" when it is.
 func (h *health) problem() string {
 	now := time.Now()
 	sup := h.sup.snapshot()
-	for name, beat := range map[string]time.Time{
-		"reconciler": time.Unix(0, h.rec.beat.Load()),
-		"observer":   time.Unix(0, h.obs.beat.Load()),
-		"source":     time.Unix(0, h.source.Load()),
-		"supervisor": sup.beat,
+	for _, l := range []struct {
+		name  string
+		beat  time.Time
+		stale time.Duration
+	}{
+		{"reconciler", time.Unix(0, h.rec.beat.Load()), loopStale},
+		{"observer", time.Unix(0, h.obs.beat.Load()), loopStale},
+		{"supervisor", sup.beat, loopStale},
+		// Waits on the API server, and backs off up to 30 s when it is away.
+		{"source", h.source(), sourceStale},
 	} {
-		if now.Sub(beat) > loopStale {
-			return fmt.Sprintf("the %s loop has not run for %s", name, now.Sub(beat).Round(time.Second))
+		if now.Sub(l.beat) > l.stale {
+			return fmt.Sprintf("the %s loop has not run for %s", l.name, now.Sub(l.beat).Round(time.Second))
 		}
 	}
 	ps := h.rec.published.Load()

@@ -22,6 +22,11 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 )
 
 // Set at build time with -ldflags "-X main.version=... -X main.commit=...".
@@ -41,6 +46,9 @@ func main() {
 // configError is a mistake in how the manager was started: exit 2, one line.
 type configError struct{ err error }
 
+// errHelp ends a run that only printed its usage, as asked.
+var errHelp = errors.New("help requested")
+
 func (e configError) Error() string { return e.err.Error() }
 func (e configError) Unwrap() error { return e.err }
 
@@ -49,7 +57,7 @@ func configErrorf(format string, args ...any) error {
 }
 
 func exitCode(err error, stderr io.Writer) int {
-	if err == nil {
+	if err == nil || errors.Is(err, errHelp) {
 		return 0
 	}
 	fmt.Fprintf(stderr, "redis-operator: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
@@ -117,7 +125,7 @@ func (s *settings) confPath() string { return filepath.Join(s.dataDir, "redis.co
 func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	s := &settings{}
 	fs := flag.NewFlagSet("redis-operator instance", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // a mistake is reported in one line, by exitCode
 	env := map[string]string{}
 	str := func(p *string, name, envName, def, usage string) {
 		if envName != "" {
@@ -145,7 +153,12 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	fs.DurationVar(&s.shutdownTimeout, "shutdown-timeout", 30*time.Second, "budget for a graceful stop on SIGTERM (env SHUTDOWN_TIMEOUT)")
 	env["shutdown-timeout"] = "SHUTDOWN_TIMEOUT"
 
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(stderr)
+		fmt.Fprintln(stderr, "usage: redis-operator instance [flags]")
+		fs.PrintDefaults()
+		return nil, errHelp
+	} else if err != nil {
 		return nil, configError{err}
 	}
 	if fs.NArg() > 0 {
@@ -154,7 +167,13 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	for name, envName := range env {
-		if v, ok := os.LookupEnv(envName); ok && v != "" && !set[name] {
+		v := os.Getenv(envName)
+		// Kubernetes' service links set REDIS_PORT=tcp://host:port for a
+		// Service named redis; that is not this setting.
+		if name == "redis-port" && strings.Contains(v, "://") {
+			continue
+		}
+		if v != "" && !set[name] {
 			if err := fs.Set(name, v); err != nil {
 				return nil, configErrorf("%s=%q: %w", envName, v, err)
 			}
@@ -194,11 +213,11 @@ func (s *settings) complete() error {
 	if (s.tlsCert == "") != (s.tlsKey == "") {
 		return configErrorf("--tls-cert-file and --tls-key-file go together")
 	}
-	if s.clusterFile == "" {
-		return configErrorf("--cluster-file is required: this build has no Kubernetes API mode yet")
-	}
 	// redis-server runs in the data dir; relative paths would move with it.
 	for _, p := range []*string{&s.dataDir, &s.clusterFile} {
+		if *p == "" {
+			continue
+		}
 		abs, err := filepath.Abs(*p)
 		if err != nil {
 			return configErrorf("%s: %w", *p, err)
@@ -274,10 +293,10 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	base := newLogger(s.logFormat, stdout)
 	log := base.With("logger", "manager")
 
-	source := newLocalSource(s.clusterFile, s.cluster, s.namespace, s.podName)
-	first, err := source.load()
+	views, viewErrs := make(chan clusterView, 1), make(chan error, 1)
+	source, err := newSource(s, base, views)
 	if err != nil {
-		return configError{err}
+		return err
 	}
 	ln, err := net.Listen("tcp", s.httpAddr)
 	if err != nil {
@@ -294,21 +313,18 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	reaper := newReaper(log)
 	go reaper.run(reapCtx)
 
-	rec := &reconciler{log: log, settings: s, writer: source, exeHash: exeHash}
+	rec := newReconciler(&reconciler{log: log, settings: s, exeHash: exeHash})
 	sup, err := newSupervisor(&supervisor{
 		log: log, redisLog: base.With("logger", "redis"), reaper: reaper, redisServer: s.redisServer, confPath: s.confPath(),
 		dataDir: s.dataDir, port: s.redisPort, shutdown: s.shutdownTimeout,
-		password: func() string { return *rec.password.Load() },
 	})
 	if err != nil {
 		return err
 	}
 	rec.sup = sup
-	newReconciler(rec)
 	obsCh := make(chan *observation, 1)
 	obs := &observer{log: log, port: s.redisPort, password: sup.password, out: obsCh}
 	obs.beat.Store(time.Now().UnixNano())
-	views, viewErrs := make(chan clusterView, 1), make(chan error, 1)
 
 	log.Info("starting", "version", version, "commit", commit, "pod", s.podName, "cluster", s.cluster,
 		"clusterFile", s.clusterFile, "dataDir", s.dataDir, "redisPort", s.redisPort, "announceHost", s.announceHost, "pid", os.Getpid())
@@ -318,11 +334,12 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	var loops sync.WaitGroup
 	loops.Go(func() { source.run(ctx, views, viewErrs) })
 	loops.Go(func() { obs.run(ctx) })
-	loops.Go(func() { rec.run(ctx, first, views, viewErrs, obsCh) })
+	loops.Go(func() { rec.run(ctx, views, viewErrs, obsCh) })
+	loops.Go(func() { runStatusWriter(ctx, log, rec.statuses, source.writeStatus) })
 	supDone := make(chan struct{})
 	go func() { sup.run(ctx); close(supDone) }()
 
-	srv := newHTTPServer(s, log, &health{rec: rec, sup: sup, obs: obs, source: &source.beat})
+	srv := newHTTPServer(s, log, &health{rec: rec, sup: sup, obs: obs, source: source.heartbeat})
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.serve(ln, s.tlsCert, s.tlsKey) }()
 
@@ -335,14 +352,59 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	}
 	<-supDone
 	loops.Wait()
-	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancelShutdown()
-	srv.Shutdown(shutdownCtx)
+	// The last word in the status: this instance is gone, not serving.
+	finalCtx, cancelFinal := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancelFinal()
+	if rec.haveView {
+		if err := source.writeStatus(finalCtx, rec.stopped("stopped")); err != nil {
+			log.Warn("cannot write the final status", "error", err)
+		}
+	}
+	srv.Shutdown(finalCtx)
 	log.Info("stopped")
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
 	return err
+}
+
+// clusterSource is where the RedisCluster comes from and its status goes.
+type clusterSource interface {
+	run(ctx context.Context, views chan clusterView, errs chan error)
+	writeStatus(ctx context.Context, u statusUpdate) error
+	heartbeat() time.Time
+}
+
+// newSource connects to the cluster file or the Kubernetes API. A local
+// file that does not make a view is a start error; the API may be away for
+// a while, and the manager waits for it.
+func newSource(s *settings, log *slog.Logger, views chan clusterView) (clusterSource, error) {
+	if s.clusterFile != "" {
+		src := newLocalSource(s.clusterFile, s.cluster, s.namespace, s.podName)
+		first, err := src.load()
+		if err != nil {
+			return nil, configError{err}
+		}
+		offer(views, first)
+		return src, nil
+	}
+	var cfg *rest.Config
+	var err error
+	if s.kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", s.kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, configErrorf("kubernetes client config (give --kubeconfig or --cluster-file outside a pod): %w", err)
+	}
+	cfg.UserAgent = "redis-operator-instance/" + version
+	klog.SetSlogLogger(log.With("logger", "client-go"))
+	client, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, configErrorf("kubernetes client: %w", err)
+	}
+	return newKubeSource(client, s.namespace, s.cluster, s.podName, log.With("logger", "manager")), nil
 }
 
 // executableHash is the SHA-256 of the running binary, to tell versions apart

@@ -366,10 +366,9 @@ func TestStartErrorsExitTwoWithOneLine(t *testing.T) {
 			if !errors.As(err, &ee) || ee.ExitCode() != 2 {
 				t.Fatalf("exit: %v, want status 2; stderr: %s", err, stderr.String())
 			}
-			lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
-			last := lines[len(lines)-1]
-			if !strings.HasPrefix(last, "redis-operator: ") || !strings.Contains(last, tc.want) {
-				t.Fatalf("stderr %q does not end in one line saying %q", stderr.String(), tc.want)
+			line, more, _ := strings.Cut(strings.TrimSpace(stderr.String()), "\n")
+			if more != "" || !strings.HasPrefix(line, "redis-operator: ") || !strings.Contains(line, tc.want) {
+				t.Fatalf("stderr %q is not one line saying %q", stderr.String(), tc.want)
 			}
 		})
 	}
@@ -389,6 +388,11 @@ func TestSettingsFromEnvironment(t *testing.T) {
 	}
 	if s.cluster != "from-env" || s.podName != "env-pod" || s.redisPort != 7002 || s.shutdownTimeout != 5*time.Second {
 		t.Fatalf("settings %+v", s)
+	}
+	// A Service named redis makes Kubernetes set REDIS_PORT=tcp://...: not ours.
+	t.Setenv("REDIS_PORT", "tcp://10.0.0.9:6379")
+	if s, err := parseSettings([]string{"--data-dir", dir, "--cluster-file", filepath.Join(dir, "c.yaml"), "--redis-server", "sh"}, io.Discard); err != nil || s.redisPort != 6379 {
+		t.Fatalf("a service-link REDIS_PORT gave %v, port %d", err, s.redisPort)
 	}
 	t.Setenv("REDIS_PORT", "banana")
 	if _, err := parseSettings([]string{"--data-dir", dir}, io.Discard); err == nil || !strings.Contains(err.Error(), "REDIS_PORT") {

@@ -148,7 +148,6 @@ type supervisor struct {
 	confPath    string
 	dataDir     string
 	port        int
-	password    func() string
 	shutdown    time.Duration // budget for a graceful stop
 
 	want  chan bool // latest wish wins
@@ -176,6 +175,17 @@ func newSupervisor(s *supervisor) (*supervisor, error) {
 func (s *supervisor) setWanted(run bool) { offer(s.want, run) }
 
 func (s *supervisor) snapshot() supervisorState { return *s.state.Load() }
+
+// password is the one the running redis-server answers to: the manager's
+// own connections must use it, not a newer one it has not been given.
+func (s *supervisor) password() string { return confPassword(s.state.Load().startedConf) }
+
+// touch keeps the heartbeat fresh while the run loop waits in a stop.
+func (s *supervisor) touch() {
+	c := *s.state.Load()
+	c.beat = time.Now()
+	s.state.Store(&c)
+}
 
 // run owns redis-server until ctx ends, then stops it gracefully.
 func (s *supervisor) run(ctx context.Context) {
@@ -227,7 +237,7 @@ func (s *supervisor) run(ctx context.Context) {
 			case st.wanted && proc == nil && retryC == nil:
 				start()
 			case !st.wanted && proc != nil:
-				s.stop(proc, exited, time.Now().Add(s.shutdown), "SHUTDOWN")
+				s.stop(proc, exited, time.Now().Add(s.shutdown), fenceStop...)
 				proc, exited, st.running, st.pid = nil, nil, false, 0
 			case !st.wanted && retryC != nil:
 				retry.Stop()
@@ -300,8 +310,12 @@ func (s *supervisor) stop(proc *os.Process, exited <-chan syscall.WaitStatus, de
 	s.log.Info("stopping redis-server", "pid", proc.Pid, "command", strings.Join(shutdown, " "), "budget", time.Until(deadline).Round(time.Millisecond).String())
 	asked := make(chan error, 1)
 	go func() { asked <- s.askShutdown(deadline, shutdown) }()
+	beat := time.NewTicker(time.Second)
+	defer beat.Stop()
 	for {
 		select {
+		case <-beat.C:
+			s.touch()
 		case ws := <-exited:
 			s.log.Info("redis-server stopped", "pid", proc.Pid, "status", describeExit(ws))
 			proc.Release()
@@ -368,18 +382,20 @@ func emitRedisLine(log *slog.Logger, line string) {
 		log.Info(line)
 		return
 	}
+	// Redis's verbose and debug lines are there because its loglevel asked
+	// for them: they stay visible at Info, with Redis's own level beside.
 	level := slog.LevelInfo
-	switch rest[27] {
-	case '.', '-':
-		level = slog.LevelDebug
-	case '#':
+	if rest[27] == '#' {
 		level = slog.LevelWarn
 	}
 	n, _ := strconv.Atoi(pid)
-	log.Log(context.Background(), level, rest[29:], "pid", n, "role", redisLogRoles[rest[0]])
+	log.Log(context.Background(), level, rest[29:], "pid", n, "role", redisLogRoles[rest[0]], "redisLevel", redisLogLevels[rest[27]])
 }
 
-var redisLogRoles = map[byte]string{'M': "master", 'S': "replica", 'C': "child", 'X': "sentinel"}
+var (
+	redisLogRoles  = map[byte]string{'M': "master", 'S': "replica", 'C': "child", 'X': "sentinel"}
+	redisLogLevels = map[byte]string{'.': "debug", '-': "verbose", '*': "notice", '#': "warning"}
+)
 
 // dialRedis connects and authenticates with a deadline on every step.
 func dialRedis(addr, password string, timeout time.Duration) (redis.Conn, error) {

@@ -107,8 +107,9 @@ func TestPID1ReapsOrphansAndStopsCleanly(t *testing.T) {
 	if _, err := exec.LookPath("unshare"); err != nil {
 		t.Fatal("unshare (util-linux) is needed")
 	}
+	ns := []string{"unshare", "--pid", "--fork", "--kill-child", "--mount-proc"}
 	if os.Geteuid() != 0 {
-		t.Skip("a new PID namespace needs root")
+		ns = append(ns[:1], append([]string{"--user", "--map-root-user"}, ns[1:]...)...)
 	}
 	dir := t.TempDir()
 	// The wrapper leaves an orphan behind: a subshell starts sleep and
@@ -119,7 +120,7 @@ func TestPID1ReapsOrphansAndStopsCleanly(t *testing.T) {
 	cf := filepath.Join(dir, "cluster.yaml")
 	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly yes", ""))
 	in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, redisServer: wrapper,
-		prefix: []string{"unshare", "--pid", "--fork", "--kill-child", "--mount-proc"}})
+		prefix: ns})
 	in.waitReady(20 * time.Second)
 
 	// unshare's child is the manager, PID 1 inside.
@@ -188,6 +189,7 @@ func TestRedisLogLinesBecomeRecords(t *testing.T) {
 	log := slog.New(slog.NewJSONHandler(&buf, nil)).With("logger", "redis")
 	emitRedisLine(log, "4624:M 25 Nov 2026 22:17:33.034 # WARNING Memory overcommit must be enabled!")
 	emitRedisLine(log, "4630:S 25 Nov 2026 22:17:33.292 * Connecting to MASTER 127.0.0.1:7380")
+	emitRedisLine(log, "4630:S 25 Nov 2026 22:17:33.292 - Client closed connection")
 	emitRedisLine(log, "not a redis line")
 	var got []map[string]any
 	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
@@ -198,8 +200,9 @@ func TestRedisLogLinesBecomeRecords(t *testing.T) {
 		got = append(got, m)
 	}
 	want := []map[string]any{
-		{"level": "WARN", "msg": "WARNING Memory overcommit must be enabled!", "logger": "redis", "pid": 4624.0, "role": "master"},
-		{"level": "INFO", "msg": "Connecting to MASTER 127.0.0.1:7380", "logger": "redis", "pid": 4630.0, "role": "replica"},
+		{"level": "WARN", "msg": "WARNING Memory overcommit must be enabled!", "logger": "redis", "pid": 4624.0, "role": "master", "redisLevel": "warning"},
+		{"level": "INFO", "msg": "Connecting to MASTER 127.0.0.1:7380", "logger": "redis", "pid": 4630.0, "role": "replica", "redisLevel": "notice"},
+		{"level": "INFO", "msg": "Client closed connection", "logger": "redis", "pid": 4630.0, "role": "replica", "redisLevel": "verbose"},
 		{"level": "INFO", "msg": "not a redis line", "logger": "redis"},
 	}
 	for i := range want {

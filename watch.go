@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,11 +18,20 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
 )
 
@@ -118,6 +128,8 @@ func newLocalSource(path, cluster, namespace, pod string) *localSource {
 // they are small, and reading them is cheaper than a notification mechanism.
 const localPoll = 250 * time.Millisecond
 
+func (s *localSource) heartbeat() time.Time { return time.Unix(0, s.beat.Load()) }
+
 // run sends a new view whenever the file or another instance's entry
 // changes, or an error when the file no longer makes a usable view.
 func (s *localSource) run(ctx context.Context, views chan clusterView, errs chan error) {
@@ -186,7 +198,7 @@ func (s *localSource) load() (clusterView, error) {
 			Metadata objectMeta `json:"metadata"`
 		}
 		if err := yaml.Unmarshal(doc, &head); err != nil {
-			return v, fmt.Errorf("cluster file %s, document %d: %w", s.path, i, err)
+			return v, fmt.Errorf("cluster file %s: document %d is not valid YAML%s", s.path, i, yamlErrorLine(err))
 		}
 		if head.Metadata.Namespace != "" && head.Metadata.Namespace != s.namespace {
 			continue
@@ -246,6 +258,17 @@ func (s *localSource) load() (clusterView, error) {
 	return v, nil
 }
 
+var yamlLine = regexp.MustCompile(`line (\d+)`)
+
+// yamlErrorLine keeps only the line number of a YAML error: the rest may
+// quote the document, and the document may be a Secret.
+func yamlErrorLine(err error) string {
+	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+		return " (line " + m[1] + " of the document)"
+	}
+	return ""
+}
+
 func (s *localSource) readEntries() map[string]instanceStatus {
 	out := map[string]instanceStatus{}
 	entries, _ := os.ReadDir(s.statusDir)
@@ -262,7 +285,8 @@ func (s *localSource) readEntries() map[string]instanceStatus {
 	return out
 }
 
-func (s *localSource) writeStatus(_ context.Context, st instanceStatus) error {
+func (s *localSource) writeStatus(_ context.Context, u statusUpdate) error {
+	st := u.entry
 	if err := os.MkdirAll(s.statusDir, 0o755); err != nil {
 		return fmt.Errorf("status directory: %w", err)
 	}
@@ -271,6 +295,200 @@ func (s *localSource) writeStatus(_ context.Context, st instanceStatus) error {
 		return err
 	}
 	return writeFileAtomic(filepath.Join(s.statusDir, s.pod+".json"), append(b, '\n'), 0o644)
+}
+
+// The Kubernetes source: one watch of the one RedisCluster, with the
+// ConfigMap and Secret it names read on every change and on every resync.
+var (
+	redisClusterGVR = schema.GroupVersionResource{Group: "redisoperator.io", Version: "v1", Resource: "redisclusters"}
+	configMapGVR    = schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
+	secretGVR       = schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
+)
+
+const (
+	// requestTimeout bounds each API request but the watch itself.
+	requestTimeout = 10 * time.Second
+	// resyncEvery re-reads the referenced ConfigMap and Secret, whose
+	// changes the watch of the RedisCluster does not see.
+	resyncEvery = time.Minute
+)
+
+type kubeSource struct {
+	client             dynamic.Interface
+	namespace, cluster string
+	pod                string
+	log                *slog.Logger
+	beat               atomic.Int64
+}
+
+func newKubeSource(client dynamic.Interface, namespace, cluster, pod string, log *slog.Logger) *kubeSource {
+	k := &kubeSource{client: client, namespace: namespace, cluster: cluster, pod: pod, log: log}
+	k.beat.Store(time.Now().UnixNano())
+	return k
+}
+
+func (k *kubeSource) heartbeat() time.Time { return time.Unix(0, k.beat.Load()) }
+
+// run lists and watches until ctx ends. A watch that ends, fails or
+// answers 410 Gone leads to a fresh list, after a backoff when it failed.
+func (k *kubeSource) run(ctx context.Context, views chan clusterView, errs chan error) {
+	var backoff time.Duration
+	for {
+		began := time.Now()
+		err := k.listAndWatch(ctx, views, errs)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(began) > healthyRunTime {
+			backoff = 0
+		}
+		backoff = nextBackoff(backoff)
+		k.log.Warn("watch of the RedisCluster ended; listing again", "error", err, "retryIn", backoff.String())
+		k.beat.Store(time.Now().UnixNano())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+	}
+}
+
+func (k *kubeSource) listAndWatch(ctx context.Context, views chan clusterView, errs chan error) error {
+	k.beat.Store(time.Now().UnixNano())
+	rcs := k.client.Resource(redisClusterGVR).Namespace(k.namespace)
+	selector := fields.OneTermEqualSelector("metadata.name", k.cluster).String()
+	lctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	list, err := rcs.List(lctx, metav1.ListOptions{FieldSelector: selector})
+	cancel()
+	if err != nil {
+		err = fmt.Errorf("list RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
+		offer(errs, err)
+		return err
+	}
+	var current *unstructured.Unstructured
+	for i := range list.Items {
+		if list.Items[i].GetName() == k.cluster { // the fake client ignores selectors
+			current = &list.Items[i]
+		}
+	}
+	emit := func() {
+		if current == nil {
+			offer(errs, fmt.Errorf("RedisCluster %s/%s does not exist", k.namespace, k.cluster))
+			return
+		}
+		v, err := k.view(ctx, current)
+		if err != nil {
+			offer(errs, err)
+			return
+		}
+		offer(views, v)
+	}
+	emit()
+	w, err := rcs.Watch(ctx, metav1.ListOptions{FieldSelector: selector, ResourceVersion: list.GetResourceVersion(), AllowWatchBookmarks: true})
+	if err != nil {
+		return fmt.Errorf("watch RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
+	}
+	defer w.Stop()
+	resync := time.NewTicker(resyncEvery)
+	defer resync.Stop()
+	beat := time.NewTicker(5 * time.Second)
+	defer beat.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-beat.C:
+			k.beat.Store(time.Now().UnixNano())
+		case <-resync.C:
+			emit()
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				return errors.New("watch closed by the server")
+			}
+			switch ev.Type {
+			case watch.Error:
+				return fmt.Errorf("watch: %w", apierrors.FromObject(ev.Object))
+			case watch.Bookmark:
+				continue
+			}
+			u, ok := ev.Object.(*unstructured.Unstructured)
+			if !ok || u.GetName() != k.cluster {
+				continue
+			}
+			if ev.Type == watch.Deleted {
+				current = nil
+			} else {
+				current = u
+			}
+			emit()
+		}
+	}
+}
+
+// view reads the ConfigMap and Secret the object names.
+func (k *kubeSource) view(ctx context.Context, obj *unstructured.Unstructured) (clusterView, error) {
+	var v clusterView
+	raw, err := obj.MarshalJSON()
+	if err == nil {
+		err = json.Unmarshal(raw, &v.cluster)
+	}
+	if err != nil {
+		return v, fmt.Errorf("RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
+	}
+	if ref := v.cluster.Spec.ConfigMapRef; ref != nil {
+		data, err := k.get(ctx, configMapGVR, ref)
+		if err != nil {
+			return v, err
+		}
+		v.fragment = data
+	}
+	if ref := v.cluster.Spec.AuthSecretRef; ref != nil {
+		data, err := k.get(ctx, secretGVR, ref)
+		if err != nil {
+			return v, err
+		}
+		pw, err := base64.StdEncoding.DecodeString(data)
+		if err != nil {
+			return v, fmt.Errorf("Secret %s/%s key %q is not base64", k.namespace, ref.Name, ref.Key)
+		}
+		v.password = strings.TrimRight(string(pw), "\r\n")
+	}
+	return v, nil
+}
+
+// get reads one key of a ConfigMap's or Secret's data.
+func (k *kubeSource) get(ctx context.Context, gvr schema.GroupVersionResource, ref *keyRef) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	kind := map[string]string{"configmaps": "ConfigMap", "secrets": "Secret"}[gvr.Resource]
+	obj, err := k.client.Resource(gvr).Namespace(k.namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("get %s %s/%s: %w", kind, k.namespace, ref.Name, err)
+	}
+	data, found, _ := unstructured.NestedString(obj.Object, "data", ref.Key)
+	if !found {
+		return "", fmt.Errorf("%s %s/%s has no key %q", kind, k.namespace, ref.Name, ref.Key)
+	}
+	return data, nil
+}
+
+// writeStatus patches this pod's entry, and currentPrimary from the primary,
+// with a JSON merge patch on the status subresource: it touches no other
+// instance's entry, and needs no read first.
+func (k *kubeSource) writeStatus(ctx context.Context, u statusUpdate) error {
+	status := map[string]any{"instancesStatus": map[string]any{k.pod: u.entry}}
+	if u.primary {
+		status["currentPrimary"] = k.pod
+	}
+	patch, err := json.Marshal(map[string]any{"status": status})
+	if err != nil {
+		return err
+	}
+	_, err = k.client.Resource(redisClusterGVR).Namespace(k.namespace).Patch(ctx, k.cluster, types.MergePatchType, patch, metav1.PatchOptions{}, "status")
+	if err != nil {
+		return fmt.Errorf("patch status of RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
+	}
+	return nil
 }
 
 // Status writes: a change that matters (role, readiness, errors) goes out at
@@ -293,28 +511,40 @@ type probeState struct {
 	lastAnswer    time.Time // redis-server last answered INFO
 }
 
+// redisProcess is the supervisor as the reconciler sees it.
+type redisProcess interface {
+	setWanted(run bool)
+	snapshot() supervisorState
+}
+
+// statusUpdate is one entry to write; primary also claims currentPrimary.
+type statusUpdate struct {
+	entry   instanceStatus
+	primary bool
+}
+
 // reconciler owns the desired configuration and this pod's status.
 type reconciler struct {
 	log      *slog.Logger
 	settings *settings
-	sup      *supervisor
-	writer   interface {
-		writeStatus(context.Context, instanceStatus) error
-	}
-	exeHash string
+	sup      redisProcess
+	statuses chan statusUpdate // to the status writer; the latest wins
+	exeHash  string
 
 	published atomic.Pointer[probeState]
-	password  atomic.Pointer[string] // for the manager's own Redis connections
 	beat      atomic.Int64
 
 	view       clusterView
+	haveView   bool
 	fragment   []directive // the last good fragment
 	fragmentOK bool        // there is one
-	wanted     bool        // redis-server should run
+	fenced     bool
+	wanted     bool // redis-server should run
 	role       desiredRole
 	conf       string // redis.conf as last written
 	viewErr    string // the source's latest complaint
 	confErr    string // why the latest fragment was refused
+	fenceErr   string // why the latest fence annotation was refused
 	obs        *observation
 	lastAnswer time.Time
 	written    instanceStatus
@@ -322,24 +552,23 @@ type reconciler struct {
 }
 
 func newReconciler(r *reconciler) *reconciler {
-	empty := ""
-	r.password.Store(&empty)
+	r.statuses = make(chan statusUpdate, 1)
 	r.fragment, r.fragmentOK = previousFragment(r.settings.confPath())
 	r.published.Store(&probeState{reason: "starting", startupReason: "starting"})
 	r.beat.Store(time.Now().UnixNano())
 	return r
 }
 
-// run reacts to the source, to Redis, and to time until ctx ends. It holds
-// views back until its first one, so that nothing starts on a guess.
-func (r *reconciler) run(ctx context.Context, first clusterView, views <-chan clusterView, errs <-chan error, observations <-chan *observation) {
-	r.applyView(first)
+// run reacts to the source, to Redis, and to time until ctx ends. Nothing
+// starts before the first view of the cluster: nothing starts on a guess.
+func (r *reconciler) run(ctx context.Context, views <-chan clusterView, errs <-chan error, observations <-chan *observation) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
-		r.publish(ctx)
+		r.publish()
 		select {
 		case <-ctx.Done():
+			r.stopped("stopping")
 			return
 		case v := <-views:
 			r.viewErr = ""
@@ -363,7 +592,7 @@ func (r *reconciler) run(ctx context.Context, first clusterView, views <-chan cl
 // applyView renders redis.conf for the new view. A refused fragment keeps
 // the last good one in force but does not hold up what else changed.
 func (r *reconciler) applyView(v clusterView) {
-	r.view = v
+	r.view, r.haveView = v, true
 	if frag, err := parseFragment(v.fragment); err != nil {
 		if r.confErr != err.Error() {
 			r.log.Error("refusing the new redis.conf fragment; the last good configuration stays", "error", err)
@@ -372,7 +601,17 @@ func (r *reconciler) applyView(v clusterView) {
 	} else {
 		r.fragment, r.fragmentOK, r.confErr = frag, true, ""
 	}
-	r.password.Store(&v.password)
+	if fenced, err := isFenced(v.cluster.Metadata.Annotations, r.settings.podName); err != nil {
+		if r.fenceErr != err.Error() {
+			r.log.Error("ignoring a malformed fence annotation; fencing stays as it was", "error", err, "fenced", r.fenced)
+		}
+		r.fenceErr = err.Error()
+	} else {
+		if fenced != r.fenced {
+			r.log.Info("fencing changed", "fenced", fenced)
+		}
+		r.fenced, r.fenceErr = fenced, ""
+	}
 	r.role = roleFor(&v.cluster, r.settings.podName)
 	if !r.fragmentOK {
 		r.setWanted(false) // never a configuration we did not check
@@ -398,11 +637,11 @@ func (r *reconciler) applyView(v clusterView) {
 		r.conf = conf
 		r.log.Info("wrote redis.conf", "configHash", configHash(conf))
 	}
-	wanted := r.role.primary || r.role.replicaOf != ""
-	if !wanted && r.wanted != wanted {
+	waiting := !r.role.primary && r.role.replicaOf == ""
+	if waiting && !r.fenced && r.wanted {
 		r.log.Info("waiting for the target primary to publish its address", "targetPrimary", r.role.target)
 	}
-	r.setWanted(wanted)
+	r.setWanted(!r.fenced && !waiting)
 }
 
 func (r *reconciler) setWanted(run bool) {
@@ -412,7 +651,7 @@ func (r *reconciler) setWanted(run bool) {
 
 // follow keeps a running replica pointed at the target's current address.
 func (r *reconciler) follow() {
-	moved, err := followPrimary(localAddr(r.settings.redisPort), *r.password.Load(), r.obs, r.role)
+	moved, err := followPrimary(localAddr(r.settings.redisPort), confPassword(r.sup.snapshot().startedConf), r.obs, r.role)
 	switch {
 	case err != nil:
 		r.log.Warn("cannot re-point the replica at the target primary", "error", err)
@@ -421,20 +660,21 @@ func (r *reconciler) follow() {
 	}
 }
 
-// publish computes the status, hands it to the HTTP handlers, and writes it
-// to the source when it changed enough or the heartbeat is due.
-func (r *reconciler) publish(ctx context.Context) {
+// publish computes the status, hands it to the HTTP handlers, and to the
+// status writer when it changed enough or the heartbeat is due.
+func (r *reconciler) publish() {
 	r.beat.Store(time.Now().UnixNano())
 	sup := r.sup.snapshot()
 	ps := &probeState{lastAnswer: r.lastAnswer}
 	st := instanceStatus{
 		Role:               "none",
 		Address:            joinHostPort(r.settings.announceHost, fmt.Sprint(r.settings.redisPort)),
+		Fenced:             r.fenced,
 		ManagerVersion:     version,
 		ExecutableHash:     r.exeHash,
 		Restarts:           sup.restarts,
 		ObservedGeneration: r.view.cluster.Metadata.Generation,
-		LastError:          firstNonEmpty(r.viewErr, r.confErr),
+		LastError:          firstNonEmpty(r.viewErr, r.confErr, r.fenceErr),
 		PendingRestart:     []string{},
 	}
 	if sup.running {
@@ -442,7 +682,7 @@ func (r *reconciler) publish(ctx context.Context) {
 		st.PendingRestart = pendingRestart(sup.startedConf, r.conf)
 	}
 	obs := r.obs
-	if obs != nil && !sup.running {
+	if obs != nil && (!sup.running || obs.at.Before(sup.startedAt)) {
 		obs = nil // what we saw was of a process that is gone
 	}
 	if obs != nil && obs.err == nil {
@@ -463,6 +703,12 @@ func (r *reconciler) publish(ctx context.Context) {
 	}
 	// r.wanted, not sup.wanted: the supervisor may not have heard yet.
 	switch {
+	case !r.haveView:
+		ps.reason = "waiting for the RedisCluster " + r.settings.cluster
+		ps.started = true
+	case r.fenced:
+		ps.reason = "fenced by the " + fencedAnnotation + " annotation"
+		ps.started = true
 	case !r.wanted && !r.fragmentOK:
 		ps.reason = "no valid redis.conf fragment yet: " + r.confErr
 		ps.started = true
@@ -494,16 +740,64 @@ func (r *reconciler) publish(ctx context.Context) {
 
 	since := time.Since(r.writtenAt)
 	switch {
+	case !r.haveView: // no object to write to yet
+		return
 	case r.writtenAt.IsZero(), !sameStatus(st, r.written, false), since >= heartbeatEvery:
 	case !sameStatus(st, r.written, true) && since >= figuresEvery:
 	default:
 		return
 	}
-	if err := r.writer.writeStatus(ctx, ps.status); err != nil {
-		r.log.Warn("cannot write status", "error", err)
-		return
-	}
+	// The writer retries until it succeeds, so this entry counts as written.
+	offer(r.statuses, statusUpdate{entry: ps.status, primary: r.role.primary && ps.ready && st.Role == "master"})
 	r.written, r.writtenAt = st, time.Now()
+}
+
+// stopped publishes that this instance serves no more: from the stop
+// request on, while redis-server shuts down, and after.
+func (r *reconciler) stopped(reason string) statusUpdate {
+	ps := *r.published.Load()
+	ps.ready, ps.reason = false, reason
+	ps.status.Role, ps.status.Ready, ps.status.NotReadyReason = "none", false, reason
+	ps.status.MasterLinkStatus, ps.status.ConnectedReplicas = "", 0
+	ps.status.UpdatedAt = time.Now().UTC()
+	r.published.Store(&ps)
+	return statusUpdate{entry: ps.status}
+}
+
+// statusWriter writes the latest entry, retrying with backoff while the
+// source fails: Redis is not touched by this, and the entry catches up.
+func runStatusWriter(ctx context.Context, log *slog.Logger, updates <-chan statusUpdate, write func(context.Context, statusUpdate) error) {
+	var (
+		pending *statusUpdate
+		backoff time.Duration
+		retry   <-chan time.Time
+	)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case u := <-updates:
+			pending = &u
+			if retry != nil {
+				continue // the scheduled retry writes the latest
+			}
+		case <-retry:
+			retry = nil
+		}
+		if pending == nil {
+			continue
+		}
+		wctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		err := write(wctx, *pending)
+		cancel()
+		if err == nil {
+			pending, backoff, retry = nil, 0, nil
+			continue
+		}
+		backoff = min(max(2*backoff, backoffMin), backoffMax)
+		log.Warn("cannot write status; retrying", "error", err, "retryIn", backoff.String())
+		retry = time.After(backoff)
+	}
 }
 
 // sameStatus compares two entries; with figures false, it ignores the

@@ -216,4 +216,9 @@ data: {redis.conf: "maxmemory 1mb\n"}
 	if _, err := s.load(); err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("a bad secret gave %v; it must fail without quoting the secret", err)
 	}
+	// A YAML mistake whose error would quote the value.
+	writeFile(t, cf, base+"---\nkind: Secret\nmetadata: {name: auth}\nstringData: {~: hunter2}\n")
+	if _, err := s.load(); err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("a secret with a null key gave %v; it must fail without quoting the secret", err)
+	}
 }
