@@ -2,15 +2,32 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+	k8stesting "k8s.io/client-go/testing"
+	"sigs.k8s.io/yaml"
 )
 
 // The example README's first command starts: three instances from
@@ -221,4 +238,235 @@ data: {redis.conf: "maxmemory 1mb\n"}
 	if _, err := s.load(); err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("a secret with a null key gave %v; it must fail without quoting the secret", err)
 	}
+}
+
+// fakeProcess stands in for the supervisor in unit tests of the reconciler.
+type fakeProcess struct {
+	mu     sync.Mutex
+	wanted bool
+}
+
+func (f *fakeProcess) setWanted(run bool) { f.mu.Lock(); f.wanted = run; f.mu.Unlock() }
+func (f *fakeProcess) isWanted() bool     { f.mu.Lock(); defer f.mu.Unlock(); return f.wanted }
+func (f *fakeProcess) snapshot() supervisorState {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return supervisorState{wanted: f.wanted, beat: time.Now()}
+}
+
+func unstructuredFrom(t *testing.T, yamlText string) *unstructured.Unstructured {
+	t.Helper()
+	u := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal([]byte(yamlText), &u.Object); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+const fakeCluster = `apiVersion: redisoperator.io/v1
+kind: RedisCluster
+metadata: {name: cache, namespace: prod, generation: 3}
+spec:
+  targetPrimary: cache-0
+  configMapRef: {name: cache-config, key: redis.conf}
+  authSecretRef: {name: cache-auth, key: password}
+status:
+  instancesStatus:
+    cache-0: {address: "10.0.0.1:6379", role: master}
+`
+
+// kubeHarness runs the Kubernetes source, the reconciler and the status
+// writer against client-go's fake dynamic client, for instance cache-1.
+type kubeHarness struct {
+	t      *testing.T
+	client *dynamicfake.FakeDynamicClient
+	proc   *fakeProcess
+	rec    *reconciler
+	conf   string
+	lists  atomic.Int32
+}
+
+func startKubeHarness(t *testing.T, watchReactors ...k8stesting.WatchReactionFunc) *kubeHarness {
+	t.Helper()
+	objs := []runtime.Object{
+		unstructuredFrom(t, fakeCluster),
+		unstructuredFrom(t, "apiVersion: redisoperator.io/v1\nkind: RedisCluster\nmetadata: {name: other, namespace: prod}\nspec: {targetPrimary: other-0}\n"),
+		unstructuredFrom(t, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cache-config, namespace: prod}\ndata: {redis.conf: \"maxmemory 10mb\\n\"}\n"),
+		unstructuredFrom(t, "apiVersion: v1\nkind: Secret\nmetadata: {name: cache-auth, namespace: prod}\ndata: {password: aHVudGVyMg==}\n"),
+	}
+	client := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+		map[schema.GroupVersionResource]string{redisClusterGVR: "RedisClusterList"}, objs...)
+	h := &kubeHarness{t: t, client: client, proc: &fakeProcess{}}
+	client.PrependReactor("list", "redisclusters", func(k8stesting.Action) (bool, runtime.Object, error) {
+		h.lists.Add(1)
+		return false, nil, nil
+	})
+	for _, r := range watchReactors {
+		client.PrependWatchReactor("redisclusters", r)
+	}
+	dir := t.TempDir()
+	h.conf = filepath.Join(dir, "redis.conf")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	h.rec = newReconciler(&reconciler{log: log, sup: h.proc,
+		settings: &settings{podName: "cache-1", cluster: "cache", namespace: "prod", dataDir: dir, redisPort: 6379, announceHost: "10.0.0.2"}})
+	src := newKubeSource(client, "prod", "cache", "cache-1", log)
+	ctx, cancel := context.WithCancel(context.Background())
+	views, errs := make(chan clusterView, 1), make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() { src.run(ctx, views, errs) })
+	wg.Go(func() { h.rec.run(ctx, views, errs, nil) })
+	wg.Go(func() { runStatusWriter(ctx, log, h.rec.statuses, src.writeStatus) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return h
+}
+
+// patches returns the status patches sent so far, decoded.
+func (h *kubeHarness) patches() []map[string]any {
+	var out []map[string]any
+	for _, a := range h.client.Actions() {
+		p, ok := a.(k8stesting.PatchAction)
+		if !ok || a.GetSubresource() != "status" {
+			continue
+		}
+		if p.GetPatchType() != types.MergePatchType || p.GetName() != "cache" {
+			h.t.Fatalf("unexpected patch %s of %s", p.GetPatchType(), p.GetName())
+		}
+		var m map[string]any
+		if err := json.Unmarshal(p.GetPatch(), &m); err != nil {
+			h.t.Fatal(err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// lastEntry is this pod's entry in the latest patch, checking on the way
+// that every patch touches that entry alone.
+func (h *kubeHarness) lastEntry() map[string]any {
+	ps := h.patches()
+	for _, p := range ps {
+		status, _ := p["status"].(map[string]any)
+		entries, _ := status["instancesStatus"].(map[string]any)
+		if len(p) != 1 || len(status) != 1 || len(entries) != 1 || entries["cache-1"] == nil {
+			h.t.Fatalf("a patch touches more than this pod's entry: %v", p)
+		}
+	}
+	if len(ps) == 0 {
+		return nil
+	}
+	return ps[len(ps)-1]["status"].(map[string]any)["instancesStatus"].(map[string]any)["cache-1"].(map[string]any)
+}
+
+func (h *kubeHarness) annotate(name, value string) {
+	h.t.Helper()
+	rcs := h.client.Resource(redisClusterGVR).Namespace("prod")
+	u, err := rcs.Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	u.SetAnnotations(map[string]string{fencedAnnotation: value})
+	if _, err := rcs.Update(context.Background(), u, metav1.UpdateOptions{}); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func TestKubeWatchReconcilesAndPatchesOnlyItsEntry(t *testing.T) {
+	h := startKubeHarness(t)
+	eventually(t, 5*time.Second, "redis-server to be wanted and a status patch sent", func() bool {
+		return h.proc.isWanted() && h.lastEntry() != nil
+	})
+	conf, err := os.ReadFile(h.conf)
+	if err != nil || !strings.Contains(string(conf), "replicaof 10.0.0.1 6379\n") || !strings.Contains(string(conf), "maxmemory 10mb\n") || !strings.Contains(string(conf), "masterauth hunter2\n") {
+		t.Fatalf("redis.conf %v:\n%s", err, conf)
+	}
+	if e := h.lastEntry(); e["address"] != "10.0.0.2:6379" || e["observedGeneration"] != 3.0 || e["fenced"] != false {
+		t.Fatalf("entry %v", e)
+	}
+
+	// Nothing changes: no patch (the heartbeat is a minute away).
+	n := len(h.patches())
+	time.Sleep(2500 * time.Millisecond)
+	if got := len(h.patches()); got != n {
+		t.Fatalf("%d patches without a change", got-n)
+	}
+
+	// Another cluster's fence is not ours, even though the fake client
+	// ignores the field selector and shows us its events.
+	h.annotate("other", `["*"]`)
+	time.Sleep(500 * time.Millisecond)
+	if !h.proc.isWanted() {
+		t.Fatal("fenced by another cluster's annotation")
+	}
+
+	h.annotate("cache", `["cache-1"]`)
+	eventually(t, 5*time.Second, "fencing to stop redis-server and be reported", func() bool {
+		e := h.lastEntry()
+		return !h.proc.isWanted() && e["fenced"] == true && e["ready"] == false
+	})
+
+	h.annotate("cache", `cache-1`)
+	eventually(t, 5*time.Second, "a malformed annotation to be reported", func() bool {
+		return strings.Contains(fmt.Sprint(h.lastEntry()["lastError"]), "must be a JSON array")
+	})
+	if h.proc.isWanted() || h.lastEntry()["fenced"] != true {
+		t.Fatal("a malformed annotation lifted the fence")
+	}
+
+	h.annotate("cache", `[]`)
+	eventually(t, 5*time.Second, "unfencing to start redis-server and clear the error", func() bool {
+		e := h.lastEntry()
+		return h.proc.isWanted() && e["fenced"] == false && e["lastError"] == ""
+	})
+	if out, _ := json.Marshal(h.patches()); strings.Contains(string(out), "hunter2") {
+		t.Fatal("a status patch carries the password")
+	}
+}
+
+// A watch that answers 410 Gone is followed by a fresh list, and the
+// manager goes on following the object.
+func TestKubeWatchRelistsAfterGone(t *testing.T) {
+	var watches atomic.Int32
+	gone := func(k8stesting.Action) (bool, watch.Interface, error) {
+		if watches.Add(1) > 1 {
+			return false, nil, nil // the default watch from now on
+		}
+		w := watch.NewFake()
+		go w.Error(&metav1.Status{Status: metav1.StatusFailure, Code: http.StatusGone, Reason: metav1.StatusReasonExpired, Message: "too old resource version"})
+		return true, w, nil
+	}
+	h := startKubeHarness(t, gone)
+	eventually(t, 5*time.Second, "a second list after the 410", func() bool { return h.lists.Load() >= 2 && watches.Load() >= 2 })
+	h.annotate("cache", `["cache-1"]`)
+	eventually(t, 5*time.Second, "the new watch to deliver the fence", func() bool { return !h.proc.isWanted() })
+}
+
+// Status writes that fail are retried with the latest entry until one
+// gets through; the reconciler never waits for them.
+func TestStatusWriterRetriesTheLatest(t *testing.T) {
+	var mu sync.Mutex
+	var failures int
+	var written []int
+	write := func(_ context.Context, u statusUpdate) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if failures < 3 {
+			failures++
+			return errors.New("connection refused")
+		}
+		written = append(written, u.entry.Restarts)
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	updates := make(chan statusUpdate, 1)
+	go runStatusWriter(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), updates, write)
+	for i := 1; i <= 5; i++ {
+		offer(updates, statusUpdate{entry: instanceStatus{Restarts: i}})
+		time.Sleep(20 * time.Millisecond)
+	}
+	eventually(t, 5*time.Second, "the latest entry to be written", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(written) > 0 && written[len(written)-1] == 5
+	})
 }
