@@ -318,11 +318,12 @@ type kubeSource struct {
 	namespace, cluster string
 	pod                string
 	log                *slog.Logger
+	resync             time.Duration
 	beat               atomic.Int64
 }
 
 func newKubeSource(client dynamic.Interface, namespace, cluster, pod string, log *slog.Logger) *kubeSource {
-	k := &kubeSource{client: client, namespace: namespace, cluster: cluster, pod: pod, log: log}
+	k := &kubeSource{client: client, namespace: namespace, cluster: cluster, pod: pod, log: log, resync: resyncEvery}
 	k.beat.Store(time.Now().UnixNano())
 	return k
 }
@@ -371,25 +372,30 @@ func (k *kubeSource) listAndWatch(ctx context.Context, views chan clusterView, e
 			current = &list.Items[i]
 		}
 	}
-	emit := func() {
+	// The ConfigMap and Secret are read again when the spec changes and on
+	// every resync; the many changes that are only other instances'
+	// status entries reuse what was read, or each would cost two GETs.
+	var refs *clusterView
+	emit := func(reread bool) {
 		if current == nil {
 			offer(errs, fmt.Errorf("RedisCluster %s/%s does not exist", k.namespace, k.cluster))
 			return
 		}
-		v, err := k.view(ctx, current)
+		v, err := k.view(ctx, current, refs, reread)
 		if err != nil {
 			offer(errs, err)
 			return
 		}
+		refs = &v
 		offer(views, v)
 	}
-	emit()
+	emit(true)
 	w, err := rcs.Watch(ctx, metav1.ListOptions{FieldSelector: selector, ResourceVersion: list.GetResourceVersion(), AllowWatchBookmarks: true})
 	if err != nil {
 		return fmt.Errorf("watch RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
 	}
 	defer w.Stop()
-	resync := time.NewTicker(resyncEvery)
+	resync := time.NewTicker(k.resync)
 	defer resync.Stop()
 	beat := time.NewTicker(5 * time.Second)
 	defer beat.Stop()
@@ -400,7 +406,7 @@ func (k *kubeSource) listAndWatch(ctx context.Context, views chan clusterView, e
 		case <-beat.C:
 			k.beat.Store(time.Now().UnixNano())
 		case <-resync.C:
-			emit()
+			emit(true)
 		case ev, ok := <-w.ResultChan():
 			if !ok {
 				return errors.New("watch closed by the server")
@@ -420,13 +426,14 @@ func (k *kubeSource) listAndWatch(ctx context.Context, views chan clusterView, e
 			} else {
 				current = u
 			}
-			emit()
+			emit(false)
 		}
 	}
 }
 
-// view reads the ConfigMap and Secret the object names.
-func (k *kubeSource) view(ctx context.Context, obj *unstructured.Unstructured) (clusterView, error) {
+// view reads the ConfigMap and Secret the object names, or takes them from
+// prev when the spec is the one prev was made of and reread is false.
+func (k *kubeSource) view(ctx context.Context, obj *unstructured.Unstructured, prev *clusterView, reread bool) (clusterView, error) {
 	var v clusterView
 	raw, err := obj.MarshalJSON()
 	if err == nil {
@@ -434,6 +441,10 @@ func (k *kubeSource) view(ctx context.Context, obj *unstructured.Unstructured) (
 	}
 	if err != nil {
 		return v, fmt.Errorf("RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
+	}
+	if !reread && prev != nil && reflect.DeepEqual(prev.cluster.Spec, v.cluster.Spec) {
+		v.fragment, v.password = prev.fragment, prev.password
+		return v, nil
 	}
 	if ref := v.cluster.Spec.ConfigMapRef; ref != nil {
 		data, err := k.get(ctx, configMapGVR, ref)

@@ -310,6 +310,7 @@ func startKubeHarness(t *testing.T, watchReactors ...k8stesting.WatchReactionFun
 	h.rec = newReconciler(&reconciler{log: log, sup: h.proc,
 		settings: &settings{podName: "cache-1", cluster: "cache", namespace: "prod", dataDir: dir, redisPort: 6379, announceHost: "10.0.0.2"}})
 	src := newKubeSource(client, "prod", "cache", "cache-1", log)
+	src.resync = 300 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	views, errs := make(chan clusterView, 1), make(chan error, 1)
 	var wg sync.WaitGroup
@@ -420,6 +421,29 @@ func TestKubeWatchReconcilesAndPatchesOnlyItsEntry(t *testing.T) {
 	if out, _ := json.Marshal(h.patches()); strings.Contains(string(out), "hunter2") {
 		t.Fatal("a status patch carries the password")
 	}
+}
+
+// A ConfigMap edit, which the watch of the RedisCluster cannot see, is
+// read on the next resync.
+func TestKubeResyncReadsTheConfigMap(t *testing.T) {
+	h := startKubeHarness(t)
+	eventually(t, 5*time.Second, "the first redis.conf", func() bool {
+		b, _ := os.ReadFile(h.conf)
+		return bytes.Contains(b, []byte("maxmemory 10mb\n"))
+	})
+	cms := h.client.Resource(configMapGVR).Namespace("prod")
+	cm, err := cms.Get(context.Background(), "cache-config", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unstructured.SetNestedField(cm.Object, "maxmemory 20mb\n", "data", "redis.conf")
+	if _, err := cms.Update(context.Background(), cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the resync to bring the new maxmemory", func() bool {
+		b, _ := os.ReadFile(h.conf)
+		return bytes.Contains(b, []byte("maxmemory 20mb\n"))
+	})
 }
 
 // A watch that answers 410 Gone is followed by a fresh list, and the

@@ -1,0 +1,498 @@
+// Package e2e runs the real manager binary against a real kube-apiserver and
+// etcd, started in this process, with deploy/ applied as shipped and nothing
+// but the shipped Role's token, and against real redis-server processes.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/apiserver/pkg/storage/etcd3/testserver"
+	"k8s.io/apiserver/pkg/storage/storagebackend"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+	kubeapiservertesting "k8s.io/kubernetes/cmd/kube-apiserver/app/testing"
+	"sigs.k8s.io/yaml"
+)
+
+const ns = "e2e"
+
+var (
+	binary       string
+	redisCluster = schema.GroupVersionResource{Group: "redisoperator.io", Version: "v1", Resource: "redisclusters"}
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "redis-operator-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "redis-operator")
+	build := exec.Command("go", "build", "-o", binary, "-ldflags", "-X main.version=e2e", ".")
+	build.Dir = ".."
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building the manager:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// controlPlane is etcd and kube-apiserver, reached by the managers through
+// a proxy the test can cut to take the API server away.
+type controlPlane struct {
+	admin *rest.Config
+	proxy *cutProxy
+}
+
+func startControlPlane(t *testing.T) *controlPlane {
+	t.Helper()
+	etcd := testserver.NewTestConfig(t)
+	testserver.RunEtcd(t, etcd)
+	storage := storagebackend.NewDefaultConfig(path.Join(uuid.New().String(), "registry"), nil)
+	storage.Transport.ServerList = []string{etcd.ListenClientUrls[0].String()}
+	srv := kubeapiservertesting.StartTestServerOrDie(t, nil,
+		[]string{"--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount"}, storage)
+	t.Cleanup(srv.TearDownFn)
+	host := strings.TrimPrefix(srv.ClientConfig.Host, "https://")
+	return &controlPlane{admin: srv.ClientConfig, proxy: newCutProxy(t, host)}
+}
+
+// apply server-side-applies every document of a YAML file, as kubectl
+// apply --server-side would, with the mapping read from discovery.
+func (cp *controlPlane) apply(t *testing.T, file, namespace string) {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc := discovery.NewDiscoveryClientForConfigOrDie(cp.admin)
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
+	dyn := dynamic.NewForConfigOrDie(cp.admin)
+	docs := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for {
+		doc, err := docs.Read()
+		if errors.Is(err, io.EOF) {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		obj := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal(doc, &obj.Object); err != nil {
+			t.Fatal(err)
+		}
+		if len(obj.Object) == 0 {
+			continue
+		}
+		gvk := obj.GroupVersionKind()
+		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			t.Fatalf("%s: %v", gvk, err)
+		}
+		var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
+		if m.Scope.Name() == "namespace" {
+			ri = dyn.Resource(m.Resource).Namespace(namespace)
+		}
+		if _, err := ri.Apply(context.Background(), obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "e2e", Force: true}); err != nil {
+			t.Fatalf("apply %s %s: %v", gvk.Kind, obj.GetName(), err)
+		}
+	}
+}
+
+// kubeconfig writes a kubeconfig that holds only a token of the
+// ServiceAccount deploy/rbac.yaml ships, pointing at the proxy.
+func (cp *controlPlane) kubeconfig(t *testing.T, token string) string {
+	t.Helper()
+	tls := cp.admin.TLSClientConfig
+	cfg := map[string]any{
+		"apiVersion": "v1", "kind": "Config", "current-context": "e2e",
+		"clusters": []any{map[string]any{"name": "e2e", "cluster": map[string]any{
+			"server":                     "https://" + cp.proxy.addr,
+			"certificate-authority-data": base64.StdEncoding.EncodeToString(tls.CAData),
+			"tls-server-name":            tls.ServerName,
+		}}},
+		"users":    []any{map[string]any{"name": "instance", "user": map[string]any{"token": token}}},
+		"contexts": []any{map[string]any{"name": "e2e", "context": map[string]any{"cluster": "e2e", "user": "instance", "namespace": ns}}},
+	}
+	b, _ := json.Marshal(cfg)
+	p := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func (cp *controlPlane) tokenClient(token string) *rest.Config {
+	c := rest.AnonymousClientConfig(cp.admin)
+	c.BearerToken = token
+	return c
+}
+
+// cutProxy forwards TCP to the API server until cut, and again once restored.
+type cutProxy struct {
+	t      *testing.T
+	target string
+	addr   string
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  map[net.Conn]bool
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	p := &cutProxy{t: t, target: target, conns: map[net.Conn]bool{}}
+	p.listen("127.0.0.1:0")
+	p.addr = p.ln.Addr().String()
+	t.Cleanup(p.cut)
+	return p
+}
+
+func (p *cutProxy) listen(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.mu.Lock()
+	p.ln = ln
+	p.mu.Unlock()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.forward(c)
+		}
+	}()
+}
+
+func (p *cutProxy) forward(c net.Conn) {
+	up, err := net.Dial("tcp", p.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns[c], p.conns[up] = true, true
+	p.mu.Unlock()
+	go func() { io.Copy(up, c); up.Close() }()
+	io.Copy(c, up)
+	c.Close()
+}
+
+// cut closes the listener and every connection: the API server is gone.
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.ln.Close()
+	for c := range p.conns {
+		c.Close()
+	}
+	p.conns = map[net.Conn]bool{}
+}
+
+func (p *cutProxy) restore() { p.listen(p.addr) }
+
+// instance is one manager process.
+type instance struct {
+	pod            string
+	port, httpPort int
+	cmd            *exec.Cmd
+	out            *syncBuffer
+}
+
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func startInstance(t *testing.T, pod, kubeconfig string) *instance {
+	t.Helper()
+	in := &instance{pod: pod, port: freePort(t), httpPort: freePort(t), out: &syncBuffer{}}
+	in.cmd = exec.Command(binary, "instance", "--kubeconfig", kubeconfig, "--namespace", ns,
+		"--data-dir", filepath.Join(t.TempDir(), pod), "--redis-port", fmt.Sprint(in.port),
+		"--http-addr", fmt.Sprintf("127.0.0.1:%d", in.httpPort), "--announce-host", "127.0.0.1")
+	in.cmd.Env = append(os.Environ(), "CLUSTER_NAME=cache", "POD_NAME="+pod)
+	in.cmd.Stdout, in.cmd.Stderr = in.out, in.out
+	in.cmd.WaitDelay = 5 * time.Second
+	if err := in.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		in.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { in.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			in.cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("log of %s:\n%s", pod, in.out.String())
+		}
+	})
+	return in
+}
+
+func (in *instance) get(p string) int {
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d%s", in.httpPort, p))
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// redis runs redis-cli against the instance, so that the e2e module needs no
+// Redis client of its own.
+func (in *instance) redis(args ...string) (string, error) {
+	out, err := exec.Command("redis-cli", append([]string{"-p", fmt.Sprint(in.port), "-a", password, "--no-auth-warning"}, args...)...).CombinedOutput()
+	s := strings.TrimSpace(string(out))
+	if err == nil && (strings.HasPrefix(s, "ERR") || strings.HasPrefix(s, "Could not connect")) {
+		err = errors.New(s)
+	}
+	return s, err
+}
+
+func (in *instance) redisPID(t *testing.T) int {
+	t.Helper()
+	out, err := in.redis("INFO", "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "process_id:"); ok {
+			var pid int
+			fmt.Sscan(v, &pid)
+			return pid
+		}
+	}
+	t.Fatal("no process_id in INFO")
+	return 0
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+const password = "e2e-s3cret"
+
+// entries reads status.instancesStatus with the admin client.
+func entries(t *testing.T, dyn dynamic.Interface) (map[string]map[string]any, string) {
+	t.Helper()
+	u, err := dyn.Resource(redisCluster).Namespace(ns).Get(context.Background(), "cache", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _, _ := unstructured.NestedMap(u.Object, "status", "instancesStatus")
+	out := map[string]map[string]any{}
+	for k, v := range raw {
+		out[k], _ = v.(map[string]any)
+	}
+	current, _, _ := unstructured.NestedString(u.Object, "status", "currentPrimary")
+	return out, current
+}
+
+func fence(t *testing.T, dyn dynamic.Interface, value string) {
+	t.Helper()
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{"redisoperator.io/fencedInstances": value}}})
+	if _, err := dyn.Resource(redisCluster).Namespace(ns).Patch(context.Background(), "cache", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestInstancesOnARealAPIServer(t *testing.T) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Fatal("redis-server is not installed; run hack/ensure-redis.sh")
+	}
+	cp := startControlPlane(t)
+	ctx := context.Background()
+	admin := kubernetes.NewForConfigOrDie(cp.admin)
+	dyn := dynamic.NewForConfigOrDie(cp.admin)
+	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cp.apply(t, "../deploy/crd.yaml", ns)
+	eventually(t, 30*time.Second, "the CRD to be served", func() bool {
+		_, err := dyn.Resource(redisCluster).Namespace(ns).List(ctx, metav1.ListOptions{})
+		return err == nil
+	})
+	cp.apply(t, "../deploy/rbac.yaml", ns)
+
+	for _, obj := range []string{
+		"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cache-config}\ndata:\n  redis.conf: |\n    appendonly yes\n    repl-diskless-sync-delay 0\n",
+		"apiVersion: v1\nkind: Secret\nmetadata: {name: cache-auth}\nstringData: {password: " + password + "}\n",
+		"apiVersion: v1\nkind: Secret\nmetadata: {name: not-yours}\nstringData: {key: value}\n",
+		"apiVersion: redisoperator.io/v1\nkind: RedisCluster\nmetadata: {name: cache}\nspec:\n  instances: 3\n  targetPrimary: cache-0\n  configMapRef: {name: cache-config, key: redis.conf}\n  authSecretRef: {name: cache-auth, key: password}\n  replication: {maxLagBytes: 1048576}\n",
+	} {
+		f := filepath.Join(t.TempDir(), "obj.yaml")
+		os.WriteFile(f, []byte(obj), 0o600)
+		cp.apply(t, f, ns)
+	}
+
+	tr, err := admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "cache-instance", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := cp.kubeconfig(t, tr.Status.Token)
+
+	// The shipped Role is no more than the contract's: the token cannot
+	// list pods, read another Secret, or touch the RedisCluster's spec.
+	sa := kubernetes.NewForConfigOrDie(cp.tokenClient(tr.Status.Token))
+	if _, err := sa.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the instance's token can list pods: %v", err)
+	}
+	if _, err := sa.CoreV1().Secrets(ns).Get(ctx, "not-yours", metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the instance's token can read another Secret: %v", err)
+	}
+	saDyn := dynamic.NewForConfigOrDie(cp.tokenClient(tr.Status.Token))
+	if _, err := saDyn.Resource(redisCluster).Namespace(ns).Patch(ctx, "cache", types.MergePatchType, []byte(`{"spec":{"targetPrimary":"cache-1"}}`), metav1.PatchOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the instance's token can change the spec: %v", err)
+	}
+
+	var nodes []*instance
+	for i := range 3 {
+		nodes = append(nodes, startInstance(t, fmt.Sprintf("cache-%d", i), kubeconfig))
+	}
+	eventually(t, 60*time.Second, "three ready entries, cache-0 the current primary", func() bool {
+		es, current := entries(t, dyn)
+		ready := 0
+		for _, n := range nodes {
+			if e := es[n.pod]; e != nil && e["ready"] == true {
+				ready++
+			}
+		}
+		return ready == 3 && current == "cache-0" && es["cache-0"]["role"] == "master" && es["cache-1"]["role"] == "replica"
+	})
+	if _, err := nodes[0].redis("SET", "greeting", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the key on a replica", func() bool {
+		v, _ := nodes[2].redis("GET", "greeting")
+		return v == "hello"
+	})
+
+	// The entries follow Redis: a crash of cache-2's redis-server shows.
+	syscall.Kill(nodes[2].redisPID(t), syscall.SIGKILL)
+	eventually(t, 20*time.Second, "cache-2's entry to count the restart", func() bool {
+		es, _ := entries(t, dyn)
+		return fmt.Sprint(es["cache-2"]["restarts"]) == "1" && es["cache-2"]["ready"] == true
+	})
+
+	// Fencing cache-1 stops its redis-server within a second.
+	start := time.Now()
+	fence(t, dyn, `["cache-1"]`)
+	eventually(t, time.Second, "cache-1's redis-server to stop within 1s of the fence", func() bool {
+		_, err := nodes[1].redis("PING")
+		return err != nil
+	})
+	t.Logf("fence: redis-server stopped %s after the annotation", time.Since(start).Round(time.Millisecond))
+	eventually(t, 10*time.Second, "cache-1 fenced in status and probes", func() bool {
+		es, _ := entries(t, dyn)
+		return es["cache-1"]["fenced"] == true && nodes[1].get("/healthz") == 200 && nodes[1].get("/readyz") == 503
+	})
+	fence(t, dyn, `[]`)
+	eventually(t, 30*time.Second, "cache-1 back after unfencing", func() bool {
+		es, _ := entries(t, dyn)
+		return es["cache-1"]["fenced"] == false && es["cache-1"]["ready"] == true
+	})
+
+	// The API server goes away for a while: Redis keeps serving, and the
+	// status catches up once it is back.
+	cp.proxy.cut()
+	outage := time.Now()
+	for time.Since(outage) < 15*time.Second {
+		if _, err := nodes[0].redis("INCR", "during-outage"); err != nil {
+			t.Fatalf("Redis stopped serving while the API server was away: %v", err)
+		}
+		for _, n := range nodes {
+			if code := n.get("/healthz"); code != 200 {
+				t.Fatalf("%s /healthz %d while the API server was away", n.pod, code)
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	syscall.Kill(nodes[1].redisPID(t), syscall.SIGKILL)
+	time.Sleep(2 * time.Second)
+	cp.proxy.restore()
+	eventually(t, 60*time.Second, "cache-1's restart to reach the status after the outage", func() bool {
+		es, _ := entries(t, dyn)
+		return fmt.Sprint(es["cache-1"]["restarts"]) == "1"
+	})
+	fence(t, dyn, `["cache-2"]`)
+	eventually(t, 60*time.Second, "the watch to be back and deliver a fence", func() bool {
+		_, err := nodes[2].redis("PING")
+		return err != nil
+	})
+
+	for _, n := range nodes {
+		if log := n.out.String(); strings.Contains(strings.ToLower(log), "forbidden") {
+			t.Errorf("%s was refused something the shipped Role should allow:\n%s", n.pod, log)
+		}
+		if strings.Contains(n.out.String(), password) {
+			t.Errorf("%s logged the password", n.pod)
+		}
+	}
+}
