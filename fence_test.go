@@ -96,6 +96,25 @@ func TestFencingStopsRedisAndUnfencingRestoresIt(t *testing.T) {
 	checkKeys(t, in.redis(), "k", 1000)
 }
 
+// A manager that starts while the annotation is malformed cannot know
+// whether the pod is meant to be fenced: it starts nothing until it can.
+func TestMalformedFenceAtStartStartsNothing(t *testing.T) {
+	dir := t.TempDir()
+	cf := filepath.Join(dir, "cluster.yaml")
+	plain := clusterYAML("cache", "cache-0", "appendonly no", "")
+	writeFile(t, cf, withFence(plain, `cache-0`))
+	in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf})
+	eventually(t, 5*time.Second, "the malformed annotation in lastError", func() bool {
+		st := in.status()
+		return st.Fenced && strings.Contains(st.LastError, "must be a JSON array")
+	})
+	if _, err := dialRedis(localAddr(in.port), "", 200*time.Millisecond); err == nil {
+		t.Fatal("redis-server started under a malformed fence annotation")
+	}
+	writeFile(t, cf, withFence(plain, `[]`))
+	in.waitReady(20 * time.Second)
+}
+
 // "*" fences every instance of the cluster.
 func TestFenceAllStopsEveryInstance(t *testing.T) {
 	dir := t.TempDir()

@@ -293,8 +293,8 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	base := newLogger(s.logFormat, stdout)
 	log := base.With("logger", "manager")
 
-	views, viewErrs := make(chan clusterView, 1), make(chan error, 1)
-	source, err := newSource(s, base, views)
+	news := newFeed()
+	source, err := newSource(s, base, news)
 	if err != nil {
 		return err
 	}
@@ -332,9 +332,9 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	// The loops stop when ctx ends; the supervisor, which owns the slow
 	// part (a graceful stop), is waited for before HTTP goes away.
 	var loops sync.WaitGroup
-	loops.Go(func() { source.run(ctx, views, viewErrs) })
+	loops.Go(func() { source.run(ctx, news) })
 	loops.Go(func() { obs.run(ctx) })
-	loops.Go(func() { rec.run(ctx, views, viewErrs, obsCh) })
+	loops.Go(func() { rec.run(ctx, news, obsCh) })
 	loops.Go(func() { runStatusWriter(ctx, log, rec.statuses, source.writeStatus) })
 	supDone := make(chan struct{})
 	go func() { sup.run(ctx); close(supDone) }()
@@ -370,7 +370,7 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 
 // clusterSource is where the RedisCluster comes from and its status goes.
 type clusterSource interface {
-	run(ctx context.Context, views chan clusterView, errs chan error)
+	run(ctx context.Context, f *feed)
 	writeStatus(ctx context.Context, u statusUpdate) error
 	heartbeat() time.Time
 }
@@ -378,14 +378,14 @@ type clusterSource interface {
 // newSource connects to the cluster file or the Kubernetes API. A local
 // file that does not make a view is a start error; the API may be away for
 // a while, and the manager waits for it.
-func newSource(s *settings, log *slog.Logger, views chan clusterView) (clusterSource, error) {
+func newSource(s *settings, log *slog.Logger, f *feed) (clusterSource, error) {
 	if s.clusterFile != "" {
 		src := newLocalSource(s.clusterFile, s.cluster, s.namespace, s.podName)
 		first, err := src.load()
 		if err != nil {
 			return nil, configError{err}
 		}
-		offer(views, first)
+		f.view(first)
 		return src, nil
 	}
 	var cfg *rest.Config

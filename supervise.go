@@ -134,6 +134,7 @@ type supervisorState struct {
 	restarts    int       // unexpected exits followed by a restart
 	startedAt   time.Time // of the current process
 	startedConf string    // redis.conf as it was read at the last start
+	password    string    // the requirepass in it: what redis-server answers to
 	retryAt     time.Time // when a crashed redis-server will be started again
 	lastExit    string
 	beat        time.Time // the loop is alive
@@ -178,7 +179,7 @@ func (s *supervisor) snapshot() supervisorState { return *s.state.Load() }
 
 // password is the one the running redis-server answers to: the manager's
 // own connections must use it, not a newer one it has not been given.
-func (s *supervisor) password() string { return confPassword(s.state.Load().startedConf) }
+func (s *supervisor) password() string { return s.state.Load().password }
 
 // touch keeps the heartbeat fresh while the run loop waits in a stop.
 func (s *supervisor) touch() {
@@ -214,7 +215,8 @@ func (s *supervisor) run(ctx context.Context) {
 			return
 		}
 		proc, exited = p, ch
-		st.running, st.pid, st.startedAt, st.startedConf, st.retryAt = true, p.Pid, time.Now(), conf, time.Time{}
+		st.running, st.pid, st.startedAt, st.retryAt = true, p.Pid, time.Now(), time.Time{}
+		st.startedConf, st.password = conf, confPassword(conf)
 		s.log.Info("redis-server started", "pid", p.Pid)
 	}
 	for {

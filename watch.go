@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -106,6 +107,36 @@ type clusterView struct {
 	cluster  redisCluster
 	fragment string // the ConfigMap's redis.conf fragment
 	password string // from the Secret; empty without authSecretRef
+	seq      uint64 // stamped by the feed
+}
+
+// feed carries a source's news to the reconciler: the latest view and the
+// latest complaint, each in a one-slot channel where newer replaces older,
+// numbered so that the reconciler can tell which of the two came last.
+type feed struct {
+	views chan clusterView
+	errs  chan sourceError
+	seq   uint64 // owned by the one goroutine that sends
+}
+
+type sourceError struct {
+	seq uint64
+	err error
+}
+
+func newFeed() *feed {
+	return &feed{views: make(chan clusterView, 1), errs: make(chan sourceError, 1)}
+}
+
+func (f *feed) view(v clusterView) {
+	f.seq++
+	v.seq = f.seq
+	offer(f.views, v)
+}
+
+func (f *feed) fail(err error) {
+	f.seq++
+	offer(f.errs, sourceError{f.seq, err})
 }
 
 // localSource reads the cluster from a multi-document YAML file and keeps
@@ -132,7 +163,7 @@ func (s *localSource) heartbeat() time.Time { return time.Unix(0, s.beat.Load())
 
 // run sends a new view whenever the file or another instance's entry
 // changes, or an error when the file no longer makes a usable view.
-func (s *localSource) run(ctx context.Context, views chan clusterView, errs chan error) {
+func (s *localSource) run(ctx context.Context, f *feed) {
 	t := time.NewTicker(localPoll)
 	defer t.Stop()
 	for {
@@ -150,10 +181,10 @@ func (s *localSource) run(ctx context.Context, views chan clusterView, errs chan
 		s.lastFile, s.lastPeers = file, peers
 		v, err := s.load()
 		if err != nil {
-			offer(errs, err)
+			f.fail(err)
 			continue
 		}
-		offer(views, v)
+		f.view(v)
 	}
 }
 
@@ -311,6 +342,8 @@ const (
 	// resyncEvery re-reads the referenced ConfigMap and Secret, whose
 	// changes the watch of the RedisCluster does not see.
 	resyncEvery = time.Minute
+	// watchTimeout is the shortest a watch lasts before it is renewed.
+	watchTimeout = 5 * time.Minute
 )
 
 type kubeSource struct {
@@ -332,11 +365,11 @@ func (k *kubeSource) heartbeat() time.Time { return time.Unix(0, k.beat.Load()) 
 
 // run lists and watches until ctx ends. A watch that ends, fails or
 // answers 410 Gone leads to a fresh list, after a backoff when it failed.
-func (k *kubeSource) run(ctx context.Context, views chan clusterView, errs chan error) {
+func (k *kubeSource) run(ctx context.Context, f *feed) {
 	var backoff time.Duration
 	for {
 		began := time.Now()
-		err := k.listAndWatch(ctx, views, errs)
+		err := k.listAndWatch(ctx, f)
 		if ctx.Err() != nil {
 			return
 		}
@@ -354,7 +387,7 @@ func (k *kubeSource) run(ctx context.Context, views chan clusterView, errs chan 
 	}
 }
 
-func (k *kubeSource) listAndWatch(ctx context.Context, views chan clusterView, errs chan error) error {
+func (k *kubeSource) listAndWatch(ctx context.Context, f *feed) error {
 	k.beat.Store(time.Now().UnixNano())
 	rcs := k.client.Resource(redisClusterGVR).Namespace(k.namespace)
 	selector := fields.OneTermEqualSelector("metadata.name", k.cluster).String()
@@ -363,7 +396,7 @@ func (k *kubeSource) listAndWatch(ctx context.Context, views chan clusterView, e
 	cancel()
 	if err != nil {
 		err = fmt.Errorf("list RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
-		offer(errs, err)
+		f.fail(err)
 		return err
 	}
 	var current *unstructured.Unstructured
@@ -378,21 +411,27 @@ func (k *kubeSource) listAndWatch(ctx context.Context, views chan clusterView, e
 	var refs *clusterView
 	emit := func(reread bool) {
 		if current == nil {
-			offer(errs, fmt.Errorf("RedisCluster %s/%s does not exist", k.namespace, k.cluster))
+			f.fail(fmt.Errorf("RedisCluster %s/%s does not exist", k.namespace, k.cluster))
 			return
 		}
 		v, err := k.view(ctx, current, refs, reread)
 		if err != nil {
-			offer(errs, err)
+			f.fail(err)
 			return
 		}
 		refs = &v
-		offer(views, v)
+		f.view(v)
 	}
 	emit(true)
-	w, err := rcs.Watch(ctx, metav1.ListOptions{FieldSelector: selector, ResourceVersion: list.GetResourceVersion(), AllowWatchBookmarks: true})
+	// The server ends the watch after a while, as client-go's reflector
+	// asks, so that a watch that went quiet without closing is replaced.
+	timeout := int64(watchTimeout/time.Second) + rand.Int64N(int64(watchTimeout/time.Second))
+	w, err := rcs.Watch(ctx, metav1.ListOptions{FieldSelector: selector, ResourceVersion: list.GetResourceVersion(),
+		AllowWatchBookmarks: true, TimeoutSeconds: &timeout})
 	if err != nil {
-		return fmt.Errorf("watch RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
+		err = fmt.Errorf("watch RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
+		f.fail(err)
+		return err
 	}
 	defer w.Stop()
 	resync := time.NewTicker(k.resync)
@@ -413,7 +452,11 @@ func (k *kubeSource) listAndWatch(ctx context.Context, views chan clusterView, e
 			}
 			switch ev.Type {
 			case watch.Error:
-				return fmt.Errorf("watch: %w", apierrors.FromObject(ev.Object))
+				err := apierrors.FromObject(ev.Object)
+				if !apierrors.IsResourceExpired(err) && !apierrors.IsGone(err) {
+					f.fail(fmt.Errorf("watch RedisCluster %s/%s: %w", k.namespace, k.cluster, err))
+				}
+				return fmt.Errorf("watch: %w", err)
 			case watch.Bookmark:
 				continue
 			}
@@ -554,6 +597,8 @@ type reconciler struct {
 	role       desiredRole
 	conf       string // redis.conf as last written
 	viewErr    string // the source's latest complaint
+	viewSeq    uint64 // of the latest view applied
+	errSeq     uint64 // of the latest complaint
 	confErr    string // why the latest fragment was refused
 	fenceErr   string // why the latest fence annotation was refused
 	obs        *observation
@@ -572,7 +617,7 @@ func newReconciler(r *reconciler) *reconciler {
 
 // run reacts to the source, to Redis, and to time until ctx ends. Nothing
 // starts before the first view of the cluster: nothing starts on a guess.
-func (r *reconciler) run(ctx context.Context, views <-chan clusterView, errs <-chan error, observations <-chan *observation) {
+func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *observation) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -581,12 +626,19 @@ func (r *reconciler) run(ctx context.Context, views <-chan clusterView, errs <-c
 		case <-ctx.Done():
 			r.stopped("stopping")
 			return
-		case v := <-views:
-			r.viewErr = ""
+		case v := <-f.views:
+			if v.seq > r.errSeq {
+				r.viewErr = "" // the complaint is older than this view
+			}
+			r.viewSeq = v.seq
 			r.applyView(v)
-		case err := <-errs:
-			if msg := err.Error(); msg != r.viewErr {
-				r.log.Error("cannot use the cluster's new state; keeping the last good one", "error", err)
+		case e := <-f.errs:
+			if e.seq < r.viewSeq {
+				break // a newer view already came
+			}
+			r.errSeq = e.seq
+			if msg := e.err.Error(); msg != r.viewErr {
+				r.log.Error("cannot use the cluster's new state; keeping the last good one", "error", e.err)
 				r.viewErr = msg
 			}
 		case o := <-observations:
@@ -603,7 +655,8 @@ func (r *reconciler) run(ctx context.Context, views <-chan clusterView, errs <-c
 // applyView renders redis.conf for the new view. A refused fragment keeps
 // the last good one in force but does not hold up what else changed.
 func (r *reconciler) applyView(v clusterView) {
-	r.view, r.haveView = v, true
+	defer func() { r.haveView = true }()
+	r.view = v
 	if frag, err := parseFragment(v.fragment); err != nil {
 		if r.confErr != err.Error() {
 			r.log.Error("refusing the new redis.conf fragment; the last good configuration stays", "error", err)
@@ -613,6 +666,11 @@ func (r *reconciler) applyView(v clusterView) {
 		r.fragment, r.fragmentOK, r.confErr = frag, true, ""
 	}
 	if fenced, err := isFenced(v.cluster.Metadata.Annotations, r.settings.podName); err != nil {
+		if !r.haveView {
+			// Nothing to keep as it was: the pod may well be meant to be
+			// fenced, so redis-server stays stopped until it parses.
+			r.fenced = true
+		}
 		if r.fenceErr != err.Error() {
 			r.log.Error("ignoring a malformed fence annotation; fencing stays as it was", "error", err, "fenced", r.fenced)
 		}
@@ -624,6 +682,9 @@ func (r *reconciler) applyView(v clusterView) {
 		r.fenced, r.fenceErr = fenced, ""
 	}
 	r.role = roleFor(&v.cluster, r.settings.podName)
+	if r.fenced {
+		r.setWanted(false) // whatever fails below, a fence holds
+	}
 	if !r.fragmentOK {
 		r.setWanted(false) // never a configuration we did not check
 		return
@@ -662,7 +723,7 @@ func (r *reconciler) setWanted(run bool) {
 
 // follow keeps a running replica pointed at the target's current address.
 func (r *reconciler) follow() {
-	moved, err := followPrimary(localAddr(r.settings.redisPort), confPassword(r.sup.snapshot().startedConf), r.obs, r.role)
+	moved, err := followPrimary(localAddr(r.settings.redisPort), r.sup.snapshot().password, r.obs, r.role)
 	switch {
 	case err != nil:
 		r.log.Warn("cannot re-point the replica at the target primary", "error", err)
@@ -716,7 +777,7 @@ func (r *reconciler) publish() {
 	switch {
 	case !r.haveView:
 		ps.reason = "waiting for the RedisCluster " + r.settings.cluster
-		ps.started = true
+		ps.startupReason = ps.reason
 	case r.fenced:
 		ps.reason = "fenced by the " + fencedAnnotation + " annotation"
 		ps.started = true
@@ -816,6 +877,9 @@ func runStatusWriter(ctx context.Context, log *slog.Logger, updates <-chan statu
 func sameStatus(a, b instanceStatus, figures bool) bool {
 	if !figures {
 		a.ReplicationOffset, a.LagBytes, a.UsedMemoryBytes = b.ReplicationOffset, b.LagBytes, b.UsedMemoryBytes
+		if a.Ready == b.Ready {
+			a.NotReadyReason = b.NotReadyReason // it quotes loading progress and lag
+		}
 	}
 	a.UpdatedAt = b.UpdatedAt
 	return reflect.DeepEqual(a, b)

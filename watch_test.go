@@ -242,16 +242,24 @@ data: {redis.conf: "maxmemory 1mb\n"}
 
 // fakeProcess stands in for the supervisor in unit tests of the reconciler.
 type fakeProcess struct {
-	mu     sync.Mutex
-	wanted bool
+	mu      sync.Mutex
+	wanted  bool
+	started time.Time
 }
 
-func (f *fakeProcess) setWanted(run bool) { f.mu.Lock(); f.wanted = run; f.mu.Unlock() }
+func (f *fakeProcess) setWanted(run bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if run && !f.wanted {
+		f.started = time.Now()
+	}
+	f.wanted = run
+}
 func (f *fakeProcess) isWanted() bool     { f.mu.Lock(); defer f.mu.Unlock(); return f.wanted }
 func (f *fakeProcess) snapshot() supervisorState {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return supervisorState{wanted: f.wanted, beat: time.Now()}
+	return supervisorState{wanted: f.wanted, running: f.wanted, startedAt: f.started, beat: time.Now()}
 }
 
 func unstructuredFrom(t *testing.T, yamlText string) *unstructured.Unstructured {
@@ -278,15 +286,21 @@ status:
 // kubeHarness runs the Kubernetes source, the reconciler and the status
 // writer against client-go's fake dynamic client, for instance cache-1.
 type kubeHarness struct {
-	t      *testing.T
-	client *dynamicfake.FakeDynamicClient
-	proc   *fakeProcess
-	rec    *reconciler
-	conf   string
-	lists  atomic.Int32
+	t            *testing.T
+	pod          string
+	client       *dynamicfake.FakeDynamicClient
+	proc         *fakeProcess
+	rec          *reconciler
+	observations chan *observation
+	conf         string
+	lists        atomic.Int32
 }
 
 func startKubeHarness(t *testing.T, watchReactors ...k8stesting.WatchReactionFunc) *kubeHarness {
+	return startKubeHarnessFor(t, "cache-1", watchReactors...)
+}
+
+func startKubeHarnessFor(t *testing.T, pod string, watchReactors ...k8stesting.WatchReactionFunc) *kubeHarness {
 	t.Helper()
 	objs := []runtime.Object{
 		unstructuredFrom(t, fakeCluster),
@@ -296,7 +310,7 @@ func startKubeHarness(t *testing.T, watchReactors ...k8stesting.WatchReactionFun
 	}
 	client := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
 		map[schema.GroupVersionResource]string{redisClusterGVR: "RedisClusterList"}, objs...)
-	h := &kubeHarness{t: t, client: client, proc: &fakeProcess{}}
+	h := &kubeHarness{t: t, pod: pod, client: client, proc: &fakeProcess{}, observations: make(chan *observation)}
 	client.PrependReactor("list", "redisclusters", func(k8stesting.Action) (bool, runtime.Object, error) {
 		h.lists.Add(1)
 		return false, nil, nil
@@ -308,14 +322,14 @@ func startKubeHarness(t *testing.T, watchReactors ...k8stesting.WatchReactionFun
 	h.conf = filepath.Join(dir, "redis.conf")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	h.rec = newReconciler(&reconciler{log: log, sup: h.proc,
-		settings: &settings{podName: "cache-1", cluster: "cache", namespace: "prod", dataDir: dir, redisPort: 6379, announceHost: "10.0.0.2"}})
-	src := newKubeSource(client, "prod", "cache", "cache-1", log)
+		settings: &settings{podName: pod, cluster: "cache", namespace: "prod", dataDir: dir, redisPort: 6379, announceHost: "10.0.0.2"}})
+	src := newKubeSource(client, "prod", "cache", pod, log)
 	src.resync = 300 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
-	views, errs := make(chan clusterView, 1), make(chan error, 1)
+	news := newFeed()
 	var wg sync.WaitGroup
-	wg.Go(func() { src.run(ctx, views, errs) })
-	wg.Go(func() { h.rec.run(ctx, views, errs, nil) })
+	wg.Go(func() { src.run(ctx, news) })
+	wg.Go(func() { h.rec.run(ctx, news, h.observations) })
 	wg.Go(func() { runStatusWriter(ctx, log, h.rec.statuses, src.writeStatus) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	return h
@@ -348,14 +362,15 @@ func (h *kubeHarness) lastEntry() map[string]any {
 	for _, p := range ps {
 		status, _ := p["status"].(map[string]any)
 		entries, _ := status["instancesStatus"].(map[string]any)
-		if len(p) != 1 || len(status) != 1 || len(entries) != 1 || entries["cache-1"] == nil {
+		delete(status, "currentPrimary") // checked apart
+		if len(p) != 1 || len(status) != 1 || len(entries) != 1 || entries[h.pod] == nil {
 			h.t.Fatalf("a patch touches more than this pod's entry: %v", p)
 		}
 	}
 	if len(ps) == 0 {
 		return nil
 	}
-	return ps[len(ps)-1]["status"].(map[string]any)["instancesStatus"].(map[string]any)["cache-1"].(map[string]any)
+	return ps[len(ps)-1]["status"].(map[string]any)["instancesStatus"].(map[string]any)[h.pod].(map[string]any)
 }
 
 func (h *kubeHarness) annotate(name, value string) {
@@ -402,7 +417,7 @@ func TestKubeWatchReconcilesAndPatchesOnlyItsEntry(t *testing.T) {
 	h.annotate("cache", `["cache-1"]`)
 	eventually(t, 5*time.Second, "fencing to stop redis-server and be reported", func() bool {
 		e := h.lastEntry()
-		return !h.proc.isWanted() && e["fenced"] == true && e["ready"] == false
+		return !h.proc.isWanted() && e["fenced"] == true
 	})
 
 	h.annotate("cache", `cache-1`)
@@ -420,6 +435,41 @@ func TestKubeWatchReconcilesAndPatchesOnlyItsEntry(t *testing.T) {
 	})
 	if out, _ := json.Marshal(h.patches()); strings.Contains(string(out), "hunter2") {
 		t.Fatal("a status patch carries the password")
+	}
+}
+
+// Only the ready primary claims status.currentPrimary, and a deleted
+// RedisCluster is reported without stopping anything.
+func TestKubePrimaryClaimsCurrentPrimaryAndDeletionIsReported(t *testing.T) {
+	h := startKubeHarnessFor(t, "cache-0")
+	eventually(t, 5*time.Second, "redis-server to be wanted", h.proc.isWanted)
+	claimed := func() bool {
+		for _, p := range h.patches() {
+			if p["status"].(map[string]any)["currentPrimary"] != nil {
+				return true
+			}
+		}
+		return false
+	}
+	if claimed() {
+		t.Fatal("currentPrimary claimed before Redis was seen serving as master")
+	}
+	h.observations <- &observation{at: time.Now(), primaryOffset: -1, info: redisInfo{"role": "master", "redis_version": "7.0.15"}}
+	eventually(t, 5*time.Second, "a patch claiming currentPrimary", func() bool {
+		return claimed() && h.lastEntry()["role"] == "master" && h.lastEntry()["ready"] == true
+	})
+	if p := h.patches(); p[len(p)-1]["status"].(map[string]any)["currentPrimary"] != "cache-0" {
+		t.Fatalf("last patch %v", p[len(p)-1])
+	}
+
+	if err := h.client.Resource(redisClusterGVR).Namespace("prod").Delete(context.Background(), "cache", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the deletion in lastError", func() bool {
+		return strings.Contains(h.rec.published.Load().status.LastError, "does not exist")
+	})
+	if !h.proc.isWanted() {
+		t.Fatal("deleting the RedisCluster stopped redis-server")
 	}
 }
 

@@ -169,6 +169,7 @@ type cutProxy struct {
 	addr   string
 	mu     sync.Mutex
 	ln     net.Listener
+	down   bool
 	conns  map[net.Conn]bool
 }
 
@@ -186,7 +187,7 @@ func (p *cutProxy) listen(addr string) {
 		p.t.Fatal(err)
 	}
 	p.mu.Lock()
-	p.ln = ln
+	p.ln, p.down = ln, false
 	p.mu.Unlock()
 	go func() {
 		for {
@@ -206,6 +207,12 @@ func (p *cutProxy) forward(c net.Conn) {
 		return
 	}
 	p.mu.Lock()
+	if p.down { // accepted just as the proxy was cut
+		p.mu.Unlock()
+		c.Close()
+		up.Close()
+		return
+	}
 	p.conns[c], p.conns[up] = true, true
 	p.mu.Unlock()
 	go func() { io.Copy(up, c); up.Close() }()
@@ -217,6 +224,7 @@ func (p *cutProxy) forward(c net.Conn) {
 func (p *cutProxy) cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.down = true
 	p.ln.Close()
 	for c := range p.conns {
 		c.Close()
@@ -408,6 +416,12 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 		t.Errorf("the instance's token can read another Secret: %v", err)
 	}
 	saDyn := dynamic.NewForConfigOrDie(cp.tokenClient(tr.Status.Token))
+	if _, err := saDyn.Resource(redisCluster).Namespace(ns).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the instance's token can list every RedisCluster: %v", err)
+	}
+	if _, err := saDyn.Resource(redisCluster).Namespace(ns).Get(ctx, "another", metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the instance's token can read another RedisCluster: %v", err)
+	}
 	if _, err := saDyn.Resource(redisCluster).Namespace(ns).Patch(ctx, "cache", types.MergePatchType, []byte(`{"spec":{"targetPrimary":"cache-1"}}`), metav1.PatchOptions{}); !apierrors.IsForbidden(err) {
 		t.Errorf("the instance's token can change the spec: %v", err)
 	}
