@@ -255,7 +255,7 @@ func (f *fakeProcess) setWanted(run bool) {
 	}
 	f.wanted = run
 }
-func (f *fakeProcess) isWanted() bool     { f.mu.Lock(); defer f.mu.Unlock(); return f.wanted }
+func (f *fakeProcess) isWanted() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.wanted }
 func (f *fakeProcess) snapshot() supervisorState {
 	f.mu.Lock()
 	defer f.mu.Unlock()
