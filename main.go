@@ -117,6 +117,7 @@ type settings struct {
 	operatorTokenFile           string
 	tlsCert, tlsKey, tlsCA      string
 	shutdownTimeout             time.Duration
+	failoverTimeout             time.Duration
 	logFormat                   string
 }
 
@@ -152,6 +153,8 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	env["redis-port"] = "REDIS_PORT"
 	fs.DurationVar(&s.shutdownTimeout, "shutdown-timeout", 30*time.Second, "budget for a graceful stop on SIGTERM (env SHUTDOWN_TIMEOUT)")
 	env["shutdown-timeout"] = "SHUTDOWN_TIMEOUT"
+	fs.DurationVar(&s.failoverTimeout, "failover-timeout", 2*time.Second, "how long the target waits for an unreachable old primary before promoting itself (env FAILOVER_TIMEOUT)")
+	env["failover-timeout"] = "FAILOVER_TIMEOUT"
 
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		fs.SetOutput(stderr)
@@ -204,8 +207,8 @@ func (s *settings) complete() error {
 	if s.redisPort <= 0 || s.redisPort > 65535 {
 		return configErrorf("--redis-port %d is not a port", s.redisPort)
 	}
-	if s.shutdownTimeout <= 0 {
-		return configErrorf("--shutdown-timeout must be positive")
+	if s.shutdownTimeout <= 0 || s.failoverTimeout <= 0 {
+		return configErrorf("--shutdown-timeout and --failover-timeout must be positive")
 	}
 	if s.logFormat != "json" && s.logFormat != "text" {
 		return configErrorf("--log-format %q: want json or text", s.logFormat)
@@ -323,7 +326,8 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	}
 	rec.sup = sup
 	obsCh := make(chan *observation, 1)
-	obs := &observer{log: log, port: s.redisPort, password: sup.password, out: obsCh}
+	rec.poke = make(chan struct{}, 1)
+	obs := &observer{log: log, port: s.redisPort, password: sup.password, out: obsCh, poke: rec.poke}
 	obs.beat.Store(time.Now().UnixNano())
 
 	log.Info("starting", "version", version, "commit", commit, "pod", s.podName, "cluster", s.cluster,

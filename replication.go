@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -36,6 +37,8 @@ func parseInfo(text string) redisInfo {
 	return info
 }
 
+func (i redisInfo) role() string { return i["role"] }
+
 func (i redisInfo) int(key string) int64 {
 	n, _ := strconv.ParseInt(i[key], 10, 64)
 	return n
@@ -58,7 +61,7 @@ type observation struct {
 }
 
 func (o *observation) loading() bool { return o.info["loading"] == "1" }
-func (o *observation) role() string  { return o.info["role"] }
+func (o *observation) role() string  { return o.info.role() }
 
 // Poll intervals: quick while redis-server starts or loads, so that probes
 // see progress; relaxed once it serves, at one INFO a second.
@@ -74,7 +77,8 @@ type observer struct {
 	port     int
 	password func() string
 	out      chan<- *observation
-	beat     atomic.Int64 // unix nanoseconds of the last poll
+	poke     chan struct{} // look now: a role just changed
+	beat     atomic.Int64  // unix nanoseconds of the last poll
 
 	conn, primary         redis.Conn
 	primaryAddr           string
@@ -97,6 +101,7 @@ func (o *observer) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-o.poke:
 		}
 		obs := o.poll()
 		o.beat.Store(time.Now().UnixNano())
@@ -283,4 +288,199 @@ func followPrimary(addr, password string, obs *observation, want desiredRole) (m
 		return false, fmt.Errorf("REPLICAOF %s %s: %w", host, port, err)
 	}
 	return true, nil
+}
+
+// Moving the primary role. The target primary's manager drives it, and so
+// does the old primary's, with the same steps, so that either one alone
+// suffices; every step can be repeated without harm.
+//
+// A planned switchover loses no acknowledged write: the old master stops
+// taking writes (CLIENT PAUSE WRITE), its offset is read, the new one is
+// promoted only once it has applied everything up to that offset, and the
+// old one becomes its replica before the pause ends, so the writes it held
+// back are refused (READONLY) rather than acknowledged on the wrong side.
+
+// handoverPause bounds how long the old master refuses writes should the
+// manager driving the handover die half way.
+const handoverPause = 3 * time.Second
+
+// catchUpTimeout is how long the new primary may take to apply the last
+// writes of the old one before the handover is abandoned and retried.
+const catchUpTimeout = 2 * time.Second
+
+// errUnreachable marks an old master that does not answer: a failover, not
+// a switchover, is then the way, once it has been gone long enough.
+var errUnreachable = errors.New("the old primary does not answer")
+
+// redisNode is one instance as the manager reaches it: the address it
+// dials, and the address the other instances use.
+type redisNode struct {
+	dial, announce string
+}
+
+// handover moves the primary role from old to new.
+func handover(old, new redisNode, password string) error {
+	oc, err := dialRedis(old.dial, password, 300*time.Millisecond)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUnreachable, err)
+	}
+	defer oc.Close()
+	nc, err := dialRedis(new.dial, password, redisTimeout)
+	if err != nil {
+		return fmt.Errorf("connect to the new primary: %w", err)
+	}
+	defer nc.Close()
+
+	oldInfo, err := infoReplication(oc)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUnreachable, err)
+	}
+	if oldInfo.role() == "master" {
+		if _, err := oc.Do("CLIENT", "PAUSE", handoverPause.Milliseconds(), "WRITE"); err != nil {
+			return fmt.Errorf("pause writes on the old primary: %w", err)
+		}
+		// The offset after the pause: every acknowledged write is below it.
+		if oldInfo, err = infoReplication(oc); err != nil {
+			return fmt.Errorf("%w: %v", errUnreachable, err)
+		}
+		newInfo, err := infoReplication(nc)
+		if err != nil {
+			return fmt.Errorf("read the new primary's role: %w", err)
+		}
+		// Already a master (a failover while this one was cut off, or a
+		// handover that stopped half way): the old one only has to follow,
+		// unless that would trade its data for an empty dataset.
+		if newInfo.role() == "master" {
+			if err := refuseEmpty(oc, nc); err != nil {
+				return err
+			}
+		} else {
+			if err := awaitCatchUp(nc, oldInfo.int("master_repl_offset")); err != nil {
+				return err
+			}
+			if _, err := nc.Do("REPLICAOF", "NO", "ONE"); err != nil {
+				return fmt.Errorf("promote the new primary: %w", err)
+			}
+		}
+	} else if newInfo, err := infoReplication(nc); err != nil || newInfo.role() != "master" {
+		// Neither is master: there is nothing to hand over, only to fail
+		// over, which the failover window decides.
+		return fmt.Errorf("%w: it runs as a replica, and so does the new one", errUnreachable)
+	}
+	host, port, err := splitHostPort(new.announce)
+	if err != nil {
+		return err
+	}
+	if _, err := oc.Do("REPLICAOF", host, port); err != nil {
+		return fmt.Errorf("demote the old primary: %w", err)
+	}
+	if _, err := oc.Do("CLIENT", "UNPAUSE"); err != nil {
+		return fmt.Errorf("unpause the old primary: %w", err)
+	}
+	return nil
+}
+
+// awaitCatchUp waits until the new primary, a replica of old, has applied
+// the replication stream up to offset. A new primary that is already a
+// master has nothing to wait for only if it has all of it, which a master
+// cannot show: it must be a replica of old.
+func awaitCatchUp(nc redis.Conn, offset int64) error {
+	deadline := time.Now().Add(catchUpTimeout)
+	for {
+		info, err := infoReplication(nc)
+		if err != nil {
+			return fmt.Errorf("read the new primary's offset: %w", err)
+		}
+		switch {
+		case info.role() != "slave":
+			return fmt.Errorf("the new primary runs as %s, not as a replica of the old one: refusing to hand over", info.role())
+		case info["master_link_status"] == "up" && info.int("slave_repl_offset") >= offset:
+			return nil
+		case time.Now().After(deadline):
+			return fmt.Errorf("the new primary reached offset %d of %d within %s; not promoting it", info.int("slave_repl_offset"), offset, catchUpTimeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// errEmptyPrimary: following, or becoming, a primary without data while
+// data exists elsewhere would replicate the loss to every instance.
+var errEmptyPrimary = errors.New("refusing an empty primary")
+
+// refuseEmpty fails when the master at nc holds no key and the server at
+// oc, which would follow it and drop its own, holds some.
+func refuseEmpty(oc, nc redis.Conn) error {
+	mine, err := keyCount(oc)
+	if err != nil {
+		return err
+	}
+	theirs, err := keyCount(nc)
+	if err != nil {
+		return err
+	}
+	if theirs == 0 && mine > 0 {
+		return fmt.Errorf("%w: it holds no key, and following it would drop the %d keys here", errEmptyPrimary, mine)
+	}
+	return nil
+}
+
+// keyCount is the number of keys in all databases, from INFO keyspace.
+func keyCount(c redis.Conn) (int64, error) {
+	text, err := redis.String(c.Do("INFO", "keyspace"))
+	if err != nil {
+		return 0, err
+	}
+	return parseInfo(text).keys(), nil
+}
+
+// keys sums "dbN:keys=K,expires=...,avg_ttl=..." over the databases.
+func (i redisInfo) keys() int64 {
+	var n int64
+	for k, v := range i {
+		if !strings.HasPrefix(k, "db") {
+			continue
+		}
+		for _, f := range strings.Split(v, ",") {
+			if c, ok := strings.CutPrefix(f, "keys="); ok {
+				k, _ := strconv.ParseInt(c, 10, 64)
+				n += k
+			}
+		}
+	}
+	return n
+}
+
+func infoReplication(c redis.Conn) (redisInfo, error) {
+	text, err := redis.String(c.Do("INFO", "replication"))
+	if err != nil {
+		return nil, err
+	}
+	return parseInfo(text), nil
+}
+
+// promote makes the local server a master: the failover, for when the old
+// primary has been gone longer than the failover window.
+func promote(addr, password string) error {
+	c, err := dialRedis(addr, password, redisTimeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.Do("REPLICAOF", "NO", "ONE"); err != nil {
+		return fmt.Errorf("REPLICAOF NO ONE: %w", err)
+	}
+	return nil
+}
+
+// pauseWrites keeps a master that is not the target from taking writes
+// while it has nowhere to hand over to; the pause is renewed while that
+// lasts, and ends with the handover.
+func pauseWrites(addr, password string) error {
+	c, err := dialRedis(addr, password, redisTimeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Do("CLIENT", "PAUSE", handoverPause.Milliseconds(), "WRITE")
+	return err
 }

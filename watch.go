@@ -91,6 +91,7 @@ type instanceStatus struct {
 	LagBytes           int64     `json:"lagBytes"`
 	ConnectedReplicas  int64     `json:"connectedReplicas"`
 	UsedMemoryBytes    int64     `json:"usedMemoryBytes"`
+	Keys               int64     `json:"keys"`
 	RedisVersion       string    `json:"redisVersion"`
 	ManagerVersion     string    `json:"managerVersion"`
 	ExecutableHash     string    `json:"executableHash"`
@@ -595,12 +596,15 @@ type reconciler struct {
 	fenced     bool
 	wanted     bool // redis-server should run
 	role       desiredRole
-	conf       string // redis.conf as last written
-	viewErr    string // the source's latest complaint
-	viewSeq    uint64 // of the latest view applied
-	errSeq     uint64 // of the latest complaint
-	confErr    string // why the latest fragment was refused
-	fenceErr   string // why the latest fence annotation was refused
+	conf       string        // redis.conf as last written
+	viewErr    string        // the source's latest complaint
+	viewSeq    uint64        // of the latest view applied
+	errSeq     uint64        // of the latest complaint
+	confErr    string        // why the latest fragment was refused
+	fenceErr   string        // why the latest fence annotation was refused
+	roleErr    string        // why the role could not be made right
+	lostSince  time.Time     // when the old primary was first found gone
+	poke       chan struct{} // asks the observer to look now
 	obs        *observation
 	lastAnswer time.Time
 	written    instanceStatus
@@ -632,6 +636,7 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 			}
 			r.viewSeq = v.seq
 			r.applyView(v)
+			r.enforceRole()
 		case e := <-f.errs:
 			if e.seq < r.viewSeq {
 				break // a newer view already came
@@ -646,7 +651,7 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 			if o.err == nil {
 				r.lastAnswer = o.at
 			}
-			r.follow()
+			r.enforceRole()
 		case <-tick.C:
 		}
 	}
@@ -721,14 +726,114 @@ func (r *reconciler) setWanted(run bool) {
 	r.sup.setWanted(run)
 }
 
-// follow keeps a running replica pointed at the target's current address.
-func (r *reconciler) follow() {
-	moved, err := followPrimary(localAddr(r.settings.redisPort), r.sup.snapshot().password, r.obs, r.role)
+// enforceRole brings the local redis-server to the role the object gives
+// it: the target takes the primary role over (or fails over to itself once
+// the old primary has been gone for the failover window), a master that is
+// not the target hands the role over and refuses writes until it has, and
+// a replica follows the target's address.
+func (r *reconciler) enforceRole() {
+	sup := r.sup.snapshot()
+	obs := r.obs
+	if !r.wanted || !sup.running || obs == nil || obs.err != nil || obs.loading() || obs.at.Before(sup.startedAt) {
+		return
+	}
+	me := redisNode{dial: localAddr(r.settings.redisPort), announce: joinHostPort(r.settings.announceHost, fmt.Sprint(r.settings.redisPort))}
 	switch {
-	case err != nil:
-		r.log.Warn("cannot re-point the replica at the target primary", "error", err)
-	case moved:
-		r.log.Info("re-pointed the replica at the target primary", "targetPrimary", r.role.target, "address", r.role.replicaOf)
+	case r.role.primary && obs.role() == "slave":
+		master := joinHostPort(obs.info["master_host"], obs.info["master_port"])
+		err := handover(redisNode{dial: master, announce: master}, me, sup.password)
+		switch {
+		case err == nil:
+			r.log.Info("took over the primary role", "from", master)
+			r.lostSince, r.roleErr = time.Time{}, ""
+			r.pokeObserver()
+		case errors.Is(err, errUnreachable):
+			if r.lostSince.IsZero() {
+				r.lostSince = time.Now()
+				r.log.Warn("the old primary does not answer; failing over if it stays away", "from", master, "window", r.settings.failoverTimeout.String(), "error", err)
+			}
+			if time.Since(r.lostSince) < r.settings.failoverTimeout {
+				return
+			}
+			if holder, n := r.dataElsewhere(); obs.info.keys() == 0 && n > 0 {
+				r.roleFailed("refusing to fail over to this instance", fmt.Errorf("%w: it holds no key while %s reported %d", errEmptyPrimary, holder, n))
+				return
+			}
+			if err := promote(me.dial, sup.password); err != nil {
+				r.roleFailed("cannot promote this instance", err)
+				return
+			}
+			r.log.Warn("failed over: promoted this instance", "oldPrimary", master, "goneFor", time.Since(r.lostSince).Round(time.Millisecond).String())
+			r.lostSince, r.roleErr = time.Time{}, ""
+			r.pokeObserver()
+		default:
+			r.roleFailed("cannot take over the primary role", err)
+		}
+	case !r.role.primary && obs.role() == "master":
+		// Not the target, yet a master: no write may be taken here.
+		if r.role.replicaOf == "" {
+			if err := pauseWrites(me.dial, sup.password); err != nil {
+				r.roleFailed("cannot stop writes on this master, which is not the target", err)
+			}
+			return
+		}
+		target := redisNode{dial: r.role.replicaOf, announce: r.role.replicaOf}
+		if err := handover(me, target, sup.password); err != nil {
+			r.roleFailed("cannot hand the primary role to "+r.role.target, err)
+			if err := pauseWrites(me.dial, sup.password); err != nil {
+				r.log.Error("cannot stop writes on this master, which is not the target", "error", err)
+			}
+			return
+		}
+		r.log.Info("handed the primary role over", "to", r.role.target, "address", r.role.replicaOf)
+		r.roleErr = ""
+		r.pokeObserver()
+	default:
+		r.lostSince = time.Time{}
+		moving := obs.role() == "slave" && r.role.replicaOf != "" &&
+			joinHostPort(obs.info["master_host"], obs.info["master_port"]) != canonicalAddr(r.role.replicaOf)
+		if t := r.view.cluster.Status.InstancesStatus[r.role.target]; moving && t.Role == "master" && t.Keys == 0 && obs.info.keys() > 0 {
+			r.roleFailed("refusing to follow "+r.role.target, fmt.Errorf("%w: it reports no key, and following it would drop the %d keys here", errEmptyPrimary, obs.info.keys()))
+			return
+		}
+		moved, err := followPrimary(me.dial, sup.password, obs, r.role)
+		switch {
+		case err != nil:
+			r.roleFailed("cannot re-point the replica at the target primary", err)
+		case moved:
+			r.log.Info("re-pointed the replica at the target primary", "targetPrimary", r.role.target, "address", r.role.replicaOf)
+			r.roleErr = ""
+			r.pokeObserver()
+		}
+	}
+}
+
+// dataElsewhere names the other instance whose status entry reports the
+// most keys, and how many.
+func (r *reconciler) dataElsewhere() (string, int64) {
+	var holder string
+	var most int64
+	for pod, e := range r.view.cluster.Status.InstancesStatus {
+		if pod != r.settings.podName && e.Keys > most {
+			holder, most = pod, e.Keys
+		}
+	}
+	return holder, most
+}
+
+// roleFailed reports a role change that did not happen; it is retried on
+// the next look at Redis.
+func (r *reconciler) roleFailed(what string, err error) {
+	msg := what + ": " + err.Error()
+	if msg != r.roleErr {
+		r.log.Warn(what, "error", err)
+	}
+	r.roleErr = msg
+}
+
+func (r *reconciler) pokeObserver() {
+	if r.poke != nil {
+		offer(r.poke, struct{}{})
 	}
 }
 
@@ -746,7 +851,7 @@ func (r *reconciler) publish() {
 		ExecutableHash:     r.exeHash,
 		Restarts:           sup.restarts,
 		ObservedGeneration: r.view.cluster.Metadata.Generation,
-		LastError:          firstNonEmpty(r.viewErr, r.confErr, r.fenceErr),
+		LastError:          firstNonEmpty(r.viewErr, r.confErr, r.fenceErr, r.roleErr),
 		PendingRestart:     []string{},
 	}
 	if sup.running {
@@ -771,6 +876,7 @@ func (r *reconciler) publish() {
 		st.ReplicationOffset = i.int("master_repl_offset")
 		st.ConnectedReplicas = i.int("connected_slaves")
 		st.UsedMemoryBytes = i.int("used_memory")
+		st.Keys = i.keys()
 		st.RedisVersion = i["redis_version"]
 	}
 	// r.wanted, not sup.wanted: the supervisor may not have heard yet.
@@ -876,7 +982,7 @@ func runStatusWriter(ctx context.Context, log *slog.Logger, updates <-chan statu
 // figures that move with every write (offsets, memory).
 func sameStatus(a, b instanceStatus, figures bool) bool {
 	if !figures {
-		a.ReplicationOffset, a.LagBytes, a.UsedMemoryBytes = b.ReplicationOffset, b.LagBytes, b.UsedMemoryBytes
+		a.ReplicationOffset, a.LagBytes, a.UsedMemoryBytes, a.Keys = b.ReplicationOffset, b.LagBytes, b.UsedMemoryBytes, b.Keys
 		if a.Ready == b.Ready {
 			a.NotReadyReason = b.NotReadyReason // it quotes loading progress and lag
 		}

@@ -1,0 +1,264 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+func TestParseInfo(t *testing.T) {
+	info := parseInfo("# Replication\r\nrole:slave\r\nmaster_host:10.0.0.1\r\nmaster_port:6379\r\nmaster_link_status:up\r\nslave_repl_offset:1234\r\n\r\n# Persistence\r\nloading:0\r\nweird line\r\n")
+	if info.role() != "slave" || info["master_host"] != "10.0.0.1" || info.int("slave_repl_offset") != 1234 || info["loading"] != "0" {
+		t.Fatalf("parsed %v", info)
+	}
+	if _, ok := info["weird line"]; ok {
+		t.Fatal("a line without a colon became a key")
+	}
+}
+
+func FuzzParseInfo(f *testing.F) {
+	f.Add("# Replication\r\nrole:master\r\nconnected_slaves:1\r\nslave0:ip=10.0.0.2,port=6379,state=online,offset=14,lag=0\r\nmaster_repl_offset:14\r\n")
+	f.Add("loading:1\nloading_loaded_perc:12.5\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		info := parseInfo(text)
+		for k, v := range info {
+			if strings.ContainsAny(k, "\n") || strings.ContainsAny(v, "\n") || k == "" && v == "" && len(info) == 0 {
+				t.Fatalf("key %q value %q", k, v)
+			}
+		}
+		info.int("master_repl_offset")
+		info.float("loading_loaded_perc")
+	})
+}
+
+func TestReadiness(t *testing.T) {
+	now := time.Now()
+	replica := func(kv ...string) *observation {
+		o := &observation{at: now, primaryOffset: 1000, info: redisInfo{"role": "slave", "master_host": "10.0.0.1", "master_port": "6379", "master_link_status": "up", "slave_repl_offset": "900"}}
+		for i := 0; i < len(kv); i += 2 {
+			o.info[kv[i]] = kv[i+1]
+		}
+		return o
+	}
+	want := desiredRole{target: "cache-0", replicaOf: "10.0.0.1:6379"}
+	for _, tc := range []struct {
+		name   string
+		obs    *observation
+		want   desiredRole
+		maxLag int64
+		ready  bool
+		reason string
+	}{
+		{"no observation", nil, want, 0, false, "not been observed"},
+		{"no answer", &observation{at: now, err: errors.New("refused")}, want, 0, false, "does not answer"},
+		{"loading", &observation{at: now, info: redisInfo{"loading": "1", "loading_loaded_perc": "42.0"}}, want, 0, false, "loading its dataset (42.0%)"},
+		{"replica in sync", replica(), want, 0, true, ""},
+		{"primary as master", &observation{at: now, info: redisInfo{"role": "master"}}, desiredRole{primary: true}, 0, true, ""},
+		{"primary as replica", replica(), desiredRole{primary: true}, 0, false, "target primary but runs as slave"},
+		{"replica as master", &observation{at: now, info: redisInfo{"role": "master"}}, want, 0, false, "must replicate from cache-0"},
+		{"wrong master", replica("master_host", "10.0.0.9"), want, 0, false, "not from cache-0"},
+		{"link down", replica("master_link_status", "down"), want, 0, false, "link to the primary is down"},
+		{"lag under", replica(), want, 200, true, ""},
+		{"lag over", replica(), want, 50, false, "lag 100 bytes is over maxLagBytes 50"},
+	} {
+		ready, reason := readiness(tc.obs, tc.want, tc.maxLag)
+		if ready != tc.ready || !strings.Contains(reason, tc.reason) {
+			t.Errorf("%s: ready %v %q", tc.name, ready, reason)
+		}
+	}
+	old := replica()
+	old.at = now.Add(-10 * time.Second)
+	if ready, reason := readiness(old, want, 0); ready || !strings.Contains(reason, "no recent answer") {
+		t.Errorf("a stale observation: %v %q", ready, reason)
+	}
+}
+
+// cluster3 starts three instances of one cluster in local mode.
+func cluster3(t *testing.T, fragment string, extra ...string) (string, []*instance) {
+	t.Helper()
+	dir := t.TempDir()
+	cf := filepath.Join(dir, "cluster.yaml")
+	writeFile(t, cf, clusterYAML("cache", "cache-0", fragment, "s3cret-pw"))
+	var nodes []*instance
+	for i := range 3 {
+		nodes = append(nodes, startInstance(t, instanceOpts{pod: fmt.Sprintf("cache-%d", i), clusterFile: cf, password: "s3cret-pw", extraArgs: extra}))
+	}
+	for _, n := range nodes {
+		n.waitReady(30 * time.Second)
+	}
+	return cf, nodes
+}
+
+// writer INCRs one counter as fast as it can on what it believes is the
+// primary, and moves to the next one when the old one refuses: a client
+// that only learns of a switchover from its errors.
+type writer struct {
+	mu        sync.Mutex
+	acked     int64
+	firstOnTo time.Time
+	ackedOnTo int64
+	stop      chan struct{}
+	done      chan struct{}
+}
+
+func startWriter(t *testing.T, from, to *instance) *writer {
+	w := &writer{stop: make(chan struct{}), done: make(chan struct{})}
+	dial := func(in *instance) redis.Conn {
+		c, err := dialRedis(localAddr(in.port), in.password, 5*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		return c
+	}
+	go func() {
+		defer close(w.done)
+		cur, onTo := dial(from), false
+		defer func() { cur.Close() }()
+		for {
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+			_, err := cur.Do("INCR", "counter")
+			if err == nil {
+				w.mu.Lock()
+				w.acked++
+				if onTo {
+					w.ackedOnTo++
+					if w.firstOnTo.IsZero() {
+						w.firstOnTo = time.Now()
+					}
+				}
+				w.mu.Unlock()
+				continue
+			}
+			if !onTo {
+				cur.Close()
+				cur, onTo = dial(to), true
+				continue
+			}
+			if _, isReply := err.(redis.Error); !isReply {
+				cur.Close()
+				cur = dial(to)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	return w
+}
+
+func (w *writer) finish() (acked int64) {
+	close(w.stop)
+	<-w.done
+	return w.acked
+}
+
+func (w *writer) onTo() (int64, time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.ackedOnTo, w.firstOnTo
+}
+
+func masterPort(t *testing.T, in *instance) string {
+	t.Helper()
+	text, err := redis.String(in.redis().Do("INFO", "replication"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := parseInfo(text)
+	if info.role() == "master" {
+		return "master"
+	}
+	return info["master_port"]
+}
+
+// A planned switchover, both ways, under a continuous write load: every
+// write the client saw acknowledged is on the new primary, and the others
+// follow it.
+func TestSwitchoverLosesNoAcknowledgedWrite(t *testing.T) {
+	const fragment = "appendonly no\nsave \"\"\nrepl-diskless-sync-delay 0"
+	cf, nodes := cluster3(t, fragment)
+	var total int64
+	for _, move := range [][2]int{{0, 1}, {1, 0}} {
+		from, to := nodes[move[0]], nodes[move[1]]
+		w := startWriter(t, from, to)
+		time.Sleep(300 * time.Millisecond) // writes flowing to the old primary
+		changed := time.Now()
+		writeFile(t, cf, clusterYAML("cache", to.pod, fragment, "s3cret-pw"))
+		eventually(t, 10*time.Second, to.pod+" to acknowledge writes as the new primary", func() bool {
+			n, _ := w.onTo()
+			return n >= 200
+		})
+		_, first := w.onTo()
+		acked := w.finish()
+		total += acked
+		t.Logf("%s -> %s: first write acknowledged by the new primary %s after the change; %d writes acknowledged",
+			from.pod, to.pod, first.Sub(changed).Round(time.Millisecond), acked)
+		got, err := redis.Int64(to.redis().Do("GET", "counter"))
+		if err != nil || got != total {
+			t.Fatalf("counter on the new primary %s is %d (%v); the writer saw %d acknowledged", to.pod, got, err, total)
+		}
+		for _, n := range nodes {
+			want := fmt.Sprint(to.port)
+			if n == to {
+				want = "master"
+			}
+			eventually(t, 10*time.Second, n.pod+" to follow "+to.pod, func() bool { return masterPort(t, n) == want })
+		}
+		if _, err := from.redis().Do("SET", "x", "y"); err == nil || !strings.Contains(err.Error(), "READONLY") {
+			t.Fatalf("the old primary %s still takes writes: %v", from.pod, err)
+		}
+		to.waitReady(10 * time.Second)
+	}
+}
+
+// The primary's redis-server and manager die together; the target moves:
+// the new target promotes itself once the old one has been gone for the
+// failover window, the third follows, and the old one comes back as a
+// replica that never takes a write.
+func TestFailoverWhenThePrimaryIsGone(t *testing.T) {
+	const fragment = "appendonly yes\nrepl-diskless-sync-delay 0"
+	cf, nodes := cluster3(t, fragment)
+	if _, err := nodes[0].redis().Do("SET", "before", "crash"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the key on cache-1", func() bool {
+		v, _ := redis.String(nodes[1].redis().Do("GET", "before"))
+		return v == "crash"
+	})
+	old := nodes[0]
+	pid := old.redisPID()
+	old.cmd.Process.Kill()
+	<-old.done
+	syscall.Kill(pid, syscall.SIGKILL)
+
+	moved := time.Now()
+	writeFile(t, cf, clusterYAML("cache", "cache-1", fragment, "s3cret-pw"))
+	eventually(t, 15*time.Second, "cache-1 to take writes", func() bool {
+		_, err := nodes[1].redis().Do("SET", "after", "failover")
+		return err == nil
+	})
+	t.Logf("cache-1 took writes %s after the target moved (failover window 2s)", time.Since(moved).Round(time.Millisecond))
+	eventually(t, 10*time.Second, "cache-2 to follow cache-1", func() bool { return masterPort(t, nodes[2]) == fmt.Sprint(nodes[1].port) })
+
+	back := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, dataDir: old.dataDir, port: old.port, password: old.password})
+	back.waitReady(30 * time.Second)
+	if got := masterPort(t, back); got != fmt.Sprint(nodes[1].port) {
+		t.Fatalf("the old primary came back following %q", got)
+	}
+	if _, err := back.redis().Do("SET", "x", "y"); err == nil || !strings.Contains(err.Error(), "READONLY") {
+		t.Fatalf("the old primary took a write after coming back: %v", err)
+	}
+	v, _ := redis.String(back.redis().Do("GET", "after"))
+	if v != "failover" {
+		t.Fatalf("the old primary did not catch up with the new one: %q", v)
+	}
+}
