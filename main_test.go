@@ -54,7 +54,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func requireRedis(t *testing.T) string {
+func requireRedis(t testing.TB) string {
 	t.Helper()
 	path, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -63,7 +63,7 @@ func requireRedis(t *testing.T) string {
 	return path
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -91,7 +91,7 @@ func clusterYAML(name, target, fragment, password string) string {
 	return b.String()
 }
 
-func writeFile(t *testing.T, path, content string) {
+func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	if err := writeFileAtomic(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
@@ -100,7 +100,7 @@ func writeFile(t *testing.T, path, content string) {
 
 // instance is one running manager.
 type instance struct {
-	t              *testing.T
+	t              testing.TB
 	pod            string
 	clusterFile    string
 	dataDir        string
@@ -123,7 +123,7 @@ type instanceOpts struct {
 	extraArgs   []string
 }
 
-func startInstance(t *testing.T, o instanceOpts) *instance {
+func startInstance(t testing.TB, o instanceOpts) *instance {
 	t.Helper()
 	redisServer := o.redisServer
 	if redisServer == "" {
@@ -162,6 +162,9 @@ func startInstance(t *testing.T, o instanceOpts) *instance {
 				in.cmd.Process.Kill()
 				<-in.done
 			}
+		}
+		if dir := os.Getenv("TEST_LOGS"); dir != "" { // keep every instance's log there
+			os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), in.pod, in.port)), []byte(in.out.String()), 0o644)
 		}
 		if t.Failed() || strings.Contains(in.out.String(), "DATA RACE") {
 			t.Logf("log of %s:\n%s", in.pod, in.out.String())
@@ -215,7 +218,7 @@ func (in *instance) status() instanceStatus {
 }
 
 // eventually polls cond every 20ms until it holds or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -294,7 +297,7 @@ func (s *syncBuffer) String() string {
 }
 
 // oneInstance starts a target primary on fragment in a fresh directory.
-func oneInstance(t *testing.T, fragment string) *instance {
+func oneInstance(t testing.TB, fragment string) *instance {
 	t.Helper()
 	dir := t.TempDir()
 	cf := filepath.Join(dir, "cluster.yaml")

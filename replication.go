@@ -367,6 +367,11 @@ func handover(old, new redisNode, password string) error {
 		// over, which the failover window decides.
 		return fmt.Errorf("%w: it runs as a replica, and so does the new one", errUnreachable)
 	}
+	// A pause left on the new primary by an earlier guard must not hold
+	// back its first writes.
+	if _, err := nc.Do("CLIENT", "UNPAUSE"); err != nil {
+		return fmt.Errorf("unpause the new primary: %w", err)
+	}
 	host, port, err := splitHostPort(new.announce)
 	if err != nil {
 		return err
@@ -377,6 +382,12 @@ func handover(old, new redisNode, password string) error {
 	if _, err := oc.Do("CLIENT", "UNPAUSE"); err != nil {
 		return fmt.Errorf("unpause the old primary: %w", err)
 	}
+	// Redis 7.0 can leave the link to the new master, made while writes
+	// were paused, stuck: the replica acknowledges but applies nothing more.
+	// A new link, made unpaused, resumes with a partial resync.
+	if _, err := oc.Do("CLIENT", "KILL", "TYPE", "master"); err != nil {
+		return fmt.Errorf("renew the old primary's replication link: %w", err)
+	}
 	return nil
 }
 
@@ -386,22 +397,38 @@ func handover(old, new redisNode, password string) error {
 // cannot show: it must be a replica of old.
 func awaitCatchUp(nc redis.Conn, offset int64) error {
 	deadline := time.Now().Add(catchUpTimeout)
+	last, moved := int64(-1), time.Now()
 	for {
 		info, err := infoReplication(nc)
 		if err != nil {
 			return fmt.Errorf("read the new primary's offset: %w", err)
 		}
+		at := info.int("slave_repl_offset")
 		switch {
 		case info.role() != "slave":
 			return fmt.Errorf("the new primary runs as %s, not as a replica of the old one: refusing to hand over", info.role())
-		case info["master_link_status"] == "up" && info.int("slave_repl_offset") >= offset:
+		case info["master_link_status"] == "up" && at >= offset:
 			return nil
 		case time.Now().After(deadline):
-			return fmt.Errorf("the new primary reached offset %d of %d within %s; not promoting it", info.int("slave_repl_offset"), offset, catchUpTimeout)
+			return fmt.Errorf("the new primary reached offset %d of %d within %s; not promoting it", at, offset, catchUpTimeout)
+		case at != last:
+			last, moved = at, time.Now()
+		case info["master_link_status"] == "up" && time.Since(moved) > stalledLink:
+			// Redis 7.0 can leave a link up that carries nothing (seen
+			// after a sub-replica's full sync from this replica): a new
+			// link resumes from the backlog with a partial resync.
+			if _, err := nc.Do("CLIENT", "KILL", "TYPE", "master"); err != nil {
+				return fmt.Errorf("renew the new primary's replication link: %w", err)
+			}
+			moved = time.Now()
 		}
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// stalledLink is how long a replica's offset may stand still, behind the
+// offset it must reach, before its replication link is renewed.
+const stalledLink = 50 * time.Millisecond
 
 // errEmptyPrimary: following, or becoming, a primary without data while
 // data exists elsewhere would replicate the loss to every instance.
@@ -481,6 +508,10 @@ func pauseWrites(addr, password string) error {
 		return err
 	}
 	defer c.Close()
+	info, err := infoReplication(c)
+	if err != nil || info.role() != "master" {
+		return err // a replica takes no writes anyway
+	}
 	_, err = c.Do("CLIENT", "PAUSE", handoverPause.Milliseconds(), "WRITE")
 	return err
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -81,7 +83,7 @@ func TestReadiness(t *testing.T) {
 }
 
 // cluster3 starts three instances of one cluster in local mode.
-func cluster3(t *testing.T, fragment string, extra ...string) (string, []*instance) {
+func cluster3(t testing.TB, fragment string, extra ...string) (string, []*instance) {
 	t.Helper()
 	dir := t.TempDir()
 	cf := filepath.Join(dir, "cluster.yaml")
@@ -261,4 +263,195 @@ func TestFailoverWhenThePrimaryIsGone(t *testing.T) {
 	if v != "failover" {
 		t.Fatalf("the old primary did not catch up with the new one: %q", v)
 	}
+}
+
+// The switchover benchmarks: N switchovers between two instances under a
+// continuous INCR load, timed from the trigger to the first write the new
+// primary acknowledges, and the writes lost counted at the end. Run:
+//
+//	go test -run '^$' -bench 'Switchover' -benchtime 20x .
+//
+// BenchmarkSwitchoverManager moves spec.targetPrimary (local mode: the file
+// is edited); BenchmarkSwitchoverFailoverTo sends Redis's own FAILOVER TO
+// to three bare redis-servers of the same build and configuration.
+
+// flipWriter INCRs a counter on one of two servers and moves to the other
+// whenever the one it writes to refuses.
+type flipWriter struct {
+	mu       sync.Mutex
+	acked    int64
+	flips    int
+	firstAck []time.Time // the first acknowledgement after each flip
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+func startFlipWriter(b testing.TB, addrs [2]string, password string) *flipWriter {
+	w := &flipWriter{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		cur := 0
+		var c redis.Conn
+		for {
+			select {
+			case <-w.stop:
+				if c != nil {
+					c.Close()
+				}
+				return
+			default:
+			}
+			if c == nil {
+				var err error
+				if c, err = dialRedis(addrs[cur], password, 5*time.Second); err != nil {
+					time.Sleep(time.Millisecond)
+					continue
+				}
+			}
+			_, err := c.Do("INCR", "counter")
+			w.mu.Lock()
+			switch {
+			case err == nil:
+				w.acked++
+				if len(w.firstAck) < w.flips {
+					w.firstAck = append(w.firstAck, time.Now())
+				}
+			case len(w.firstAck) == w.flips:
+				// Refused by the primary it had: the role moved.
+				w.flips++
+				cur = 1 - cur
+				c.Close()
+				c = nil
+			default:
+				// The new one is not writable yet: try it again.
+				if _, isReply := err.(redis.Error); !isReply {
+					c.Close()
+					c = nil
+				}
+			}
+			w.mu.Unlock()
+			if err != nil {
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
+	}()
+	return w
+}
+
+// await returns when the writer has had its first acknowledgement after
+// the n-th flip, and when.
+func (w *flipWriter) await(b testing.TB, n int) time.Time {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		w.mu.Lock()
+		if len(w.firstAck) >= n {
+			t := w.firstAck[n-1]
+			w.mu.Unlock()
+			return t
+		}
+		w.mu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+	b.Fatalf("no write acknowledged by the new primary within 30s of switchover %d", n)
+	return time.Time{}
+}
+
+func (w *flipWriter) finish() int64 {
+	close(w.stop)
+	<-w.done
+	return w.acked
+}
+
+// runSwitchovers times b.N switchovers made by trigger(i), and reports
+// p50, p99 and the writes lost, read from final.
+func runSwitchovers(b *testing.B, addrs [2]string, password string, trigger func(i int), final func() int64) {
+	w := startFlipWriter(b, addrs, password)
+	time.Sleep(300 * time.Millisecond)
+	var took []time.Duration
+	b.ResetTimer()
+	for i := 1; i <= b.N; i++ {
+		start := time.Now()
+		trigger(i)
+		took = append(took, w.await(b, i).Sub(start))
+		time.Sleep(300 * time.Millisecond) // writes flowing before the next one
+	}
+	b.StopTimer()
+	acked := w.finish()
+	lost := acked - final()
+	slices.Sort(took)
+	pct := func(p float64) float64 {
+		return float64(took[min(len(took)-1, int(p*float64(len(took))))].Microseconds()) / 1000
+	}
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(float64(lost), "lost-writes")
+	b.ReportMetric(float64(acked), "acked-writes")
+	b.ReportMetric(0, "ns/op")
+}
+
+func BenchmarkSwitchoverManager(b *testing.B) {
+	const fragment = "appendonly no\nsave \"\"\nrepl-diskless-sync-delay 0"
+	cf, nodes := cluster3(b, fragment)
+	runSwitchovers(b, [2]string{localAddr(nodes[0].port), localAddr(nodes[1].port)}, "s3cret-pw",
+		func(i int) { writeFile(b, cf, clusterYAML("cache", nodes[i%2].pod, fragment, "s3cret-pw")) },
+		func() int64 {
+			n, _ := redis.Int64(nodes[b.N%2].redis().Do("GET", "counter"))
+			return n
+		})
+}
+
+func BenchmarkSwitchoverFailoverTo(b *testing.B) {
+	redisServer := requireRedis(b)
+	var ports [3]int
+	for i := range ports {
+		ports[i] = freePort(b)
+		args := []string{"--port", fmt.Sprint(ports[i]), "--dir", b.TempDir(), "--save", "", "--appendonly", "no",
+			"--repl-diskless-sync-delay", "0", "--requirepass", "s3cret-pw", "--masterauth", "s3cret-pw"}
+		if i > 0 {
+			args = append(args, "--replicaof", "127.0.0.1", fmt.Sprint(ports[0]))
+		}
+		cmd := exec.Command(redisServer, args...)
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	}
+	conn := func(port int) redis.Conn {
+		var c redis.Conn
+		var err error
+		for range 100 {
+			if c, err = dialRedis(localAddr(port), "s3cret-pw", time.Second); err == nil {
+				return c
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		b.Fatal(err)
+		return nil
+	}
+	for _, p := range ports[1:] {
+		c := conn(p)
+		for {
+			info, _ := infoReplication(c)
+			if info["master_link_status"] == "up" {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		c.Close()
+	}
+	runSwitchovers(b, [2]string{localAddr(ports[0]), localAddr(ports[1])}, "s3cret-pw",
+		func(i int) {
+			from, to := ports[(i-1)%2], ports[i%2]
+			c := conn(from)
+			defer c.Close()
+			if _, err := c.Do("FAILOVER", "TO", "127.0.0.1", to); err != nil {
+				b.Fatal(err)
+			}
+		},
+		func() int64 {
+			c := conn(ports[b.N%2])
+			defer c.Close()
+			n, _ := redis.Int64(c.Do("GET", "counter"))
+			return n
+		})
 }

@@ -158,7 +158,7 @@ func newLocalSource(path, cluster, namespace, pod string) *localSource {
 
 // localPoll is how often the file and the other instances' entries are read;
 // they are small, and reading them is cheaper than a notification mechanism.
-const localPoll = 250 * time.Millisecond
+const localPoll = 100 * time.Millisecond
 
 func (s *localSource) heartbeat() time.Time { return time.Unix(0, s.beat.Load()) }
 
@@ -589,26 +589,29 @@ type reconciler struct {
 	published atomic.Pointer[probeState]
 	beat      atomic.Int64
 
-	view       clusterView
-	haveView   bool
-	fragment   []directive // the last good fragment
-	fragmentOK bool        // there is one
-	fenced     bool
-	wanted     bool // redis-server should run
-	role       desiredRole
-	conf       string        // redis.conf as last written
-	viewErr    string        // the source's latest complaint
-	viewSeq    uint64        // of the latest view applied
-	errSeq     uint64        // of the latest complaint
-	confErr    string        // why the latest fragment was refused
-	fenceErr   string        // why the latest fence annotation was refused
-	roleErr    string        // why the role could not be made right
-	lostSince  time.Time     // when the old primary was first found gone
-	poke       chan struct{} // asks the observer to look now
-	obs        *observation
-	lastAnswer time.Time
-	written    instanceStatus
-	writtenAt  time.Time
+	view        clusterView
+	haveView    bool
+	fragment    []directive // the last good fragment
+	fragmentOK  bool        // there is one
+	fenced      bool
+	wanted      bool // redis-server should run
+	role        desiredRole
+	conf        string        // redis.conf as last written
+	viewErr     string        // the source's latest complaint
+	viewSeq     uint64        // of the latest view applied
+	errSeq      uint64        // of the latest complaint
+	confErr     string        // why the latest fragment was refused
+	fenceErr    string        // why the latest fence annotation was refused
+	roleErr     string        // why the role could not be made right
+	lostSince   time.Time     // when the old primary was first found gone
+	demoteSince time.Time     // when this master first found it is not the target
+	stuckAt     int64         // the replica\'s offset, while it stands still
+	stuckSince  time.Time     // since when it has
+	poke        chan struct{} // asks the observer to look now
+	obs         *observation
+	lastAnswer  time.Time
+	written     instanceStatus
+	writtenAt   time.Time
 }
 
 func newReconciler(r *reconciler) *reconciler {
@@ -777,6 +780,18 @@ func (r *reconciler) enforceRole() {
 			}
 			return
 		}
+		// The target's manager normally takes the role over at once; this
+		// side steps in only when it has not, so the two do not race.
+		if r.demoteSince.IsZero() {
+			r.demoteSince = time.Now()
+		}
+		if time.Since(r.demoteSince) < handoverGrace {
+			if err := pauseWrites(me.dial, sup.password); err != nil {
+				r.roleFailed("cannot stop writes on this master, which is not the target", err)
+			}
+			r.pokeObserver()
+			return
+		}
 		target := redisNode{dial: r.role.replicaOf, announce: r.role.replicaOf}
 		if err := handover(me, target, sup.password); err != nil {
 			r.roleFailed("cannot hand the primary role to "+r.role.target, err)
@@ -789,7 +804,7 @@ func (r *reconciler) enforceRole() {
 		r.roleErr = ""
 		r.pokeObserver()
 	default:
-		r.lostSince = time.Time{}
+		r.lostSince, r.demoteSince = time.Time{}, time.Time{}
 		moving := obs.role() == "slave" && r.role.replicaOf != "" &&
 			joinHostPort(obs.info["master_host"], obs.info["master_port"]) != canonicalAddr(r.role.replicaOf)
 		if t := r.view.cluster.Status.InstancesStatus[r.role.target]; moving && t.Role == "master" && t.Keys == 0 && obs.info.keys() > 0 {
@@ -800,11 +815,13 @@ func (r *reconciler) enforceRole() {
 		switch {
 		case err != nil:
 			r.roleFailed("cannot re-point the replica at the target primary", err)
+			return
 		case moved:
 			r.log.Info("re-pointed the replica at the target primary", "targetPrimary", r.role.target, "address", r.role.replicaOf)
-			r.roleErr = ""
 			r.pokeObserver()
 		}
+		r.roleErr = ""
+		r.unstick(me, sup.password, obs)
 	}
 }
 
@@ -820,6 +837,41 @@ func (r *reconciler) dataElsewhere() (string, int64) {
 	}
 	return holder, most
 }
+
+// unstick renews a replication link that is up but has carried nothing
+// while the primary moved on: Redis 7.0 can leave one so, and the replica
+// would otherwise stay behind for good.
+func (r *reconciler) unstick(me redisNode, password string, obs *observation) {
+	at := obs.info.int("slave_repl_offset")
+	behind := obs.role() == "slave" && obs.info["master_link_status"] == "up" && obs.primaryOffset > at
+	if !behind || at != r.stuckAt {
+		r.stuckAt, r.stuckSince = at, time.Now()
+		return
+	}
+	if time.Since(r.stuckSince) < stalledFor {
+		return
+	}
+	c, err := dialRedis(me.dial, password, redisTimeout)
+	if err == nil {
+		_, err = c.Do("CLIENT", "KILL", "TYPE", "master")
+		c.Close()
+	}
+	if err != nil {
+		r.log.Warn("cannot renew a replication link that carries nothing", "error", err)
+		return
+	}
+	r.log.Warn("renewed a replication link that carried nothing", "stuckAt", at, "primaryOffset", obs.primaryOffset, "for", time.Since(r.stuckSince).Round(time.Second).String())
+	r.stuckSince = time.Now()
+}
+
+// stalledFor is how long a replica may stand still behind its primary
+// before its link is renewed; well above a pause of the primary's writes.
+const stalledFor = 5 * time.Second
+
+// handoverGrace is how long a master that is no longer the target waits,
+// refusing writes, for the target's manager to take the role over before it
+// hands the role over itself.
+const handoverGrace = 500 * time.Millisecond
 
 // roleFailed reports a role change that did not happen; it is retried on
 // the next look at Redis.
