@@ -294,7 +294,8 @@ func (in *instance) get(p string) int {
 func (in *instance) redis(args ...string) (string, error) {
 	out, err := exec.Command("redis-cli", append([]string{"-p", fmt.Sprint(in.port), "-a", password, "--no-auth-warning"}, args...)...).CombinedOutput()
 	s := strings.TrimSpace(string(out))
-	if err == nil && (strings.HasPrefix(s, "ERR") || strings.HasPrefix(s, "Could not connect")) {
+	// redis-cli prints an error reply as its text and exits 0.
+	if first, _, _ := strings.Cut(s, " "); err == nil && (redisErrors[first] || strings.HasPrefix(s, "Could not connect")) {
 		err = errors.New(s)
 	}
 	return s, err
@@ -316,6 +317,8 @@ func (in *instance) redisPID(t *testing.T) int {
 	t.Fatal("no process_id in INFO")
 	return 0
 }
+
+var redisErrors = map[string]bool{"ERR": true, "READONLY": true, "LOADING": true, "NOAUTH": true, "WRONGPASS": true, "MASTERDOWN": true, "MISCONF": true, "BUSY": true}
 
 type syncBuffer struct {
 	mu sync.Mutex
@@ -346,6 +349,87 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 }
 
 const password = "e2e-s3cret"
+
+// writer INCRs a counter on the old primary and moves to the new one when
+// refused, counting the writes acknowledged; a minimal RESP client keeps the
+// module free of a Redis library.
+type writer struct {
+	mu              sync.Mutex
+	acked, ackedNew int64
+	firstNew        time.Time
+	stop, done      chan struct{}
+}
+
+func startWriter(t *testing.T, oldPort, newPort int) *writer {
+	w := &writer{stop: make(chan struct{}), done: make(chan struct{})}
+	dial := func(port int) (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			return nil, nil
+		}
+		r := bufio.NewReader(c)
+		fmt.Fprintf(c, "*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n", len(password), password)
+		r.ReadString('\n')
+		return c, r
+	}
+	go func() {
+		defer close(w.done)
+		c, r := dial(oldPort)
+		onNew := false
+		for {
+			select {
+			case <-w.stop:
+				if c != nil {
+					c.Close()
+				}
+				return
+			default:
+			}
+			if c == nil {
+				time.Sleep(time.Millisecond)
+				c, r = dial(newPort)
+				continue
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			fmt.Fprint(c, "*2\r\n$4\r\nINCR\r\n$7\r\ncounter\r\n")
+			line, err := r.ReadString('\n')
+			if err == nil && strings.HasPrefix(line, ":") {
+				w.mu.Lock()
+				w.acked++
+				if onNew {
+					w.ackedNew++
+					if w.firstNew.IsZero() {
+						w.firstNew = time.Now()
+					}
+				}
+				w.mu.Unlock()
+				continue
+			}
+			// Refused (READONLY) or cut: the primary is, or will be, the new one.
+			c.Close()
+			c, onNew = nil, true
+		}
+	}()
+	return w
+}
+
+func (w *writer) onNew() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.ackedNew
+}
+
+func (w *writer) firstOnNew() time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.firstNew
+}
+
+func (w *writer) finish() int64 {
+	close(w.stop)
+	<-w.done
+	return w.acked
+}
 
 // entries reads status.instancesStatus with the admin client.
 func entries(t *testing.T, dyn dynamic.Interface) (map[string]map[string]any, string) {
@@ -473,12 +557,34 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 		return es["cache-1"]["fenced"] == false && es["cache-1"]["ready"] == true
 	})
 
+	// A planned switchover to cache-1 under a continuous write load: every
+	// write the client saw acknowledged is on the new primary.
+	w := startWriter(t, nodes[0].port, nodes[1].port)
+	time.Sleep(500 * time.Millisecond)
+	moved := time.Now()
+	if _, err := dyn.Resource(redisCluster).Namespace(ns).Patch(ctx, "cache", types.MergePatchType, []byte(`{"spec":{"targetPrimary":"cache-1"}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "cache-1 to acknowledge writes as the new primary", func() bool { return w.onNew() >= 200 })
+	t.Logf("switchover: first write on cache-1 acknowledged %s after targetPrimary changed", w.firstOnNew().Sub(moved).Round(time.Millisecond))
+	acked := w.finish()
+	if got, err := nodes[1].redis("GET", "counter"); err != nil || got != fmt.Sprint(acked) {
+		t.Fatalf("counter on the new primary is %q (%v); the client saw %d writes acknowledged", got, err, acked)
+	}
+	if _, err := nodes[0].redis("SET", "x", "y"); err == nil || !strings.Contains(err.Error(), "READONLY") {
+		t.Fatalf("the old primary still takes writes: %v", err)
+	}
+	eventually(t, 20*time.Second, "currentPrimary cache-1 and cache-0 a ready replica", func() bool {
+		es, current := entries(t, dyn)
+		return current == "cache-1" && es["cache-1"]["role"] == "master" && es["cache-0"]["role"] == "replica" && es["cache-0"]["ready"] == true
+	})
+
 	// The API server goes away for a while: Redis keeps serving, and the
 	// status catches up once it is back.
 	cp.proxy.cut()
 	outage := time.Now()
 	for time.Since(outage) < 15*time.Second {
-		if _, err := nodes[0].redis("INCR", "during-outage"); err != nil {
+		if _, err := nodes[1].redis("INCR", "during-outage"); err != nil {
 			t.Fatalf("Redis stopped serving while the API server was away: %v", err)
 		}
 		for _, n := range nodes {
@@ -488,12 +594,12 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	syscall.Kill(nodes[1].redisPID(t), syscall.SIGKILL)
+	syscall.Kill(nodes[0].redisPID(t), syscall.SIGKILL)
 	time.Sleep(2 * time.Second)
 	cp.proxy.restore()
-	eventually(t, 60*time.Second, "cache-1's restart to reach the status after the outage", func() bool {
+	eventually(t, 60*time.Second, "cache-0's restart to reach the status after the outage", func() bool {
 		es, _ := entries(t, dyn)
-		return fmt.Sprint(es["cache-1"]["restarts"]) == "1"
+		return fmt.Sprint(es["cache-0"]["restarts"]) == "1"
 	})
 	fence(t, dyn, `["cache-2"]`)
 	eventually(t, 60*time.Second, "the watch to be back and deliver a fence", func() bool {
