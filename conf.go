@@ -271,6 +271,26 @@ func pendingRestart(running, wanted string) []string {
 	return names
 }
 
+// holdsDataset says whether the data directory holds a dataset Redis would
+// load: an RDB file, or an AOF directory with files in it, under the names
+// the fragment gives them.
+func holdsDataset(dir string, frag []directive) bool {
+	rdb, aof := "dump.rdb", "appendonlydir"
+	for _, d := range frag {
+		switch {
+		case d.name == "dbfilename" && len(d.args) == 1:
+			rdb = d.args[0]
+		case d.name == "appenddirname" && len(d.args) == 1:
+			aof = d.args[0]
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(dir, rdb)); err == nil && fi.Size() > 0 {
+		return true
+	}
+	files, _ := os.ReadDir(filepath.Join(dir, aof))
+	return len(files) > 0
+}
+
 // podConfig is what only this pod knows, rendered after the fragment.
 type podConfig struct {
 	dataDir      string

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -454,4 +456,94 @@ func BenchmarkSwitchoverFailoverTo(b *testing.B) {
 			n, _ := redis.Int64(c.Do("GET", "counter"))
 			return n
 		})
+}
+
+// entriesOf reads the status files of a local-mode cluster.
+func entriesOf(cf string) map[string]instanceStatus {
+	return newLocalSource(cf, "cache", "default", "-").readEntries()
+}
+
+// dirDigest is every file under dir with its content, to show it untouched.
+func dirDigest(t *testing.T, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && filepath.Base(p) != "redis.conf" {
+			data, _ := os.ReadFile(p)
+			fmt.Fprintf(&b, "%s %x\n", strings.TrimPrefix(p, dir), sha256.Sum256(data))
+		}
+		return nil
+	})
+	return b.String()
+}
+
+// The target's data directory is wiped while the others hold the data: it
+// refuses to start as an empty primary (which replicas would copy), the
+// data stays where it is, and moving the target brings it all back.
+func TestEmptyPrimaryGuard(t *testing.T) {
+	const fragment = "appendonly yes\nrepl-diskless-sync-delay 0"
+	cf, nodes := cluster3(t, fragment)
+	writeKeys(t, nodes[0].redis(), "k", 500)
+	eventually(t, 30*time.Second, "every status entry to report the keys", func() bool {
+		es := entriesOf(cf)
+		return es["cache-0"].Keys == 500 && es["cache-1"].Keys == 500 && es["cache-2"].Keys == 500
+	})
+	old := nodes[0]
+	if code := old.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if err := os.RemoveAll(old.dataDir); err != nil {
+		t.Fatal(err)
+	}
+	back := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, dataDir: old.dataDir, port: old.port, password: old.password})
+	eventually(t, 10*time.Second, "the refusal in lastError", func() bool {
+		return strings.Contains(back.status().LastError, "refusing to start as the primary with an empty data directory")
+	})
+	if code, body := back.get("/readyz"); code != 503 || !strings.Contains(string(body), "empty data directory") {
+		t.Fatalf("/readyz %d %s", code, body)
+	}
+	if _, err := dialRedis(localAddr(back.port), back.password, 200*time.Millisecond); err == nil {
+		t.Fatal("redis-server started as an empty primary")
+	}
+	checkKeys(t, nodes[1].redis(), "k", 500)
+
+	writeFile(t, cf, clusterYAML("cache", "cache-1", fragment, "s3cret-pw"))
+	eventually(t, 20*time.Second, "cache-1 to take writes", func() bool {
+		_, err := nodes[1].redis().Do("SET", "after", "move")
+		return err == nil
+	})
+	back.waitReady(30 * time.Second)
+	checkKeys(t, back.redis(), "k", 500)
+}
+
+// A replica that held data comes back to a primary that now holds none: it
+// does not follow it, and its data stays on disk untouched.
+func TestEmptyMasterGuard(t *testing.T) {
+	const fragment = "appendonly yes\nrepl-diskless-sync-delay 0"
+	cf, nodes := cluster3(t, fragment)
+	writeKeys(t, nodes[0].redis(), "k", 500)
+	eventually(t, 30*time.Second, "cache-2's entry to report the keys", func() bool { return entriesOf(cf)["cache-2"].Keys == 500 })
+	replica := nodes[2]
+	if code := replica.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	before := dirDigest(t, replica.dataDir)
+	if _, err := nodes[0].redis().Do("FLUSHALL"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "cache-0's entry to report no key", func() bool {
+		e := entriesOf(cf)["cache-0"]
+		return e.Role == "master" && e.Keys == 0
+	})
+	back := startInstance(t, instanceOpts{pod: "cache-2", clusterFile: cf, dataDir: replica.dataDir, port: replica.port, password: replica.password})
+	eventually(t, 10*time.Second, "the refusal in lastError", func() bool {
+		return strings.Contains(back.status().LastError, "refusing to follow cache-0, which reports no key")
+	})
+	time.Sleep(time.Second)
+	if _, err := dialRedis(localAddr(back.port), back.password, 200*time.Millisecond); err == nil {
+		t.Fatal("redis-server started to follow an empty primary")
+	}
+	if after := dirDigest(t, replica.dataDir); after != before {
+		t.Fatalf("the replica's data changed:\nbefore %s\nafter %s", before, after)
+	}
 }

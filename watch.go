@@ -603,6 +603,8 @@ type reconciler struct {
 	confErr     string        // why the latest fragment was refused
 	fenceErr    string        // why the latest fence annotation was refused
 	roleErr     string        // why the role could not be made right
+	guardErr    string        // why redis-server may not start
+	heldKeys    int64         // keys this instance last held: seen, or from its entry of before
 	lostSince   time.Time     // when the old primary was first found gone
 	demoteSince time.Time     // when this master first found it is not the target
 	stuckAt     int64         // the replica\'s offset, while it stands still
@@ -653,6 +655,9 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 			r.obs = o
 			if o.err == nil {
 				r.lastAnswer = o.at
+				if !o.loading() {
+					r.heldKeys = o.info.keys()
+				}
 			}
 			r.enforceRole()
 		case <-tick.C:
@@ -664,6 +669,11 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 // the last good one in force but does not hold up what else changed.
 func (r *reconciler) applyView(v clusterView) {
 	defer func() { r.haveView = true }()
+	if !r.haveView {
+		// What this instance held before it (re)started, before its own
+		// entry is overwritten.
+		r.heldKeys = v.cluster.Status.InstancesStatus[r.settings.podName].Keys
+	}
 	r.view = v
 	if frag, err := parseFragment(v.fragment); err != nil {
 		if r.confErr != err.Error() {
@@ -721,7 +731,46 @@ func (r *reconciler) applyView(v clusterView) {
 	if waiting && !r.fenced && r.wanted {
 		r.log.Info("waiting for the target primary to publish its address", "targetPrimary", r.role.target)
 	}
-	r.setWanted(!r.fenced && !waiting)
+	// The guard decides a start only: a running server has the run-time
+	// guards of enforceRole.
+	guard := ""
+	if !r.sup.snapshot().running {
+		guard = r.startGuard()
+	}
+	if guard != "" && guard != r.guardErr {
+		r.log.Error("not starting redis-server", "reason", guard)
+	}
+	r.guardErr = guard
+	r.setWanted(!r.fenced && !waiting && guard == "")
+}
+
+// startGuard says why redis-server must not start now, or "": as the
+// primary on an empty data directory while the status shows the cluster held
+// data (the data was lost here, and replicas would copy the loss), or as a
+// replica holding data of a master that holds none.
+func (r *reconciler) startGuard() string {
+	entries := r.view.cluster.Status.InstancesStatus
+	has := holdsDataset(r.settings.dataDir, r.fragment)
+	if r.role.primary {
+		if has {
+			return ""
+		}
+		holder, most := "this instance", r.heldKeys // its entry of before counts too
+		for pod, e := range entries {
+			if pod != r.settings.podName && e.Keys > most {
+				holder, most = pod, e.Keys
+			}
+		}
+		if most == 0 {
+			return ""
+		}
+		return fmt.Sprintf("refusing to start as the primary with an empty data directory while %s reported %d keys: move targetPrimary to an instance that holds the data", holder, most)
+	}
+	target := entries[r.role.target]
+	if has && target.Role == "master" && target.Keys == 0 && r.heldKeys > 0 {
+		return fmt.Sprintf("refusing to follow %s, which reports no key, with the %d keys this instance held: they stay on disk", r.role.target, r.heldKeys)
+	}
+	return ""
 }
 
 func (r *reconciler) setWanted(run bool) {
@@ -903,7 +952,7 @@ func (r *reconciler) publish() {
 		ExecutableHash:     r.exeHash,
 		Restarts:           sup.restarts,
 		ObservedGeneration: r.view.cluster.Metadata.Generation,
-		LastError:          firstNonEmpty(r.viewErr, r.confErr, r.fenceErr, r.roleErr),
+		LastError:          firstNonEmpty(r.viewErr, r.confErr, r.fenceErr, r.guardErr, r.roleErr),
 		PendingRestart:     []string{},
 	}
 	if sup.running {
@@ -914,6 +963,7 @@ func (r *reconciler) publish() {
 	if obs != nil && (!sup.running || obs.at.Before(sup.startedAt)) {
 		obs = nil // what we saw was of a process that is gone
 	}
+	st.Keys = r.heldKeys // while redis-server does not run: what it held
 	if obs != nil && obs.err == nil {
 		i := obs.info
 		switch obs.role() {
@@ -938,6 +988,9 @@ func (r *reconciler) publish() {
 		ps.startupReason = ps.reason
 	case r.fenced:
 		ps.reason = "fenced by the " + fencedAnnotation + " annotation"
+		ps.started = true
+	case !r.wanted && r.guardErr != "":
+		ps.reason = r.guardErr
 		ps.started = true
 	case !r.wanted && !r.fragmentOK:
 		ps.reason = "no valid redis.conf fragment yet: " + r.confErr
