@@ -237,6 +237,7 @@ func (p *cutProxy) restore() { p.listen(p.addr) }
 // instance is one manager process.
 type instance struct {
 	pod            string
+	dataDir        string
 	port, httpPort int
 	cmd            *exec.Cmd
 	out            *syncBuffer
@@ -252,10 +253,14 @@ func freePort(t *testing.T) int {
 }
 
 func startInstance(t *testing.T, pod, kubeconfig string) *instance {
+	return startInstanceAt(t, pod, kubeconfig, filepath.Join(t.TempDir(), pod), freePort(t))
+}
+
+func startInstanceAt(t *testing.T, pod, kubeconfig, dataDir string, port int) *instance {
 	t.Helper()
-	in := &instance{pod: pod, port: freePort(t), httpPort: freePort(t), out: &syncBuffer{}}
+	in := &instance{pod: pod, dataDir: dataDir, port: port, httpPort: freePort(t), out: &syncBuffer{}}
 	in.cmd = exec.Command(binary, "instance", "--kubeconfig", kubeconfig, "--namespace", ns,
-		"--data-dir", filepath.Join(t.TempDir(), pod), "--redis-port", fmt.Sprint(in.port),
+		"--data-dir", dataDir, "--redis-port", fmt.Sprint(in.port),
 		"--http-addr", fmt.Sprintf("127.0.0.1:%d", in.httpPort), "--announce-host", "127.0.0.1")
 	in.cmd.Env = append(os.Environ(), "CLUSTER_NAME=cache", "POD_NAME="+pod)
 	in.cmd.Stdout, in.cmd.Stderr = in.out, in.out
@@ -606,6 +611,38 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 		_, err := nodes[2].redis("PING")
 		return err != nil
 	})
+
+	// The primary's redis-server and manager die together and the target
+	// moves: cache-0 promotes itself after the failover window, cache-2
+	// follows, and cache-1 comes back as a replica that takes no write.
+	fence(t, dyn, `[]`)
+	eventually(t, 30*time.Second, "cache-2 back after unfencing", func() bool {
+		es, _ := entries(t, dyn)
+		return es["cache-2"]["ready"] == true
+	})
+	old := nodes[1]
+	pid := old.redisPID(t)
+	old.cmd.Process.Kill()
+	syscall.Kill(pid, syscall.SIGKILL)
+	if _, err := dyn.Resource(redisCluster).Namespace(ns).Patch(ctx, "cache", types.MergePatchType, []byte(`{"spec":{"targetPrimary":"cache-0"}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "cache-0 to fail over and cache-2 to follow it", func() bool {
+		es, current := entries(t, dyn)
+		return current == "cache-0" && es["cache-0"]["role"] == "master" && es["cache-2"]["role"] == "replica" && es["cache-2"]["ready"] == true
+	})
+	if v, err := nodes[0].redis("GET", "counter"); err != nil || v != fmt.Sprint(acked) {
+		t.Fatalf("the acknowledged writes are not on the failed-over primary: %q %v", v, err)
+	}
+	back := startInstanceAt(t, "cache-1", kubeconfig, old.dataDir, old.port)
+	eventually(t, 30*time.Second, "cache-1 back as a ready replica", func() bool {
+		es, _ := entries(t, dyn)
+		return es["cache-1"]["role"] == "replica" && es["cache-1"]["ready"] == true
+	})
+	if _, err := back.redis("SET", "x", "y"); err == nil || !strings.Contains(err.Error(), "READONLY") {
+		t.Fatalf("the old primary took a write after coming back: %v", err)
+	}
+	nodes = append(nodes, back)
 
 	for _, n := range nodes {
 		if log := n.out.String(); strings.Contains(strings.ToLower(log), "forbidden") {

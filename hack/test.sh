@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, vet, every test under the race detector
-# against a real redis-server, a short fuzz run of the config parser, and the
-# end-to-end tests against a real kube-apiserver and etcd (e2e/, its own
-# module; its first compile takes several minutes).
+# against a real redis-server, short fuzz runs of the redis.conf and INFO
+# parsers, and the end-to-end tests against a real kube-apiserver and etcd
+# (e2e/, its own module; its first compile takes several minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/ensure-redis.sh
@@ -14,6 +14,7 @@ fi
 go vet ./...
 go test -race -count=1 -timeout 20m ./...
 go test -run '^$' -fuzz FuzzParseFragment -fuzztime "${FUZZTIME:-20s}" .
+go test -run '^$' -fuzz FuzzParseInfo -fuzztime "${FUZZTIME:-10s}" .
 cd e2e
 go vet ./...
 go test -count=1 -timeout 30m ./...
