@@ -6,9 +6,11 @@ package main
 // rendered back canonically: the hash then changes only when a setting does.
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -271,24 +273,145 @@ func pendingRestart(running, wanted string) []string {
 	return names
 }
 
-// holdsDataset says whether the data directory holds a dataset Redis would
-// load: an RDB file, or an AOF directory with files in it, under the names
-// the fragment gives them.
-func holdsDataset(dir string, frag []directive) bool {
-	rdb, aof := "dump.rdb", "appendonlydir"
+// datasetKeys is how many keys the dataset in the data directory holds,
+// as far as the files tell: 0 for none (no file, or a file of an empty
+// dataset), at least 1 for a dataset whose count cannot be read cheaply (an
+// AOF with commands in it). Redis reads the AOF when appendonly is on, the
+// RDB otherwise; the names come from the fragment.
+func datasetKeys(dir string, frag []directive) int64 {
+	rdb, aofDir, aof := "dump.rdb", "appendonlydir", false
 	for _, d := range frag {
-		switch {
-		case d.name == "dbfilename" && len(d.args) == 1:
+		if len(d.args) != 1 {
+			continue
+		}
+		switch d.name {
+		case "dbfilename":
 			rdb = d.args[0]
-		case d.name == "appenddirname" && len(d.args) == 1:
-			aof = d.args[0]
+		case "appenddirname":
+			aofDir = d.args[0]
+		case "appendonly":
+			aof = strings.EqualFold(d.args[0], "yes")
 		}
 	}
-	if fi, err := os.Stat(filepath.Join(dir, rdb)); err == nil && fi.Size() > 0 {
-		return true
+	if !aof {
+		return rdbFileKeys(filepath.Join(dir, rdb))
 	}
-	files, _ := os.ReadDir(filepath.Join(dir, aof))
-	return len(files) > 0
+	files, _ := os.ReadDir(filepath.Join(dir, aofDir))
+	var keys int64
+	for _, f := range files {
+		info, err := f.Info()
+		switch {
+		case err != nil || info.Size() == 0 || strings.HasSuffix(f.Name(), ".manifest"):
+		case strings.HasSuffix(f.Name(), ".rdb"):
+			keys += rdbFileKeys(filepath.Join(dir, aofDir, f.Name()))
+		default: // commands: the count is not worth replaying them for
+			keys++
+		}
+	}
+	return keys
+}
+
+// rdbFileKeys reads an RDB file's header up to its first database, whose
+// RESIZEDB record gives its size; Redis writes no database that is empty.
+// A file it cannot follow counts as holding a key: a guard must not take a
+// dataset it cannot read for an empty one.
+func rdbFileKeys(path string) int64 {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	r := bufio.NewReader(f)
+	magic := make([]byte, 9)
+	if _, err := io.ReadFull(r, magic); err != nil || string(magic[:5]) != "REDIS" {
+		return 1
+	}
+	for {
+		op, err := r.ReadByte()
+		if err != nil {
+			return 1
+		}
+		switch op {
+		case 0xFA: // AUX: key and value
+			if skipString(r) != nil || skipString(r) != nil {
+				return 1
+			}
+		case 0xF5: // FUNCTION2: the library's code
+			if skipString(r) != nil {
+				return 1
+			}
+		case 0xFE: // SELECTDB: a database with keys follows
+			if _, _, err := readLength(r); err != nil {
+				return 1
+			}
+			if op, err := r.ReadByte(); err != nil || op != 0xFB {
+				return 1
+			}
+			n, _, err := readLength(r)
+			if err != nil || n == 0 {
+				return 1
+			}
+			return int64(n)
+		case 0xFF: // EOF before any database
+			return 0
+		default:
+			return 1
+		}
+	}
+}
+
+// readLength reads RDB's length encoding; special is true for the encoded
+// strings (integers, LZF) whose kind it then returns.
+func readLength(r *bufio.Reader) (n uint64, special bool, err error) {
+	b, err := r.ReadByte()
+	if err != nil {
+		return 0, false, err
+	}
+	switch b >> 6 {
+	case 0:
+		return uint64(b & 0x3F), false, nil
+	case 1:
+		c, err := r.ReadByte()
+		return uint64(b&0x3F)<<8 | uint64(c), false, err
+	case 3:
+		return uint64(b & 0x3F), true, nil
+	}
+	size := map[byte]int{0x80: 4, 0x81: 8}[b]
+	if size == 0 {
+		return 0, false, fmt.Errorf("bad length byte %#x", b)
+	}
+	buf := make([]byte, size)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return 0, false, err
+	}
+	for _, c := range buf {
+		n = n<<8 | uint64(c)
+	}
+	return n, false, nil
+}
+
+func skipString(r *bufio.Reader) error {
+	n, special, err := readLength(r)
+	if err != nil {
+		return err
+	}
+	if special {
+		switch n {
+		case 0, 1, 2: // an 8, 16 or 32 bit integer
+			n = 1 << n
+		case 3: // LZF: compressed and plain length, then the compressed bytes
+			if n, _, err = readLength(r); err != nil {
+				return err
+			}
+			if _, _, err = readLength(r); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("bad string encoding %d", n)
+		}
+	}
+	_, err = r.Discard(int(n))
+	return err
 }
 
 // podConfig is what only this pod knows, rendered after the fragment.

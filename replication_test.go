@@ -516,34 +516,102 @@ func TestEmptyPrimaryGuard(t *testing.T) {
 	checkKeys(t, back.redis(), "k", 500)
 }
 
-// A replica that held data comes back to a primary that now holds none: it
-// does not follow it, and its data stays on disk untouched.
+// The primary's data directory and every status entry are lost (the object
+// recreated, a volume gone): the primary comes up empty, with nothing to say
+// the cluster held data, and the replicas, whose disks hold it, refuse to
+// follow it; their data stays byte for byte.
 func TestEmptyMasterGuard(t *testing.T) {
 	const fragment = "appendonly yes\nrepl-diskless-sync-delay 0"
 	cf, nodes := cluster3(t, fragment)
 	writeKeys(t, nodes[0].redis(), "k", 500)
-	eventually(t, 30*time.Second, "cache-2's entry to report the keys", func() bool { return entriesOf(cf)["cache-2"].Keys == 500 })
-	replica := nodes[2]
-	if code := replica.stop(); code != 0 {
-		t.Fatalf("exit %d", code)
+	for _, n := range nodes[1:] {
+		c := n.redis()
+		eventually(t, 10*time.Second, n.pod+" to hold the keys", func() bool {
+			size, _ := redis.Int64(c.Do("DBSIZE"))
+			return size == 500
+		})
 	}
-	before := dirDigest(t, replica.dataDir)
-	if _, err := nodes[0].redis().Do("FLUSHALL"); err != nil {
-		t.Fatal(err)
+	digests := map[string]string{}
+	for _, n := range nodes {
+		if code := n.stop(); code != 0 {
+			t.Fatalf("%s exit %d", n.pod, code)
+		}
+		digests[n.pod] = dirDigest(t, n.dataDir)
 	}
-	eventually(t, 30*time.Second, "cache-0's entry to report no key", func() bool {
-		e := entriesOf(cf)["cache-0"]
-		return e.Role == "master" && e.Keys == 0
-	})
-	back := startInstance(t, instanceOpts{pod: "cache-2", clusterFile: cf, dataDir: replica.dataDir, port: replica.port, password: replica.password})
-	eventually(t, 10*time.Second, "the refusal in lastError", func() bool {
-		return strings.Contains(back.status().LastError, "refusing to follow cache-0, which reports no key")
-	})
+	os.RemoveAll(nodes[0].dataDir)
+	os.RemoveAll(cf + ".status")
+
+	primary := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, dataDir: nodes[0].dataDir, port: nodes[0].port, password: nodes[0].password})
+	primary.waitReady(20 * time.Second)
+	var back []*instance
+	for _, n := range nodes[1:] {
+		back = append(back, startInstance(t, instanceOpts{pod: n.pod, clusterFile: cf, dataDir: n.dataDir, port: n.port, password: n.password}))
+	}
+	for _, b := range back {
+		eventually(t, 10*time.Second, b.pod+"'s refusal in lastError", func() bool {
+			return strings.Contains(b.status().LastError, "refusing to follow cache-0, which reports no key")
+		})
+	}
 	time.Sleep(time.Second)
-	if _, err := dialRedis(localAddr(back.port), back.password, 200*time.Millisecond); err == nil {
-		t.Fatal("redis-server started to follow an empty primary")
+	for i, b := range back {
+		if _, err := dialRedis(localAddr(b.port), b.password, 200*time.Millisecond); err == nil {
+			t.Fatalf("%s started to follow an empty primary", b.pod)
+		}
+		if after := dirDigest(t, b.dataDir); after != digests[nodes[i+1].pod] {
+			t.Fatalf("%s's data changed:\nbefore %s\nafter %s", b.pod, digests[nodes[i+1].pod], after)
+		}
 	}
-	if after := dirDigest(t, replica.dataDir); after != before {
-		t.Fatalf("the replica's data changed:\nbefore %s\nafter %s", before, after)
+}
+
+// datasetKeys reads real files: RDB and AOF, empty and not.
+func TestDatasetKeys(t *testing.T) {
+	redisServer := requireRedis(t)
+	for _, aof := range []string{"no", "yes"} {
+		dir := t.TempDir()
+		port := freePort(t)
+		cmd := exec.Command(redisServer, "--port", fmt.Sprint(port), "--dir", dir, "--appendonly", aof, "--save", "")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var c redis.Conn
+		eventually(t, 5*time.Second, "redis-server to answer", func() bool {
+			var err error
+			c, err = dialRedis(localAddr(port), "", time.Second)
+			return err == nil
+		})
+		frag, _ := parseFragment("appendonly " + aof)
+		if _, err := c.Do("SAVE"); err != nil {
+			t.Fatal(err)
+		}
+		if n := datasetKeys(dir, frag); n != 0 {
+			t.Errorf("appendonly %s, empty: %d keys", aof, n)
+		}
+		c.Do("FUNCTION", "LOAD", "#!lua name=lib\nredis.register_function('f', function() return 1 end)")
+		for i := range 42 {
+			c.Do("SET", fmt.Sprintf("k%d", i), strings.Repeat("x", i*10))
+		}
+		c.Do("SET", "n", 12345)
+		if _, err := c.Do("SAVE"); err != nil {
+			t.Fatal(err)
+		}
+		if aof == "yes" {
+			c.Do("BGREWRITEAOF")
+			time.Sleep(500 * time.Millisecond)
+		}
+		n := datasetKeys(dir, frag)
+		if (aof == "no" && n != 43) || n < 1 {
+			t.Errorf("appendonly %s, 43 keys: %d", aof, n)
+		}
+		c.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+	}
+	if n := datasetKeys(t.TempDir(), nil); n != 0 {
+		t.Errorf("no files: %d", n)
+	}
+	garbage := t.TempDir()
+	writeFile(t, filepath.Join(garbage, "dump.rdb"), "not an rdb")
+	if n := datasetKeys(garbage, nil); n != 1 {
+		t.Errorf("an unreadable file counts as data: %d", n)
 	}
 }

@@ -750,9 +750,9 @@ func (r *reconciler) applyView(v clusterView) {
 // replica holding data of a master that holds none.
 func (r *reconciler) startGuard() string {
 	entries := r.view.cluster.Status.InstancesStatus
-	has := holdsDataset(r.settings.dataDir, r.fragment)
+	onDisk := datasetKeys(r.settings.dataDir, r.fragment)
 	if r.role.primary {
-		if has {
+		if onDisk > 0 {
 			return ""
 		}
 		holder, most := "this instance", r.heldKeys // its entry of before counts too
@@ -766,9 +766,9 @@ func (r *reconciler) startGuard() string {
 		}
 		return fmt.Sprintf("refusing to start as the primary with an empty data directory while %s reported %d keys: move targetPrimary to an instance that holds the data", holder, most)
 	}
-	target := entries[r.role.target]
-	if has && target.Role == "master" && target.Keys == 0 && r.heldKeys > 0 {
-		return fmt.Sprintf("refusing to follow %s, which reports no key, with the %d keys this instance held: they stay on disk", r.role.target, r.heldKeys)
+	// The target's entry reports what it holds even while it is stopped.
+	if target, ok := entries[r.role.target]; ok && target.Keys == 0 && onDisk > 0 {
+		return fmt.Sprintf("refusing to follow %s, which reports no key, with the dataset on disk here (%d keys or more): it stays as it is", r.role.target, onDisk)
 	}
 	return ""
 }
