@@ -615,3 +615,46 @@ func TestDatasetKeys(t *testing.T) {
 		t.Errorf("an unreadable file counts as data: %d", n)
 	}
 }
+
+// The primary is cut off (its manager and redis-server frozen) while the
+// target moves and the new target fails over. When it comes back it still
+// believes it is master: it must demote itself and follow the new primary,
+// not keep taking writes.
+func TestCutOffPrimaryDemotesItselfOnReturn(t *testing.T) {
+	const fragment = "appendonly yes\nrepl-diskless-sync-delay 0"
+	cf, nodes := cluster3(t, fragment)
+	writeKeys(t, nodes[0].redis(), "k", 100)
+	c1 := nodes[1].redis()
+	eventually(t, 10*time.Second, "cache-1 to have the keys before the cut", func() bool {
+		size, _ := redis.Int64(c1.Do("DBSIZE"))
+		return size == 100
+	})
+	old := nodes[0]
+	pid := old.redisPID()
+	for _, p := range []int{old.cmd.Process.Pid, pid} {
+		syscall.Kill(p, syscall.SIGSTOP)
+	}
+	defer func() {
+		for _, p := range []int{old.cmd.Process.Pid, pid} {
+			syscall.Kill(p, syscall.SIGCONT)
+		}
+	}()
+	writeFile(t, cf, clusterYAML("cache", "cache-1", fragment, "s3cret-pw"))
+	eventually(t, 20*time.Second, "cache-1 to fail over", func() bool {
+		_, err := nodes[1].redis().Do("SET", "after", "cut")
+		return err == nil
+	})
+	for _, p := range []int{old.cmd.Process.Pid, pid} {
+		syscall.Kill(p, syscall.SIGCONT)
+	}
+	eventually(t, 20*time.Second, "the old primary to follow cache-1", func() bool { return masterPort(t, old) == fmt.Sprint(nodes[1].port) })
+	if _, err := old.redis().Do("SET", "x", "y"); err == nil || !strings.Contains(err.Error(), "READONLY") {
+		t.Fatalf("the old primary took a write after coming back: %v", err)
+	}
+	c := old.redis()
+	eventually(t, 10*time.Second, "the old primary to have the new primary's write", func() bool {
+		v, _ := redis.String(c.Do("GET", "after"))
+		return v == "cut"
+	})
+	checkKeys(t, c, "k", 100)
+}
