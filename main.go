@@ -320,6 +320,19 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	sup, err := newSupervisor(&supervisor{
 		log: log, redisLog: base.With("logger", "redis"), reaper: reaper, redisServer: s.redisServer, confPath: s.confPath(),
 		dataDir: s.dataDir, port: s.redisPort, shutdown: s.shutdownTimeout,
+		// A primary that comes back empty after a crash (persistence off,
+		// or its files lost) would have its replicas copy the loss.
+		restartGuard: func(conf string) string {
+			held := rec.primaryKeys.Load()
+			if held == 0 {
+				return ""
+			}
+			frag, _ := parseConf(conf)
+			if datasetKeys(s.dataDir, frag) > 0 {
+				return ""
+			}
+			return fmt.Sprintf("refusing to restart redis-server as the primary with an empty dataset: it held %d keys, and its replicas would copy the loss; move targetPrimary to a replica", held)
+		},
 	})
 	if err != nil {
 		return err

@@ -300,17 +300,26 @@ func followPrimary(addr, password string, obs *observation, want desiredRole) (m
 // old one becomes its replica before the pause ends, so the writes it held
 // back are refused (READONLY) rather than acknowledged on the wrong side.
 
+// oldPrimaryTimeout bounds each step with the old primary: short, since a
+// dead one holds the handover up, but not so short that a busy one (a fork,
+// a slow command) looks dead.
+const oldPrimaryTimeout = 700 * time.Millisecond
+
 // handoverPause bounds how long the old master refuses writes should the
 // manager driving the handover die half way.
-const handoverPause = 3 * time.Second
+const handoverPause = 5 * time.Second
 
 // catchUpTimeout is how long the new primary may take to apply the last
 // writes of the old one before the handover is abandoned and retried.
-const catchUpTimeout = 2 * time.Second
+const catchUpTimeout = time.Second
 
 // errUnreachable marks an old master that does not answer: a failover, not
 // a switchover, is then the way, once it has been gone long enough.
 var errUnreachable = errors.New("the old primary does not answer")
+
+// errOldNotMaster: the server taken for the old primary is a replica itself,
+// and the new one is not master either; the role is held elsewhere.
+var errOldNotMaster = errors.New("the old primary runs as a replica, and so does the new one")
 
 // redisNode is one instance as the manager reaches it: the address it
 // dials, and the address the other instances use.
@@ -320,7 +329,7 @@ type redisNode struct {
 
 // handover moves the primary role from old to new.
 func handover(old, new redisNode, password string) error {
-	oc, err := dialRedis(old.dial, password, 300*time.Millisecond)
+	oc, err := dialRedis(old.dial, password, oldPrimaryTimeout)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUnreachable, err)
 	}
@@ -336,8 +345,17 @@ func handover(old, new redisNode, password string) error {
 		return fmt.Errorf("%w: %v", errUnreachable, err)
 	}
 	if oldInfo.role() == "master" {
+		pausedAt := time.Now()
 		if _, err := oc.Do("CLIENT", "PAUSE", handoverPause.Milliseconds(), "WRITE"); err != nil {
 			return fmt.Errorf("pause writes on the old primary: %w", err)
+		}
+		// Promote only well inside the pause: once it lapsed, the old
+		// primary takes writes again, and they would be lost.
+		inPause := func() error {
+			if time.Since(pausedAt) > handoverPause/2 {
+				return fmt.Errorf("the handover took %s, too long for the %s pause; abandoned", time.Since(pausedAt).Round(time.Millisecond), handoverPause)
+			}
+			return nil
 		}
 		// The offset after the pause: every acknowledged write is below it.
 		if oldInfo, err = infoReplication(oc); err != nil {
@@ -358,14 +376,16 @@ func handover(old, new redisNode, password string) error {
 			if err := awaitCatchUp(nc, oldInfo.int("master_repl_offset")); err != nil {
 				return err
 			}
+			if err := inPause(); err != nil {
+				return err
+			}
 			if _, err := nc.Do("REPLICAOF", "NO", "ONE"); err != nil {
 				return fmt.Errorf("promote the new primary: %w", err)
 			}
 		}
 	} else if newInfo, err := infoReplication(nc); err != nil || newInfo.role() != "master" {
-		// Neither is master: there is nothing to hand over, only to fail
-		// over, which the failover window decides.
-		return fmt.Errorf("%w: it runs as a replica, and so does the new one", errUnreachable)
+		// Neither is master: the role is held elsewhere, not lost.
+		return errOldNotMaster
 	}
 	// A pause left on the new primary by an earlier guard must not hold
 	// back its first writes.

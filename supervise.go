@@ -137,6 +137,7 @@ type supervisorState struct {
 	password    string    // the requirepass in it: what redis-server answers to
 	retryAt     time.Time // when a crashed redis-server will be started again
 	lastExit    string
+	refused     string    // why a restart is being refused
 	beat        time.Time // the loop is alive
 }
 
@@ -150,6 +151,9 @@ type supervisor struct {
 	dataDir     string
 	port        int
 	shutdown    time.Duration // budget for a graceful stop
+	// restartGuard says why redis-server must not be started again after
+	// it died, given the redis.conf it ran on, or "".
+	restartGuard func(conf string) string
 
 	want  chan bool // latest wish wins
 	state atomic.Pointer[supervisorState]
@@ -263,9 +267,22 @@ func (s *supervisor) run(ctx context.Context) {
 			retry = time.NewTimer(backoff)
 			retryC = retry.C
 		case <-retryC:
-			if st.wanted && proc == nil {
-				start()
+			if !st.wanted || proc != nil {
+				break
 			}
+			if why := s.restartGuard(st.startedConf); why != "" {
+				if why != st.refused {
+					s.log.Error("not restarting redis-server", "reason", why)
+				}
+				st.refused, st.lastExit = why, why
+				backoff = nextBackoff(backoff)
+				st.retryAt = time.Now().Add(backoff)
+				retry = time.NewTimer(backoff)
+				retryC = retry.C
+				break
+			}
+			st.refused = ""
+			start()
 		case <-beat.C:
 		}
 	}

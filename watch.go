@@ -586,8 +586,9 @@ type reconciler struct {
 	statuses chan statusUpdate // to the status writer; the latest wins
 	exeHash  string
 
-	published atomic.Pointer[probeState]
-	beat      atomic.Int64
+	published   atomic.Pointer[probeState]
+	beat        atomic.Int64
+	primaryKeys atomic.Int64 // keys held while the primary, for the supervisor's restart guard
 
 	view        clusterView
 	haveView    bool
@@ -794,12 +795,26 @@ func (r *reconciler) enforceRole() {
 	case r.role.primary && obs.role() == "slave":
 		master := joinHostPort(obs.info["master_host"], obs.info["master_port"])
 		err := handover(redisNode{dial: master, announce: master}, me, sup.password)
+		if errors.Is(err, errOldNotMaster) {
+			// The primary role moved on while this one followed the old
+			// holder (a quick double move): take it from whoever holds it.
+			// When no one does, the role is lost, as if its holder were
+			// gone: the failover window decides.
+			if holder := r.masterElsewhere(); holder != "" {
+				master = holder
+				err = handover(redisNode{dial: holder, announce: holder}, me, sup.password)
+			} else {
+				err = fmt.Errorf("%w: no instance runs as master", errUnreachable)
+			}
+		}
 		switch {
 		case err == nil:
 			r.log.Info("took over the primary role", "from", master)
 			r.lostSince, r.roleErr = time.Time{}, ""
 			r.pokeObserver()
 		case errors.Is(err, errUnreachable):
+			// Fail over once it has been gone, without a single answer in
+			// between, for the failover window.
 			if r.lostSince.IsZero() {
 				r.lostSince = time.Now()
 				r.log.Warn("the old primary does not answer; failing over if it stays away", "from", master, "window", r.settings.failoverTimeout.String(), "error", err)
@@ -819,7 +834,8 @@ func (r *reconciler) enforceRole() {
 			r.lostSince, r.roleErr = time.Time{}, ""
 			r.pokeObserver()
 		default:
-			r.roleFailed("cannot take over the primary role", err)
+			r.lostSince = time.Time{} // it answered, or may yet: no failover
+			r.roleFailed("cannot take over the primary role from "+master, err)
 		}
 	case !r.role.primary && obs.role() == "master":
 		// Not the target, yet a master: no write may be taken here.
@@ -838,7 +854,6 @@ func (r *reconciler) enforceRole() {
 			if err := pauseWrites(me.dial, sup.password); err != nil {
 				r.roleFailed("cannot stop writes on this master, which is not the target", err)
 			}
-			r.pokeObserver()
 			return
 		}
 		target := redisNode{dial: r.role.replicaOf, announce: r.role.replicaOf}
@@ -872,6 +887,17 @@ func (r *reconciler) enforceRole() {
 		r.roleErr = ""
 		r.unstick(me, sup.password, obs)
 	}
+}
+
+// masterElsewhere is the address of another instance whose entry says it
+// runs as master, or "".
+func (r *reconciler) masterElsewhere() string {
+	for pod, e := range r.view.cluster.Status.InstancesStatus {
+		if pod != r.settings.podName && e.Role == "master" && e.Address != "" {
+			return canonicalAddr(e.Address)
+		}
+	}
+	return ""
 }
 
 // dataElsewhere names the other instance whose status entry reports the
@@ -942,6 +968,11 @@ func (r *reconciler) pokeObserver() {
 // status writer when it changed enough or the heartbeat is due.
 func (r *reconciler) publish() {
 	r.beat.Store(time.Now().UnixNano())
+	if r.role.primary {
+		r.primaryKeys.Store(r.heldKeys)
+	} else {
+		r.primaryKeys.Store(0)
+	}
 	sup := r.sup.snapshot()
 	ps := &probeState{lastAnswer: r.lastAnswer}
 	st := instanceStatus{
@@ -952,7 +983,7 @@ func (r *reconciler) publish() {
 		ExecutableHash:     r.exeHash,
 		Restarts:           sup.restarts,
 		ObservedGeneration: r.view.cluster.Metadata.Generation,
-		LastError:          firstNonEmpty(r.viewErr, r.confErr, r.fenceErr, r.guardErr, r.roleErr),
+		LastError:          firstNonEmpty(r.viewErr, r.confErr, r.fenceErr, r.guardErr, sup.refused, r.roleErr),
 		PendingRestart:     []string{},
 	}
 	if sup.running {

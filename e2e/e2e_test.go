@@ -588,10 +588,12 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 	// status catches up once it is back.
 	cp.proxy.cut()
 	outage := time.Now()
+	outageWrites := 0
 	for time.Since(outage) < 15*time.Second {
 		if _, err := nodes[1].redis("INCR", "during-outage"); err != nil {
 			t.Fatalf("Redis stopped serving while the API server was away: %v", err)
 		}
+		outageWrites++
 		for _, n := range nodes {
 			if code := n.get("/healthz"); code != 200 {
 				t.Fatalf("%s /healthz %d while the API server was away", n.pod, code)
@@ -633,6 +635,9 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 	})
 	if v, err := nodes[0].redis("GET", "counter"); err != nil || v != fmt.Sprint(acked) {
 		t.Fatalf("the acknowledged writes are not on the failed-over primary: %q %v", v, err)
+	}
+	if v, err := nodes[0].redis("GET", "during-outage"); err != nil || v != fmt.Sprint(outageWrites) {
+		t.Fatalf("the writes taken during the API outage are not on the failed-over primary: %q %v, want %d", v, err, outageWrites)
 	}
 	back := startInstanceAt(t, "cache-1", kubeconfig, old.dataDir, old.port)
 	eventually(t, 30*time.Second, "cache-1 back as a ready replica", func() bool {
