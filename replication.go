@@ -505,6 +505,17 @@ func infoReplication(c redis.Conn) (redisInfo, error) {
 	return parseInfo(text), nil
 }
 
+// isMaster says whether the server at addr answers as a master.
+func isMaster(addr, password string) bool {
+	c, err := dialRedis(addr, password, oldPrimaryTimeout)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	info, err := infoReplication(c)
+	return err == nil && info.role() == "master"
+}
+
 // promote makes the local server a master: the failover, for when the old
 // primary has been gone longer than the failover window.
 func promote(addr, password string) error {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -699,4 +700,25 @@ func TestCrashedPrimaryWithoutPersistenceIsNotRestartedEmpty(t *testing.T) {
 		t.Fatalf("the old primary came back following %q", got)
 	}
 	checkKeys(t, primary.redis(), "k", 300)
+}
+
+// A second master whose manager cannot act (frozen here, cut off from the
+// API server in life) is demoted by the primary's manager, which finds it
+// from its status entry.
+func TestPrimaryDemotesASecondMaster(t *testing.T) {
+	const fragment = "appendonly no\nrepl-diskless-sync-delay 0"
+	cf, nodes := cluster3(t, fragment)
+	stray := nodes[2]
+	syscall.Kill(stray.cmd.Process.Pid, syscall.SIGSTOP)
+	defer syscall.Kill(stray.cmd.Process.Pid, syscall.SIGCONT)
+	if _, err := stray.redis().Do("REPLICAOF", "NO", "ONE"); err != nil {
+		t.Fatal(err)
+	}
+	entry := entriesOf(cf)[stray.pod]
+	entry.Role = "master"
+	b, _ := json.Marshal(entry)
+	writeFile(t, filepath.Join(cf+".status", stray.pod+".json"), string(b))
+	eventually(t, 10*time.Second, "the stray master to be made a replica of the primary", func() bool {
+		return masterPort(t, stray) == fmt.Sprint(nodes[0].port)
+	})
 }

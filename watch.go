@@ -837,6 +837,21 @@ func (r *reconciler) enforceRole() {
 			r.lostSince = time.Time{} // it answered, or may yet: no failover
 			r.roleFailed("cannot take over the primary role from "+master, err)
 		}
+	case r.role.primary && obs.role() == "master":
+		// The primary also makes sure it is the only master: an old one
+		// whose manager cannot see the new target would take writes again
+		// once its pause ran out.
+		other := r.masterElsewhere()
+		if other == "" || !isMaster(other, sup.password) {
+			r.lostSince, r.roleErr = time.Time{}, ""
+			return
+		}
+		if err := handover(redisNode{dial: other, announce: other}, me, sup.password); err != nil {
+			r.roleFailed("cannot demote the other master at "+other, err)
+			return
+		}
+		r.log.Warn("demoted another master", "address", other)
+		r.roleErr = ""
 	case !r.role.primary && obs.role() == "master":
 		// Not the target, yet a master: no write may be taken here.
 		if r.role.replicaOf == "" {
