@@ -614,35 +614,53 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 		return err != nil
 	})
 
-	// The primary's redis-server and manager die together and the target
-	// moves: cache-0 promotes itself after the failover window, cache-2
-	// follows, and cache-1 comes back as a replica that takes no write.
+	// And the planned switchover back, cache-1 to cache-0, under load.
 	fence(t, dyn, `[]`)
 	eventually(t, 30*time.Second, "cache-2 back after unfencing", func() bool {
 		es, _ := entries(t, dyn)
 		return es["cache-2"]["ready"] == true
 	})
-	old := nodes[1]
-	pid := old.redisPID(t)
-	old.cmd.Process.Kill()
-	syscall.Kill(pid, syscall.SIGKILL)
+	w = startWriter(t, nodes[1].port, nodes[0].port)
+	time.Sleep(500 * time.Millisecond)
+	moved = time.Now()
 	if _, err := dyn.Resource(redisCluster).Namespace(ns).Patch(ctx, "cache", types.MergePatchType, []byte(`{"spec":{"targetPrimary":"cache-0"}}`), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "cache-0 to fail over and cache-2 to follow it", func() bool {
+	eventually(t, 20*time.Second, "cache-0 to acknowledge writes as the primary again", func() bool { return w.onNew() >= 200 })
+	t.Logf("switchover back: first write on cache-0 acknowledged %s after targetPrimary changed", w.firstOnNew().Sub(moved).Round(time.Millisecond))
+	acked += w.finish()
+	if got, err := nodes[0].redis("GET", "counter"); err != nil || got != fmt.Sprint(acked) {
+		t.Fatalf("counter on cache-0 is %q (%v); the client saw %d writes acknowledged", got, err, acked)
+	}
+	eventually(t, 20*time.Second, "currentPrimary cache-0 and cache-1 a ready replica", func() bool {
 		es, current := entries(t, dyn)
-		return current == "cache-0" && es["cache-0"]["role"] == "master" && es["cache-2"]["role"] == "replica" && es["cache-2"]["ready"] == true
+		return current == "cache-0" && es["cache-1"]["role"] == "replica" && es["cache-1"]["ready"] == true
 	})
-	if v, err := nodes[0].redis("GET", "counter"); err != nil || v != fmt.Sprint(acked) {
+
+	// The primary's redis-server and manager die together and the target
+	// moves: cache-1 promotes itself after the failover window, cache-2
+	// follows, and cache-0 comes back as a replica that takes no write.
+	old := nodes[0]
+	pid := old.redisPID(t)
+	old.cmd.Process.Kill()
+	syscall.Kill(pid, syscall.SIGKILL)
+	if _, err := dyn.Resource(redisCluster).Namespace(ns).Patch(ctx, "cache", types.MergePatchType, []byte(`{"spec":{"targetPrimary":"cache-1"}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "cache-1 to fail over and cache-2 to follow it", func() bool {
+		es, current := entries(t, dyn)
+		return current == "cache-1" && es["cache-1"]["role"] == "master" && es["cache-2"]["role"] == "replica" && es["cache-2"]["ready"] == true
+	})
+	if v, err := nodes[1].redis("GET", "counter"); err != nil || v != fmt.Sprint(acked) {
 		t.Fatalf("the acknowledged writes are not on the failed-over primary: %q %v", v, err)
 	}
-	if v, err := nodes[0].redis("GET", "during-outage"); err != nil || v != fmt.Sprint(outageWrites) {
+	if v, err := nodes[1].redis("GET", "during-outage"); err != nil || v != fmt.Sprint(outageWrites) {
 		t.Fatalf("the writes taken during the API outage are not on the failed-over primary: %q %v, want %d", v, err, outageWrites)
 	}
-	back := startInstanceAt(t, "cache-1", kubeconfig, old.dataDir, old.port)
-	eventually(t, 30*time.Second, "cache-1 back as a ready replica", func() bool {
+	back := startInstanceAt(t, "cache-0", kubeconfig, old.dataDir, old.port)
+	eventually(t, 30*time.Second, "cache-0 back as a ready replica", func() bool {
 		es, _ := entries(t, dyn)
-		return es["cache-1"]["role"] == "replica" && es["cache-1"]["ready"] == true
+		return es["cache-0"]["role"] == "replica" && es["cache-0"]["ready"] == true
 	})
 	if _, err := back.redis("SET", "x", "y"); err == nil || !strings.Contains(err.Error(), "READONLY") {
 		t.Fatalf("the old primary took a write after coming back: %v", err)
