@@ -468,6 +468,17 @@ func BenchmarkSwitchoverFailoverTo(b *testing.B) {
 		})
 }
 
+// waitKeys waits until the instance's redis-server holds n keys.
+func waitKeys(t *testing.T, in *instance, n int64) redis.Conn {
+	t.Helper()
+	c := in.redis()
+	eventually(t, 10*time.Second, fmt.Sprintf("%s to hold %d keys", in.pod, n), func() bool {
+		size, _ := redis.Int64(c.Do("DBSIZE"))
+		return size == n
+	})
+	return c
+}
+
 // entriesOf reads the status files of a local-mode cluster.
 func entriesOf(cf string) map[string]instanceStatus {
 	return newLocalSource(cf, "cache", "default", "-").readEntries()
@@ -535,11 +546,7 @@ func TestEmptyMasterGuard(t *testing.T) {
 	cf, nodes := cluster3(t, fragment)
 	writeKeys(t, nodes[0].redis(), "k", 500)
 	for _, n := range nodes[1:] {
-		c := n.redis()
-		eventually(t, 10*time.Second, n.pod+" to hold the keys", func() bool {
-			size, _ := redis.Int64(c.Do("DBSIZE"))
-			return size == 500
-		})
+		waitKeys(t, n, 500)
 	}
 	digests := map[string]string{}
 	for _, n := range nodes {
@@ -635,11 +642,7 @@ func TestCutOffPrimaryDemotesItselfOnReturn(t *testing.T) {
 	const fragment = "appendonly yes\nrepl-diskless-sync-delay 0"
 	cf, nodes := cluster3(t, fragment)
 	writeKeys(t, nodes[0].redis(), "k", 100)
-	c1 := nodes[1].redis()
-	eventually(t, 10*time.Second, "cache-1 to have the keys before the cut", func() bool {
-		size, _ := redis.Int64(c1.Do("DBSIZE"))
-		return size == 100
-	})
+	waitKeys(t, nodes[1], 100) // before the cut
 	old := nodes[0]
 	pid := old.redisPID()
 	for _, p := range []int{old.cmd.Process.Pid, pid} {
@@ -677,11 +680,7 @@ func TestCrashedPrimaryWithoutPersistenceIsNotRestartedEmpty(t *testing.T) {
 	const fragment = "appendonly no\nsave \"\"\nrepl-diskless-sync-delay 0"
 	cf, nodes := cluster3(t, fragment)
 	writeKeys(t, nodes[0].redis(), "k", 300)
-	c1 := nodes[1].redis()
-	eventually(t, 10*time.Second, "cache-1 to have the keys", func() bool {
-		size, _ := redis.Int64(c1.Do("DBSIZE"))
-		return size == 300
-	})
+	c1 := waitKeys(t, nodes[1], 300)
 	time.Sleep(1500 * time.Millisecond) // the manager has seen the keys
 	primary := nodes[0]
 	syscall.Kill(primary.redisPID(), syscall.SIGKILL)

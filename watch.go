@@ -791,6 +791,9 @@ func (r *reconciler) enforceRole() {
 		return
 	}
 	me := redisNode{dial: localAddr(r.settings.redisPort), announce: joinHostPort(r.settings.announceHost, fmt.Sprint(r.settings.redisPort))}
+	if r.role.primary || obs.role() != "master" {
+		r.demoteSince = time.Time{} // the grace is for one stay as a master that is not the target
+	}
 	switch {
 	case r.role.primary && obs.role() == "slave":
 		master := joinHostPort(obs.info["master_host"], obs.info["master_port"])
@@ -883,7 +886,7 @@ func (r *reconciler) enforceRole() {
 		r.roleErr = ""
 		r.pokeObserver()
 	default:
-		r.lostSince, r.demoteSince = time.Time{}, time.Time{}
+		r.lostSince = time.Time{}
 		moving := obs.role() == "slave" && r.role.replicaOf != "" &&
 			joinHostPort(obs.info["master_host"], obs.info["master_port"]) != canonicalAddr(r.role.replicaOf)
 		if t := r.view.cluster.Status.InstancesStatus[r.role.target]; moving && t.Role == "master" && t.Keys == 0 && obs.info.keys() > 0 {
