@@ -54,8 +54,9 @@ if [ $ready -ne 3 ]; then
   exit 1
 fi
 password=$(sed -n 's/^  password: //p' $state/cluster.yaml)
+target=$(sed -n 's/^  targetPrimary: //p' $state/cluster.yaml)
 cat <<TXT
-A three-instance Redis cluster runs on this machine: cache-0 is the primary.
+A three-instance Redis cluster runs on this machine: ${target:-cache-0} is the primary.
 
   instance  redis                 manager HTTP           log
   cache-0   127.0.0.1:6380        http://127.0.0.1:8001  $state/cache-0.log
@@ -67,6 +68,7 @@ A three-instance Redis cluster runs on this machine: cache-0 is the primary.
   curl -s http://127.0.0.1:8001/v1/status
   cat $state/cluster.yaml.status/cache-1.json
 
-Edit $state/cluster.yaml (the ConfigMap's redis.conf, say) and the managers follow.
+Edit $state/cluster.yaml and the managers follow, e.g. a switchover:
+  sed -i 's/targetPrimary: .*/targetPrimary: cache-1/' $state/cluster.yaml
 Stop it with: hack/local-cluster.sh down
 TXT
