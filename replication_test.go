@@ -613,7 +613,11 @@ func TestDatasetKeys(t *testing.T) {
 		}
 		if aof == "yes" {
 			c.Do("BGREWRITEAOF")
-			time.Sleep(500 * time.Millisecond)
+			eventually(t, 10*time.Second, "the AOF rewrite to finish", func() bool {
+				text, _ := redis.String(c.Do("INFO", "persistence"))
+				i := parseInfo(text)
+				return i["aof_rewrite_in_progress"] == "0" && i["aof_rewrite_scheduled"] == "0" && i["aof_last_bgrewrite_status"] == "ok"
+			})
 		}
 		// After the rewrite the AOF's base is an RDB with every key and its
 		// increment is empty, so both read exactly.
@@ -681,11 +685,14 @@ func TestCrashedPrimaryWithoutPersistenceIsNotRestartedEmpty(t *testing.T) {
 	cf, nodes := cluster3(t, fragment)
 	writeKeys(t, nodes[0].redis(), "k", 300)
 	c1 := waitKeys(t, nodes[1], 300)
-	time.Sleep(1500 * time.Millisecond) // the manager has seen the keys
+	eventually(t, 30*time.Second, "the primary's entry to report the keys", func() bool { return entriesOf(cf)["cache-0"].Keys == 300 })
 	primary := nodes[0]
 	syscall.Kill(primary.redisPID(), syscall.SIGKILL)
+	// Refused by the restart guard or, once a view comes, the start guard.
 	eventually(t, 10*time.Second, "the refusal in lastError", func() bool {
-		return strings.Contains(primary.status().LastError, "refusing to restart redis-server as the primary with an empty dataset")
+		e := primary.status().LastError
+		return strings.Contains(e, "refusing to restart redis-server as the primary with an empty dataset") ||
+			strings.Contains(e, "refusing to start as the primary with an empty data directory")
 	})
 	time.Sleep(time.Second)
 	if _, err := dialRedis(localAddr(primary.port), primary.password, 200*time.Millisecond); err == nil {

@@ -111,7 +111,7 @@ func (r *reaper) reapAll() {
 func describeExit(ws syscall.WaitStatus) string {
 	switch {
 	case ws.Signaled():
-		return "killed by " + ws.Signal().String()
+		return fmt.Sprintf("killed by signal %d (%s)", int(ws.Signal()), ws.Signal())
 	case ws.Exited():
 		return fmt.Sprintf("exit status %d", ws.ExitStatus())
 	}
