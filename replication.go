@@ -279,15 +279,13 @@ func followPrimary(addr, password string, obs *observation, want desiredRole) (m
 	if err != nil {
 		return false, err
 	}
-	c, err := dialRedis(addr, password, redisTimeout)
-	if err != nil {
-		return false, err
-	}
-	defer c.Close()
-	if _, err := c.Do("REPLICAOF", host, port); err != nil {
-		return false, fmt.Errorf("REPLICAOF %s %s: %w", host, port, err)
-	}
-	return true, nil
+	err = withRedis(addr, password, redisTimeout, func(c redis.Conn) error {
+		if _, err := c.Do("REPLICAOF", host, port); err != nil {
+			return fmt.Errorf("REPLICAOF %s %s: %w", host, port, err)
+		}
+		return nil
+	})
+	return err == nil, err
 }
 
 // Moving the primary role. The target primary's manager drives it, and so
@@ -507,42 +505,36 @@ func infoReplication(c redis.Conn) (redisInfo, error) {
 
 // isMaster says whether the server at addr answers as a master.
 func isMaster(addr, password string) bool {
-	c, err := dialRedis(addr, password, oldPrimaryTimeout)
-	if err != nil {
-		return false
-	}
-	defer c.Close()
-	info, err := infoReplication(c)
-	return err == nil && info.role() == "master"
+	master := false
+	withRedis(addr, password, oldPrimaryTimeout, func(c redis.Conn) error {
+		info, err := infoReplication(c)
+		master = err == nil && info.role() == "master"
+		return err
+	})
+	return master
 }
 
 // promote makes the local server a master: the failover, for when the old
 // primary has been gone longer than the failover window.
 func promote(addr, password string) error {
-	c, err := dialRedis(addr, password, redisTimeout)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if _, err := c.Do("REPLICAOF", "NO", "ONE"); err != nil {
-		return fmt.Errorf("REPLICAOF NO ONE: %w", err)
-	}
-	return nil
+	return withRedis(addr, password, redisTimeout, func(c redis.Conn) error {
+		if _, err := c.Do("REPLICAOF", "NO", "ONE"); err != nil {
+			return fmt.Errorf("REPLICAOF NO ONE: %w", err)
+		}
+		return nil
+	})
 }
 
 // pauseWrites keeps a master that is not the target from taking writes
 // while it has nowhere to hand over to; the pause is renewed while that
 // lasts, and ends with the handover.
 func pauseWrites(addr, password string) error {
-	c, err := dialRedis(addr, password, redisTimeout)
-	if err != nil {
+	return withRedis(addr, password, redisTimeout, func(c redis.Conn) error {
+		info, err := infoReplication(c)
+		if err != nil || info.role() != "master" {
+			return err // a replica takes no writes anyway
+		}
+		_, err = c.Do("CLIENT", "PAUSE", handoverPause.Milliseconds(), "WRITE")
 		return err
-	}
-	defer c.Close()
-	info, err := infoReplication(c)
-	if err != nil || info.role() != "master" {
-		return err // a replica takes no writes anyway
-	}
-	_, err = c.Do("CLIENT", "PAUSE", handoverPause.Milliseconds(), "WRITE")
-	return err
+	})
 }

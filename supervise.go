@@ -434,4 +434,14 @@ func dialRedis(addr, password string, timeout time.Duration) (redis.Conn, error)
 	return c, nil
 }
 
+// withRedis runs fn on a connection of its own, closed after.
+func withRedis(addr, password string, timeout time.Duration, fn func(redis.Conn) error) error {
+	c, err := dialRedis(addr, password, timeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return fn(c)
+}
+
 func localAddr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }

@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -590,21 +591,25 @@ type reconciler struct {
 	beat        atomic.Int64
 	primaryKeys atomic.Int64 // keys held while the primary, for the supervisor's restart guard
 
-	view        clusterView
-	haveView    bool
-	fragment    []directive // the last good fragment
-	fragmentOK  bool        // there is one
-	fenced      bool
-	wanted      bool // redis-server should run
-	role        desiredRole
-	conf        string        // redis.conf as last written
-	viewErr     string        // the source's latest complaint
-	viewSeq     uint64        // of the latest view applied
-	errSeq      uint64        // of the latest complaint
-	confErr     string        // why the latest fragment was refused
-	fenceErr    string        // why the latest fence annotation was refused
-	roleErr     string        // why the role could not be made right
-	guardErr    string        // why redis-server may not start
+	view       clusterView
+	haveView   bool
+	fragment   []directive // the last good fragment
+	fragmentOK bool        // there is one
+	fenced     bool
+	wanted     bool // redis-server should run
+	role       desiredRole
+	conf       string   // redis.conf as last written
+	viewErr    string   // the source's latest complaint
+	viewSeq    uint64   // of the latest view applied
+	errSeq     uint64   // of the latest complaint
+	confErr    string   // why the latest fragment was refused
+	fenceErr   string   // why the latest fence annotation was refused
+	roleErr    string   // why the role could not be made right
+	guardErr   string   // why redis-server may not start
+	confMemo   struct { // configHash and pendingRestart of the last pair of configs, reused while they hold
+		started, wanted, hash string
+		pending               []string
+	}
 	heldKeys    int64         // keys this instance last held: seen, or from its entry of before
 	lostSince   time.Time     // when the old primary was first found gone
 	demoteSince time.Time     // when this master first found it is not the target
@@ -944,11 +949,10 @@ func (r *reconciler) unstick(me redisNode, password string, obs *observation) {
 	if time.Since(r.stuckSince) < stalledFor {
 		return
 	}
-	c, err := dialRedis(me.dial, password, redisTimeout)
-	if err == nil {
-		_, err = c.Do("CLIENT", "KILL", "TYPE", "master")
-		c.Close()
-	}
+	err := withRedis(me.dial, password, redisTimeout, func(c redis.Conn) error {
+		_, err := c.Do("CLIENT", "KILL", "TYPE", "master")
+		return err
+	})
 	if err != nil {
 		r.log.Warn("cannot renew a replication link that carries nothing", "error", err)
 		return
@@ -1005,8 +1009,11 @@ func (r *reconciler) publish() {
 		PendingRestart:     []string{},
 	}
 	if sup.running {
-		st.ConfigHash = configHash(sup.startedConf)
-		st.PendingRestart = pendingRestart(sup.startedConf, r.conf)
+		if r.confMemo.started != sup.startedConf || r.confMemo.wanted != r.conf {
+			r.confMemo.started, r.confMemo.wanted = sup.startedConf, r.conf
+			r.confMemo.hash, r.confMemo.pending = configHash(sup.startedConf), pendingRestart(sup.startedConf, r.conf)
+		}
+		st.ConfigHash, st.PendingRestart = r.confMemo.hash, r.confMemo.pending
 	}
 	obs := r.obs
 	if obs != nil && (!sup.running || obs.at.Before(sup.startedAt)) {
