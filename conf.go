@@ -7,15 +7,23 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
 )
 
 // directive is one line of redis.conf: a lower-cased name and its arguments.
@@ -46,13 +54,14 @@ var ownedDirectives = map[string]string{
 	"slave-announce-ip":     "the manager sets it from --announce-host",
 	"slave-announce-port":   "the manager sets it from --redis-port",
 	"protected-mode":        "the manager must reach redis-server and so must the other instances",
+	"aclfile":               "the default user's passwords come from spec.authSecretRef, and an ACL file would replace them",
 }
 
 // managerCommands are the commands the manager itself sends; renaming one
 // away would leave the manager blind or unable to stop redis-server cleanly.
 var managerCommands = map[string]bool{
-	"auth": true, "config": true, "info": true, "ping": true,
-	"replicaof": true, "shutdown": true, "slaveof": true,
+	"acl": true, "auth": true, "client": true, "config": true, "info": true,
+	"ping": true, "replicaof": true, "shutdown": true, "slaveof": true,
 }
 
 // parseFragment reads a redis.conf fragment and refuses what the manager
@@ -68,6 +77,9 @@ func parseFragment(text string) ([]directive, error) {
 		}
 		if d.name == "rename-command" && len(d.args) > 0 && managerCommands[strings.ToLower(d.args[0])] {
 			return nil, fmt.Errorf("redis.conf fragment line %d: renaming %s would stop the manager from supervising redis-server", d.line, strings.ToUpper(d.args[0]))
+		}
+		if d.name == "user" && len(d.args) > 0 && d.args[0] == "default" {
+			return nil, fmt.Errorf("redis.conf fragment line %d: the default user is the manager's: its passwords come from spec.authSecretRef", d.line)
 		}
 	}
 	return ds, nil
@@ -237,40 +249,17 @@ func previousFragment(path string) ([]directive, bool) {
 	if err != nil {
 		return nil, false
 	}
-	frag, _, found := strings.Cut(string(data), ownedMarker)
+	return fragmentOf(string(data))
+}
+
+// fragmentOf is the user's part of a redis.conf the manager rendered.
+func fragmentOf(conf string) ([]directive, bool) {
+	frag, _, found := strings.Cut(conf, ownedMarker)
 	if !found {
 		return nil, false
 	}
 	ds, err := parseFragment(frag)
 	return ds, err == nil
-}
-
-// pendingRestart names the directives whose values differ between the
-// configuration redis-server started with and the one now wanted. replicaof
-// is left out: the manager applies it live.
-func pendingRestart(running, wanted string) []string {
-	group := func(text string) map[string][][]string {
-		ds, _ := parseConf(text)
-		m := map[string][][]string{}
-		for _, d := range ds {
-			m[d.name] = append(m[d.name], d.args)
-		}
-		return m
-	}
-	a, b := group(running), group(wanted)
-	names := []string{}
-	for name := range a {
-		if _, ok := b[name]; !ok {
-			b[name] = nil
-		}
-	}
-	for name, args := range b {
-		if name != "replicaof" && !slices.EqualFunc(a[name], args, slices.Equal[[]string]) {
-			names = append(names, name)
-		}
-	}
-	slices.Sort(names)
-	return names
 }
 
 // datasetKeys is how many keys the dataset in the data directory holds,
@@ -478,19 +467,6 @@ func splitHostPort(addr string) (host, port string, err error) {
 	return host, port, nil
 }
 
-// configHash identifies a rendered configuration. The credential lines are
-// left out: the hash is published, and must not let anyone test guesses of
-// the password against it.
-func configHash(conf string) string {
-	h := sha256.New()
-	for _, line := range strings.SplitAfter(conf, "\n") {
-		if !strings.HasPrefix(line, "requirepass ") && !strings.HasPrefix(line, "masterauth ") {
-			h.Write([]byte(line))
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil)[:8])
-}
-
 // confPassword is the requirepass of a rendered configuration: the password
 // the redis-server started on it answers to.
 func confPassword(conf string) string {
@@ -532,4 +508,606 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 		d.Close()
 	}
 	return nil
+}
+
+// The configuration redis-server runs is brought to the wanted one without a
+// restart where Redis allows: the difference between the two, by name, goes
+// into one atomic CONFIG SET, and what Redis reads only at start waits for a
+// restart, named in pendingRestart.
+
+// confValues is a fragment's directives by name, each occurrence's
+// arguments in order.
+type confValues map[string][][]string
+
+func valuesOf(ds []directive) confValues {
+	v := confValues{}
+	for _, d := range ds {
+		v[d.name] = append(v[d.name], d.args)
+	}
+	return v
+}
+
+// fileOnly directives have no CONFIG SET: Redis reads them at start only.
+var fileOnly = map[string]bool{"rename-command": true, "user": true, "loadmodule": true, "sentinel": true}
+
+// configDiff is what it takes to go from the running values to the wanted.
+type configDiff struct {
+	set     []any    // name, value, ... for one CONFIG SET
+	restart []string // names only a restart applies, sorted
+}
+
+// diffConfig compares by name. A directive dropped from the fragment waits
+// for a restart too: what its default is, the running server cannot say.
+func diffConfig(running, wanted confValues, restartOnly map[string]bool) configDiff {
+	names := make([]string, 0, len(running)+len(wanted))
+	for n := range running {
+		names = append(names, n)
+	}
+	for n := range wanted {
+		if _, ok := running[n]; !ok {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	d := configDiff{restart: []string{}}
+	for _, n := range names {
+		a, b := running[n], wanted[n]
+		switch {
+		case slices.EqualFunc(a, b, slices.Equal[[]string]):
+		case b == nil || fileOnly[n] || restartOnly[n] || n == "client-output-buffer-limit" && droppedClass(a, b):
+			d.restart = append(d.restart, n)
+		default:
+			d.set = append(d.set, n, configValue(n, b))
+		}
+	}
+	return d
+}
+
+// configValue is the one CONFIG SET value of a parameter as a file gives it,
+// read the way Redis reads the file: save lines add up, and a save "" line
+// clears those before it; each client-output-buffer-limit line sets its
+// class; any other parameter takes its last line.
+func configValue(name string, occs [][]string) string {
+	var args []string
+	switch name {
+	case "save":
+		for _, o := range occs {
+			if len(o) == 1 && o[0] == "" {
+				args = args[:0]
+				continue
+			}
+			args = append(args, o...)
+		}
+	case "client-output-buffer-limit":
+		for _, o := range occs {
+			args = append(args, o...)
+		}
+	default:
+		args = occs[len(occs)-1]
+	}
+	return strings.Join(args, " ")
+}
+
+// droppedClass says whether a client class limited before is no longer:
+// CONFIG SET leaves a class it is not given as it was, so only a restart
+// takes it back to its default.
+func droppedClass(running, wanted [][]string) bool {
+	for _, r := range running {
+		if len(r) > 0 && !slices.ContainsFunc(wanted, func(w []string) bool { return len(w) > 0 && strings.EqualFold(w[0], r[0]) }) {
+			return true
+		}
+	}
+	return false
+}
+
+// immutableArg is how Redis names a parameter it cannot change at run time.
+var immutableArg = regexp.MustCompile(`argument '([^']+)'\) - can't set (?:immutable|protected) config`)
+
+// configSet applies the run-time part of a change with one atomic CONFIG
+// SET. A parameter Redis calls immutable is learnt as such into
+// restartOnly, moved to the restart part, and the rest tried again: no
+// table of them is right for every Redis version. Any other refusal refuses
+// the whole change, and Redis runs on as before.
+func configSet(c redis.Conn, d *configDiff, restartOnly map[string]bool) error {
+	for len(d.set) > 0 {
+		_, err := c.Do("CONFIG", append([]any{"SET"}, d.set...)...)
+		if err == nil {
+			return nil
+		}
+		m := immutableArg.FindStringSubmatch(err.Error())
+		if _, refused := err.(redis.Error); !refused || m == nil {
+			return err
+		}
+		i := slices.Index(d.set, any(m[1]))
+		if i < 0 || i%2 != 0 {
+			return err
+		}
+		restartOnly[m[1]] = true
+		d.set = slices.Delete(d.set, i, i+2)
+		d.restart = append(d.restart, m[1])
+		slices.Sort(d.restart)
+	}
+	return nil
+}
+
+// configHash identifies the configuration redis-server runs: the user's
+// parameters as applied, at start or live since. The credentials are not in
+// it: the hash is published, and must not let anyone test guesses of the
+// password against it.
+func configHash(v confValues) string {
+	names := make([]string, 0, len(v))
+	for n := range v {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	h := sha256.New()
+	for _, n := range names {
+		for _, args := range v[n] {
+			h.Write([]byte(quoteArg(n)))
+			for _, a := range args {
+				h.Write([]byte(" " + quoteArg(a)))
+			}
+			h.Write([]byte("\n"))
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// checkFragment has redis-server itself read the fragment as it would at a
+// start: only Redis knows every directive and value it takes, those of
+// parameters it reads only at start included, which would otherwise fail
+// the next restart, long after the change. Told to listen nowhere, it exits
+// right after reading its configuration, before it touches any data.
+func checkFragment(redisServer, dataDir string, frag []directive, start startFunc) error {
+	dir, err := os.MkdirTemp(dataDir, ".confcheck-")
+	if err != nil {
+		return fmt.Errorf("check the fragment: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	var b strings.Builder
+	mentions := map[string]bool{}
+	for _, d := range frag {
+		b.WriteString(quoteArg(d.name))
+		for _, a := range d.args {
+			b.WriteString(" " + quoteArg(a))
+		}
+		b.WriteByte('\n')
+		mentions[d.name] = true
+	}
+	// After the fragment, so that they win: nothing may listen.
+	b.WriteString("port 0\n")
+	if mentions["unixsocket"] {
+		b.WriteString("unixsocket \"\"\n")
+	}
+	if mentions["tls-port"] {
+		b.WriteString("tls-port 0\n")
+	}
+	path := filepath.Join(dir, "redis.conf")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		return fmt.Errorf("check the fragment: %w", err)
+	}
+	out, err := runChecker(start, redisServer, path, dir)
+	if err != nil {
+		return fmt.Errorf("check the fragment with %s: %w", redisServer, err)
+	}
+	if m := fatalConfig.FindStringSubmatch(out); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		if n < 1 || n > len(frag) {
+			return refusal{fmt.Errorf("redis-server refuses the configuration: %s", m[3])}
+		}
+		d, quoted := frag[n-1], "'"+m[2]+"'"
+		if sensitiveDirectives[d.name] {
+			quoted = d.name // its arguments hold a password
+		}
+		return refusal{fmt.Errorf("redis.conf fragment line %d: redis-server refuses %s: %s", d.line, quoted, m[3])}
+	}
+	if !strings.Contains(out, "Configured to not listen anywhere") {
+		return fmt.Errorf("redis-server did not read the fragment as expected: %s", lastLine(out))
+	}
+	// Read only after the point where the check ends.
+	for _, d := range frag {
+		if d.name == "loadmodule" && len(d.args) > 0 {
+			if _, err := os.Stat(d.args[0]); err != nil {
+				return refusal{fmt.Errorf("redis.conf fragment line %d: loadmodule: %w", d.line, err)}
+			}
+		}
+	}
+	return nil
+}
+
+// refusal is a verdict on a fragment, as opposed to a failure to reach one
+// (no disk space for the check, a check that timed out): a refused fragment
+// is not tried again, a failed check is.
+type refusal struct{ error }
+
+func (r refusal) Unwrap() error { return r.error }
+
+// sensitiveDirectives carry a password in their arguments: an error names
+// them, never quotes them.
+var sensitiveDirectives = map[string]bool{"user": true, "tls-key-file-pass": true, "tls-client-key-file-pass": true}
+
+var fatalConfig = regexp.MustCompile(`FATAL CONFIG FILE ERROR.*\n.*at line (\d+)\n>>> '(.*)'\n(.*)`)
+
+// startFunc starts a child through the one reaper (see supervise.go).
+type startFunc func(func() (*os.Process, error)) (*os.Process, <-chan syscall.WaitStatus, error)
+
+// runChecker runs redis-server on the file and returns what it printed. It
+// exits at once; one that does not is killed, for it is not the server.
+func runChecker(start startFunc, redisServer, path, dir string) (string, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return "", err
+	}
+	defer r.Close()
+	p, exited, err := start(func() (*os.Process, error) {
+		return os.StartProcess(redisServer, []string{redisServer, path}, &os.ProcAttr{
+			Dir: dir, Files: []*os.File{nil, w, w}, Sys: &syscall.SysProcAttr{Setpgid: true},
+		})
+	})
+	w.Close()
+	if err != nil {
+		return "", err
+	}
+	defer p.Release()
+	var mu sync.Mutex
+	var out bytes.Buffer
+	eof := make(chan struct{})
+	go func() {
+		defer close(eof)
+		buf := make([]byte, 4096)
+		for out.Len() < 64<<10 {
+			n, err := r.Read(buf)
+			mu.Lock()
+			out.Write(buf[:n])
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		p.Kill()
+		<-exited
+		return "", errors.New("it did not exit within 5s")
+	}
+	// What it wrote is in the pipe by now; a descendant of a wrapper
+	// script may hold the pipe open, so the end of it is not waited for.
+	select {
+	case <-eof:
+	case <-time.After(500 * time.Millisecond):
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return out.String(), nil
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+// persistent says whether a configuration writes the dataset to disk: with
+// neither AOF nor a save point, a restart comes back empty.
+func persistent(v confValues) bool {
+	if ao := v["appendonly"]; len(ao) > 0 && len(ao[len(ao)-1]) == 1 && strings.EqualFold(ao[len(ao)-1][0], "yes") {
+		return true
+	}
+	saves, set := v["save"]
+	if !set {
+		return true // Redis's default save points
+	}
+	for _, args := range saves {
+		for _, a := range args {
+			if a != "" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// The reconciler's side of the configuration: a new fragment is checked by
+// redis-server, applied to the running one where it can be, and only then
+// written to redis.conf; whatever only a restart applies is pending.
+
+// takeFragment accepts the fragment text of a new view, or refuses it and
+// keeps the last good one in force: in redis-server and in redis.conf. A
+// check that could not be made (no disk space, a timeout) is retried on the
+// next look at Redis; a verdict stands until the text changes.
+func (r *reconciler) takeFragment(text string) {
+	switch {
+	case r.fragmentOK && text == r.fragmentText:
+		r.confErr, r.refusedText, r.retryFragment = "", "", false // back to the one in force
+		return
+	case r.confErr != "" && !r.retryFragment && text == r.refusedText:
+		return // refused already; redis-server is not asked twice
+	}
+	began := time.Now()
+	r.checkedAt = began
+	frag, err := parseFragment(text)
+	if err != nil {
+		err = refusal{err}
+	}
+	if err == nil && r.checkConfig != nil {
+		err = r.checkConfig(frag)
+	}
+	if err == nil {
+		err = r.setLive(valuesOf(frag), began)
+	}
+	if err != nil {
+		if r.confErr != err.Error() {
+			r.log.Error("refusing the new redis.conf fragment; the last good configuration stays", "error", err)
+		}
+		r.confErr, r.refusedText, r.retryFragment = err.Error(), text, !errors.As(err, new(refusal))
+		return
+	}
+	r.fragment, r.fragmentOK, r.fragmentText, r.refusedText, r.confErr, r.retryFragment = frag, true, text, "", "", false
+	r.wantedValues = valuesOf(frag)
+}
+
+// reachable says whether the running redis-server answered since it started.
+func (r *reconciler) reachable() bool {
+	sup := r.sup.snapshot()
+	return sup.running && r.obs != nil && r.obs.err == nil && !r.obs.at.Before(sup.startedAt)
+}
+
+// resetApplied takes what a newly started redis-server runs from the
+// redis.conf it read: its fragment and its password.
+func (r *reconciler) resetApplied() {
+	sup := r.sup.snapshot()
+	if sup.startedAt.Equal(r.appliedFor) {
+		return
+	}
+	frag, _ := fragmentOf(sup.startedConf)
+	r.applied, r.appliedFor = valuesOf(frag), sup.startedAt
+	r.liveRefused, r.liveErr = "", ""
+	pw := confPassword(sup.startedConf)
+	r.auth = authState{accepted: []string{pw}, masterauth: pw}
+	r.publishCredentials()
+}
+
+// setLive applies to the running redis-server what of wanted it can take at
+// run time. It returns an error only when Redis refuses the change, which
+// then is not made; a server that does not answer now gets it from syncLive
+// once it does.
+func (r *reconciler) setLive(wanted confValues, began time.Time) error {
+	if !r.reachable() {
+		return nil
+	}
+	r.resetApplied()
+	d := diffConfig(r.applied, wanted, r.restartOnly)
+	if len(d.set) == 0 {
+		return nil
+	}
+	c, err := dialRedis(localAddr(r.settings.redisPort), r.credentials(), redisTimeout)
+	if err != nil {
+		r.log.Warn("cannot apply the configuration live yet", "error", err)
+		return nil
+	}
+	defer c.Close()
+	if err := configSet(c, &d, r.restartOnly); err != nil {
+		if _, refused := err.(redis.Error); refused {
+			return refusal{fmt.Errorf("redis-server refuses the new configuration: %w", err)}
+		}
+		r.log.Warn("cannot apply the configuration live yet", "error", err)
+		return nil
+	}
+	names := make([]string, 0, len(d.set)/2)
+	for i := 0; i < len(d.set); i += 2 {
+		n := d.set[i].(string)
+		r.applied[n] = wanted[n]
+		names = append(names, n)
+	}
+	r.liveRefused, r.liveErr = "", ""
+	if len(names) > 0 {
+		r.log.Info("applied configuration live", "parameters", names, "pendingRestart", d.restart, "took", time.Since(began).Round(time.Microsecond).String())
+	}
+	return nil
+}
+
+// syncLive brings a running redis-server to the accepted fragment: after a
+// change that came while it did not answer, or after it restarted on an
+// older redis.conf.
+func (r *reconciler) syncLive() {
+	if !r.fragmentOK || !r.reachable() {
+		return
+	}
+	r.resetApplied()
+	d := diffConfig(r.applied, r.wantedValues, r.restartOnly)
+	if len(d.set) == 0 || fmt.Sprint(d.set...) == r.liveRefused {
+		return
+	}
+	if err := r.setLive(r.wantedValues, time.Now()); err != nil {
+		r.liveRefused, r.liveErr = fmt.Sprint(d.set...), err.Error()+"; it applies at the next restart"
+		r.log.Error("redis-server refuses a configuration change live", "error", err)
+	}
+}
+
+// configStatus is configHash and pendingRestart of the running server.
+func (r *reconciler) configStatus() (string, []string) {
+	r.resetApplied()
+	return configHash(r.applied), diffConfig(r.applied, r.wantedValues, r.restartOnly).restart
+}
+
+// Credentials rotate without a refused client or a dropped replication
+// link: the new password is accepted beside the old one (the default user
+// may have several), replicas authenticate with the new one as soon as
+// their primary takes it, and the old one goes only after the rotation
+// window, once every connected replica has switched.
+//
+// Turning authentication on or off is one step: Redis refuses AUTH while
+// the default user has no password, and a client without AUTH once it has
+// one, so the two cannot both work for a while.
+
+// authState is what the running redis-server's default user accepts, as
+// this manager set it, and what it authenticates to its primary with.
+type authState struct {
+	accepted   []string // newest first; [""] is no password (nopass)
+	masterauth string
+	since      time.Time // when the newest was added
+	nextProbe  time.Time // when other instances may be asked again
+}
+
+// credentials are the passwords the manager's connections offer, in order:
+// what the server accepts, then the wanted one it may have been started on.
+func (r *reconciler) credentials() []string { return *r.creds.Load() }
+
+func (r *reconciler) publishCredentials() {
+	list := slices.Clone(r.auth.accepted)
+	if !slices.Contains(list, r.view.password) {
+		list = append(list, r.view.password)
+	}
+	r.creds.Store(&list)
+}
+
+// probeEvery spaces out the rotation's questions to other instances, which
+// the reconciler waits for.
+const probeEvery = 5 * time.Second
+
+// rotateAuth takes the running redis-server one step towards the wanted
+// password; each step is retried on the next look at Redis until it holds.
+func (r *reconciler) rotateAuth() {
+	if !r.haveView || !r.reachable() {
+		return
+	}
+	r.resetApplied()
+	want, a := r.view.password, &r.auth
+	if slices.Equal(a.accepted, []string{want}) && a.masterauth == want {
+		r.authErr = ""
+		return
+	}
+	r.publishCredentials()
+	me := localAddr(r.settings.redisPort)
+	fail := func(what string, err error) {
+		msg := what + ": " + secretFree(err)
+		if msg != r.authErr {
+			r.log.Error(what, "error", secretFree(err))
+		}
+		r.authErr = msg
+	}
+	if !slices.Contains(a.accepted, want) {
+		rules := []any{">" + want}
+		if want == "" || slices.Equal(a.accepted, []string{""}) {
+			rules = []any{"resetpass", passRule(want)}
+		}
+		if err := aclSetDefault(me, r.credentials(), rules...); err != nil {
+			fail("cannot give redis-server the new password", err)
+			return
+		}
+		if len(rules) == 2 {
+			a.accepted = []string{want}
+			r.log.Info("redis-server authentication switched", "passwordRequired", want != "")
+		} else {
+			a.accepted, a.since = append([]string{want}, a.accepted...), time.Now()
+			r.log.Info("redis-server accepts the new password beside the old one", "rotationWindow", r.settings.rotationWindow.String())
+		}
+		r.publishCredentials()
+	}
+	if a.masterauth != want && time.Now().After(a.nextProbe) {
+		// A replica's primary must take the new password first, or the
+		// next reconnection of the link would be refused.
+		if r.obs.role() != "slave" || passwordWorks(joinHostPort(r.obs.info["master_host"], r.obs.info["master_port"]), want) {
+			err := withRedis(me, r.credentials(), redisTimeout, func(c redis.Conn) error {
+				_, err := c.Do("CONFIG", "SET", "masterauth", want)
+				return err
+			})
+			if err != nil {
+				fail("cannot switch masterauth to the new password", err)
+				return
+			}
+			a.masterauth = want
+			r.log.Info("replication authenticates with the new password")
+		} else {
+			a.nextProbe = time.Now().Add(probeEvery)
+		}
+	}
+	if len(a.accepted) == 1 || time.Since(a.since) < r.settings.rotationWindow {
+		r.authErr = ""
+		return
+	}
+	if r.obs.role() == "master" {
+		if !time.Now().After(a.nextProbe) {
+			return
+		}
+		if waiting := replicasBehind(r.obs.info, want); waiting != "" {
+			a.nextProbe = time.Now().Add(probeEvery)
+			r.authErr = "the old password stays until the replica at " + waiting + " authenticates with the new one"
+			return
+		}
+	}
+	if err := aclSetDefault(me, r.credentials(), "resetpass", passRule(want)); err != nil {
+		fail("cannot remove the old password", err)
+		return
+	}
+	a.accepted, r.authErr = []string{want}, ""
+	r.publishCredentials()
+	r.log.Info("the old password no longer works: the rotation is complete")
+}
+
+func passRule(pw string) string {
+	if pw == "" {
+		return "nopass"
+	}
+	return ">" + pw
+}
+
+func aclSetDefault(addr string, creds []string, rules ...any) error {
+	return withRedis(addr, creds, redisTimeout, func(c redis.Conn) error {
+		_, err := c.Do("ACL", append([]any{"SETUSER", "default"}, rules...)...)
+		return err
+	})
+}
+
+// passwordWorks says whether the Redis at addr takes pw: AUTH succeeds, or,
+// for no password, a PING without one.
+func passwordWorks(addr, pw string) bool {
+	return withRedis(addr, nil, redisTimeout, func(c redis.Conn) error {
+		if pw == "" {
+			_, err := c.Do("PING")
+			return err
+		}
+		_, err := c.Do("AUTH", pw)
+		return err
+	}) == nil
+}
+
+// replicasBehind names a connected replica that does not yet authenticate
+// with want, or "": each is asked, with want, for its masterauth.
+func replicasBehind(info redisInfo, want string) string {
+	for i := 0; ; i++ {
+		line, ok := info[fmt.Sprintf("slave%d", i)]
+		if !ok {
+			return ""
+		}
+		fields := map[string]string{}
+		for _, kv := range strings.Split(line, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			fields[k] = v
+		}
+		addr := joinHostPort(fields["ip"], fields["port"])
+		var got []string
+		err := withRedis(addr, []string{want}, redisTimeout, func(c redis.Conn) error {
+			var err error
+			got, err = redis.Strings(c.Do("CONFIG", "GET", "masterauth"))
+			return err
+		})
+		if err != nil || len(got) != 2 || got[1] != want {
+			return addr
+		}
+	}
+}
+
+// secretFree is an error of a command that carried a password, told
+// without Redis's text: Redis quotes the arguments it refuses, cut short
+// and with line breaks replaced, so no search and replace could be sure to
+// take the password out. Its first word (ERR, NOPERM, ...) says enough.
+func secretFree(err error) string {
+	var re redis.Error
+	if errors.As(err, &re) {
+		word, _, _ := strings.Cut(string(re), " ")
+		return "redis-server answered " + word
+	}
+	return err.Error() // a connection error, which quotes nothing sent
 }

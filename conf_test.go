@@ -1,10 +1,18 @@
 package main
 
 import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -52,6 +60,9 @@ func TestParseFragmentRefusesWhatTheManagerOwns(t *testing.T) {
 		{"include /etc/redis/other.conf", `"include" is set by the manager`},
 		{"daemonize yes", `"daemonize" is set by the manager`},
 		{"rename-command SHUTDOWN \"\"", "renaming SHUTDOWN would stop the manager"},
+		{"rename-command acl \"\"", "renaming ACL would stop the manager"},
+		{"aclfile /etc/redis/users.acl", `"aclfile" is set by the manager`},
+		{"user default on >hunter2 ~* +@all", "line 1: the default user is the manager's"},
 		{"maxmemory \"100mb", "line 1: unbalanced double quotes"},
 		{"maxmemory '100mb", "line 1: unbalanced single quotes"},
 		{"a\x00b", "NUL byte"},
@@ -119,36 +130,156 @@ func TestRenderConfig(t *testing.T) {
 	}
 }
 
-// configHash is published; it must not change with the password alone, or
-// it would let anyone check guesses of the password against it.
-func TestConfigHashLeavesOutCredentials(t *testing.T) {
-	frag, _ := parseFragment("maxmemory 1mb")
-	pod := podConfig{dataDir: "/d", port: 6379, announceHost: "h", password: "one"}
-	a, _ := renderConfig(frag, pod)
-	pod.password = "two"
-	b, _ := renderConfig(frag, pod)
-	if configHash(a) != configHash(b) {
-		t.Fatal("configHash changes with the password")
+// configHash names what runs: the same parameters give the same hash in
+// any order, a changed value another.
+func TestConfigHashFollowsTheParameters(t *testing.T) {
+	hash := func(text string) string {
+		frag, err := parseFragment(text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return configHash(valuesOf(frag))
 	}
-	if confPassword(b) != "two" {
-		t.Fatalf("confPassword = %q", confPassword(b))
+	a := hash("maxmemory 1mb\nsave 900 1\nsave 300 10")
+	if b := hash("save 900 1\nmaxmemory  1mb\nsave 300 10"); a != b {
+		t.Fatal("configHash changes with the order of different parameters")
 	}
-	pod.port = 6380
-	c, _ := renderConfig(frag, pod)
-	if configHash(a) == configHash(c) {
-		t.Fatal("configHash does not change with the port")
+	for _, other := range []string{"maxmemory 2mb\nsave 900 1\nsave 300 10", "maxmemory 1mb\nsave 300 10\nsave 900 1", "maxmemory 1mb"} {
+		if hash(other) == a {
+			t.Fatalf("configHash does not change for %q", other)
+		}
 	}
 }
 
-func TestPendingRestartNamesChangedDirectives(t *testing.T) {
-	running := "maxmemory 100mb\nsave 900 1\nsave 300 10\nreplicaof 10.0.0.1 6379\nappendonly yes\n"
-	wanted := "maxmemory 200mb\nsave 900 1\nreplicaof 10.0.0.2 6379\nappendonly yes\nio-threads 4\n"
-	got := pendingRestart(running, wanted)
-	if want := []string{"io-threads", "maxmemory", "save"}; !reflect.DeepEqual(got, want) {
-		t.Fatalf("pendingRestart = %v, want %v", got, want)
+func TestDiffConfigSplitsLiveFromRestart(t *testing.T) {
+	values := func(text string) confValues {
+		frag, err := parseFragment(text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return valuesOf(frag)
 	}
-	if got := pendingRestart(running, running); got == nil || len(got) != 0 {
-		t.Fatalf("pendingRestart of the same config = %#v, want an empty list", got)
+	running := values("maxmemory 100mb\nsave 900 1\nsave 300 10\nappendonly yes\nrename-command KEYS \"\"\nhz 10\nclient-output-buffer-limit normal 0 0 0")
+	wanted := values("maxmemory 200mb\nsave 900 1\nappendonly yes\nio-threads 4\nrename-command KEYS KEYS2\nclient-output-buffer-limit normal 0 0 0\nclient-output-buffer-limit pubsub 32mb 8mb 60")
+	d := diffConfig(running, wanted, map[string]bool{"io-threads": true})
+	wantSet := []any{"client-output-buffer-limit", "normal 0 0 0 pubsub 32mb 8mb 60", "maxmemory", "200mb", "save", "900 1"}
+	if !reflect.DeepEqual(d.set, wantSet) {
+		t.Errorf("set = %q, want %q", d.set, wantSet)
+	}
+	// hz was dropped: its default is unknown to a running server.
+	if want := []string{"hz", "io-threads", "rename-command"}; !reflect.DeepEqual(d.restart, want) {
+		t.Errorf("restart = %v, want %v", d.restart, want)
+	}
+	if d := diffConfig(running, running, nil); len(d.set) != 0 || d.restart == nil || len(d.restart) != 0 {
+		t.Errorf("the same configuration differs: %+v", d)
+	}
+	// Values as Redis reads the file: the last line wins, save "" clears
+	// the save lines before it, and a dropped client class needs a restart.
+	d = diffConfig(running, values("maxmemory 100mb\nmaxmemory 300mb\nsave 900 1\nsave \"\"\nsave 60 5\nappendonly yes\nrename-command KEYS \"\"\nhz 10\nclient-output-buffer-limit replica 1mb 1mb 0"), nil)
+	if want := []any{"maxmemory", "300mb", "save", "60 5"}; !reflect.DeepEqual(d.set, want) {
+		t.Errorf("set = %q, want %q", d.set, want)
+	}
+	if want := []string{"client-output-buffer-limit"}; !reflect.DeepEqual(d.restart, want) {
+		t.Errorf("restart = %v, want %v", d.restart, want)
+	}
+	if d = diffConfig(running, values("save 900 1\nsave \"\"\nmaxmemory 100mb\nappendonly yes\nrename-command KEYS \"\"\nhz 10\nclient-output-buffer-limit normal 0 0 0"), nil); !reflect.DeepEqual(d.set, []any{"save", ""}) {
+		t.Errorf("save \"\" last: set = %q", d.set)
+	}
+}
+
+// plainRedis starts a redis-server of its own, for tests of what the manager
+// sends it.
+func plainRedis(t *testing.T, args ...string) redis.Conn {
+	t.Helper()
+	port := freePort(t)
+	cmd := exec.Command(requireRedis(t), append([]string{"--port", fmt.Sprint(port), "--dir", t.TempDir(), "--save", ""}, args...)...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var c redis.Conn
+	eventually(t, 5*time.Second, "redis-server to answer", func() bool {
+		var err error
+		c, err = dialRedis(localAddr(port), []string{""}, time.Second)
+		return err == nil
+	})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Redis names what it cannot change at run time; that is learnt and the
+// rest applied in one go. A value it refuses refuses the whole change.
+func TestConfigSetLearnsWhatNeedsARestart(t *testing.T) {
+	c := plainRedis(t)
+	restartOnly := map[string]bool{}
+	d := configDiff{set: []any{"maxmemory", "5mb", "io-threads", "2", "hz", "20"}, restart: []string{}}
+	if err := configSet(c, &d, restartOnly); err != nil {
+		t.Fatal(err)
+	}
+	if !restartOnly["io-threads"] || !reflect.DeepEqual(d.restart, []string{"io-threads"}) {
+		t.Fatalf("io-threads not learnt as restart-only: %v %v", restartOnly, d.restart)
+	}
+	for name, want := range map[string]string{"maxmemory": "5242880", "hz": "20", "io-threads": "1"} {
+		if got, _ := redis.Strings(c.Do("CONFIG", "GET", name)); len(got) != 2 || got[1] != want {
+			t.Errorf("%s = %v, want %s", name, got, want)
+		}
+	}
+	d = configDiff{set: []any{"hz", "30", "maxmemory", "banana"}}
+	err := configSet(c, &d, restartOnly)
+	if err == nil || !strings.Contains(err.Error(), "maxmemory") {
+		t.Fatalf("maxmemory banana: %v", err)
+	}
+	if got, _ := redis.Strings(c.Do("CONFIG", "GET", "hz")); got[1] != "20" {
+		t.Fatalf("a refused CONFIG SET changed hz to %s", got[1])
+	}
+}
+
+// testStart starts a child the way the manager's reaper does, for code that
+// takes a startFunc outside the manager.
+func testStart(sp func() (*os.Process, error)) (*os.Process, <-chan syscall.WaitStatus, error) {
+	p, err := sp()
+	if err != nil {
+		return nil, nil, err
+	}
+	ch := make(chan syscall.WaitStatus, 1)
+	go func() {
+		st, _ := p.Wait()
+		ch <- st.Sys().(syscall.WaitStatus)
+	}()
+	return p, ch, nil
+}
+
+// redis-server is the judge of a fragment: what it would refuse at start
+// is refused, with the fragment's own line number and Redis's reason.
+func TestCheckFragmentAsksRedis(t *testing.T) {
+	redisServer := requireRedis(t)
+	dir := t.TempDir()
+	for _, c := range []struct{ text, want string }{
+		{"maxmemory 10mb\nio-threads 4\nsave \"\"\nrename-command KEYS \"\"\nunixsocket " + filepath.Join(dir, "s.sock"), ""},
+		{"# a comment\n\nmaxmemory banana", "line 3: redis-server refuses 'maxmemory banana': argument must be a memory value"},
+		{"maxmemory 1mb\nfoo bar", "line 2: redis-server refuses 'foo bar': Bad directive or wrong number of arguments"},
+		{"io-threads lots", "line 1: redis-server refuses 'io-threads lots'"},
+		{"rename-command NOSUCHCOMMAND X", "line 1: redis-server refuses"},
+		// The line holds a password: the error names the directive only.
+		{"maxmemory 1mb\ntls-key-file-pass hunter2 extra", "line 2: redis-server refuses tls-key-file-pass: "},
+		{"loadmodule /no/such/module.so", "line 1: loadmodule: stat /no/such/module.so: no such file"},
+	} {
+		frag, err := parseFragment(c.text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = checkFragment(redisServer, dir, frag, testStart)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%q refused: %v", c.text, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%q: %v, want %q", c.text, err, c.want)
+		case err != nil && strings.Contains(err.Error(), "hunter2"):
+			t.Errorf("%q: the error quotes the password", c.text)
+		}
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("the check left %d files behind", len(left))
 	}
 }
 
@@ -253,5 +384,393 @@ func FuzzParseFragment(f *testing.F) {
 				t.Fatalf("directive %d: %q %q became %q %q", i, ds[i].name, ds[i].args, again[i].name, again[i].args)
 			}
 		}
+	})
+}
+
+// A bad fragment never reaches redis-server: whether the manager or Redis
+// refuses it, the file and the running server stay as they were, lastError
+// says what and why, and fixing it clears it.
+func TestBadFragmentKeepsTheLastGoodConfig(t *testing.T) {
+	in := oneInstance(t, "appendonly no\nmaxmemory 100mb")
+	in.waitReady(20 * time.Second)
+	confPath := filepath.Join(in.dataDir, "redis.conf")
+	before, _ := os.ReadFile(confPath)
+	pid := in.redisPID()
+
+	for _, bad := range []struct{ fragment, want string }{
+		{"appendonly no\nmaxmemory 100mb\nport 1234", `line 3: "port" is set by the manager`},
+		{"appendonly no\nmaxmemory \"100mb", "unbalanced double quotes"},
+		{"appendonly no\nmaxmemory 100mb\nmaxmemroy 200mb", "line 3: redis-server refuses 'maxmemroy 200mb': Bad directive"},
+		{"appendonly no\nmaxmemory banana", "line 2: redis-server refuses 'maxmemory banana': argument must be a memory value"},
+		// Only a restart would read it: a bad value must not wait for one.
+		{"appendonly no\nmaxmemory 150mb\nio-threads banana", "line 3: redis-server refuses 'io-threads banana'"},
+	} {
+		writeFile(t, in.clusterFile, clusterYAML("cache", "cache-0", bad.fragment, "s3cret-pw"))
+		eventually(t, 10*time.Second, "lastError to say "+bad.want, func() bool {
+			return strings.Contains(in.status().LastError, bad.want)
+		})
+		if after, _ := os.ReadFile(confPath); !bytes.Equal(before, after) {
+			t.Fatalf("redis.conf changed after a refused fragment:\n%s", after)
+		}
+		if in.redisPID() != pid {
+			t.Fatal("redis-server was restarted for a refused fragment")
+		}
+		if got, _ := redis.Strings(in.redis().Do("CONFIG", "GET", "maxmemory")); got[1] != fmt.Sprint(100<<20) {
+			t.Fatalf("running maxmemory %v after a refused fragment", got)
+		}
+	}
+	if !in.hasLog("refusing the new redis.conf fragment; the last good configuration stays") {
+		t.Error("the refusal was not logged")
+	}
+
+	writeFile(t, in.clusterFile, clusterYAML("cache", "cache-0", "appendonly no\nmaxmemory 200mb", "s3cret-pw"))
+	eventually(t, 10*time.Second, "lastError to clear", func() bool { return in.status().LastError == "" })
+	if got, _ := redis.Strings(in.redis().Do("CONFIG", "GET", "maxmemory")); got[1] != fmt.Sprint(200<<20) {
+		t.Fatalf("maxmemory %v after the fix", got)
+	}
+
+	// A file that no longer parses is refused the same way.
+	writeFile(t, in.clusterFile, "kind: RedisCluster\nmetadata: [\n")
+	eventually(t, 10*time.Second, "lastError to name the cluster file", func() bool {
+		return strings.Contains(in.status().LastError, "cluster file")
+	})
+	if st := in.status(); !st.Ready || in.redisPID() != pid {
+		t.Fatalf("a broken cluster file disturbed a running instance: %+v", st)
+	}
+}
+
+// What Redis can change at run time is changed there, without a restart;
+// the rest waits in pendingRestart for POST /v1/restart, which only the
+// operator's token may call, and which keeps the data.
+func TestLiveConfigAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	cf, tokenFile := filepath.Join(dir, "cluster.yaml"), filepath.Join(dir, "token")
+	writeFile(t, tokenFile, "op-token-1\n")
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "maxmemory 100mb", "s3cret-pw"))
+	in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw",
+		extraArgs: []string{"--operator-token-file", tokenFile}})
+	in.waitReady(20 * time.Second)
+	writeKeys(t, in.redis(), "k", 1000)
+	pid, hash := in.redisPID(), in.status().ConfigHash
+	confPath := filepath.Join(in.dataDir, "redis.conf")
+
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "maxmemory 200mb", "s3cret-pw"))
+	eventually(t, 10*time.Second, "maxmemory to apply live", func() bool {
+		got, _ := redis.Strings(in.redis().Do("CONFIG", "GET", "maxmemory"))
+		return got[1] == fmt.Sprint(200<<20)
+	})
+	eventually(t, 5*time.Second, "the status to show the new configuration", func() bool {
+		st := in.status()
+		return st.ConfigHash != hash && st.ConfigHash != "" && len(st.PendingRestart) == 0 && st.LastError == ""
+	})
+	if in.redisPID() != pid {
+		t.Fatal("redis-server was restarted for a live change")
+	}
+	if b, _ := os.ReadFile(confPath); !bytes.Contains(b, []byte("\nmaxmemory 200mb\n")) {
+		t.Fatalf("redis.conf does not hold the live change:\n%s", b)
+	}
+
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "maxmemory 200mb\nio-threads 2", "s3cret-pw"))
+	eventually(t, 10*time.Second, "io-threads to be pending", func() bool {
+		return reflect.DeepEqual(in.status().PendingRestart, []string{"io-threads"})
+	})
+	if got, _ := redis.Strings(in.redis().Do("CONFIG", "GET", "io-threads")); got[1] != "1" || in.redisPID() != pid {
+		t.Fatalf("io-threads %v, pid %d (was %d): it must wait for a restart", got, in.redisPID(), pid)
+	}
+
+	post := func(token string) (int, string) {
+		req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d/v1/restart", in.httpPort), nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, token := range []string{"", "op-token-2", "op-token-1x"} {
+		if code, body := post(token); code != http.StatusUnauthorized {
+			t.Fatalf("restart with token %q: %d %s", token, code, body)
+		}
+	}
+	if in.redisPID() != pid {
+		t.Fatal("an unauthorised restart restarted redis-server")
+	}
+	if code, body := post("op-token-1"); code != http.StatusOK {
+		t.Fatalf("restart: %d %s", code, body)
+	}
+	in.waitReady(20 * time.Second)
+	if in.redisPID() == pid {
+		t.Fatal("redis-server has the same PID after a restart")
+	}
+	if got, _ := redis.Strings(in.redis().Do("CONFIG", "GET", "io-threads")); got[1] != "2" {
+		t.Fatalf("io-threads %v after the restart", got)
+	}
+	checkKeys(t, in.redis(), "k", 1000)
+	eventually(t, 5*time.Second, "nothing to be pending", func() bool {
+		st := in.status()
+		return len(st.PendingRestart) == 0 && st.Restarts == 0
+	})
+
+	// The token is read at each request: a rotated one counts at once.
+	writeFile(t, tokenFile, "op-token-2")
+	if code, _ := post("op-token-1"); code != http.StatusUnauthorized {
+		t.Fatal("the old operator token still works")
+	}
+	// A primary that keeps nothing on disk would come back empty: refused,
+	// whatever its configuration was at start.
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "maxmemory 200mb\nio-threads 2\nsave \"\"", "s3cret-pw"))
+	eventually(t, 10*time.Second, "save to apply live", func() bool {
+		got, _ := redis.Strings(in.redis().Do("CONFIG", "GET", "save"))
+		return got[1] == ""
+	})
+	pid = in.redisPID()
+	if code, body := post("op-token-2"); code != http.StatusConflict || !strings.Contains(body, "would come back empty") {
+		t.Fatalf("restart of a primary without persistence: %d %s", code, body)
+	}
+	if in.redisPID() != pid {
+		t.Fatal("a refused restart restarted redis-server")
+	}
+	// Nor would one that is to load its data from other files.
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "maxmemory 200mb\nio-threads 2\ndbfilename other.rdb", "s3cret-pw"))
+	eventually(t, 10*time.Second, "dbfilename to be pending", func() bool {
+		return reflect.DeepEqual(in.status().PendingRestart, []string{"dbfilename", "save"})
+	})
+	if code, body := post("op-token-2"); code != http.StatusConflict || !strings.Contains(body, "dbfilename would have it load other files") {
+		t.Fatalf("restart of a primary onto other data files: %d %s", code, body)
+	}
+	if in.redisPID() != pid {
+		t.Fatal("a refused restart restarted redis-server")
+	}
+}
+
+// A password rotation on a primary with two replicas under load: the old
+// password works until the window ends, the new one from the moment the
+// Secret changes; no replication link drops and no full resync happens;
+// afterwards only the new one works, replication included; and neither
+// password shows in a log, a status or an HTTP body.
+func TestPasswordRotationKeepsLinksUp(t *testing.T) {
+	const oldPW, newPW = "s3cret-pw", "n3w-secret-pw"
+	cf, nodes := cluster3(t, "appendonly no", "--password-rotation-window", "2s")
+	primary := nodes[0]
+	fullSyncs := func() int64 {
+		text, _ := redis.String(primary.redis().Do("INFO", "stats"))
+		return parseInfo(text).int("sync_full")
+	}
+	syncsBefore := fullSyncs()
+
+	// Links are watched on connections made before the rotation.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var linkDown atomic.Value
+	for _, n := range nodes[1:] {
+		c := n.redis()
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+				info, err := infoReplication(c)
+				if err != nil || info["master_link_status"] != "up" {
+					linkDown.Store(fmt.Sprintf("%s: link %q, %v", n.pod, info["master_link_status"], err))
+				}
+			}
+		})
+	}
+	// A client that connects afresh all the time, and moves to the new
+	// password a second into the window.
+	var switchAt atomic.Int64
+	var authFailures, writes atomic.Int64
+	var firstFailure atomic.Value
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			pw := oldPW
+			if at := switchAt.Load(); at != 0 && time.Now().UnixNano() >= at {
+				pw = newPW
+			}
+			n := nodes[i%3]
+			c, err := dialRedis(localAddr(n.port), []string{pw}, time.Second)
+			if err != nil {
+				authFailures.Add(1)
+				firstFailure.CompareAndSwap(nil, fmt.Sprintf("%s with the %s password: %v", n.pod, map[bool]string{true: "new", false: "old"}[pw == newPW], err))
+				continue
+			}
+			if n == primary {
+				if _, err := c.Do("INCR", "counter"); err == nil {
+					writes.Add(1)
+				}
+			}
+			c.Close()
+		}
+	})
+
+	time.Sleep(300 * time.Millisecond)
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", newPW))
+	switchAt.Store(time.Now().Add(time.Second).UnixNano())
+	for _, n := range nodes {
+		eventually(t, 20*time.Second, n.pod+" to refuse the old password", func() bool {
+			c, err := dialRedis(localAddr(n.port), []string{oldPW}, time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err != nil && strings.Contains(err.Error(), "WRONGPASS")
+		})
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if n := authFailures.Load(); n > 0 {
+		t.Errorf("%d connections were refused; the first: %v", n, firstFailure.Load())
+	}
+	if writes.Load() == 0 {
+		t.Error("the client wrote nothing")
+	}
+	if v := linkDown.Load(); v != nil {
+		t.Errorf("a replication link went down: %v", v)
+	}
+	for _, n := range nodes {
+		n.password = newPW
+	}
+	if got := fullSyncs(); got != syncsBefore {
+		t.Errorf("%d full resyncs during the rotation", got-syncsBefore)
+	}
+
+	// The replicas authenticate to the primary with the new password now:
+	// a link cut after the rotation comes back.
+	cutLinkAndAwaitIt(t, nodes[1])
+	for _, n := range nodes {
+		eventually(t, 10*time.Second, n.pod+" to report no error", func() bool {
+			st := n.status()
+			return st.Ready && st.LastError == ""
+		})
+		_, body := n.get("/v1/status")
+		status, _ := os.ReadFile(filepath.Join(cf+".status", n.pod+".json"))
+		for _, pw := range []string{oldPW, newPW} {
+			if strings.Contains(n.out.String(), pw) || bytes.Contains(body, []byte(pw)) || bytes.Contains(status, []byte(pw)) {
+				t.Errorf("%s: a password shows in its log, /v1/status or status file", n.pod)
+			}
+		}
+	}
+}
+
+// BenchmarkLiveConfig changes maxmemory in the cluster file b.N times and
+// waits for each value to be live in Redis. seen-to-live is the manager's
+// own measure, from the new view reaching it (redis-server's check of the
+// fragment included) to CONFIG SET done; file-to-live adds local mode's file
+// poll (100 ms) and the client's own polling.
+func BenchmarkLiveConfig(b *testing.B) {
+	dir := b.TempDir()
+	cf := filepath.Join(dir, "cluster.yaml")
+	writeFile(b, cf, clusterYAML("cache", "cache-0", "maxmemory 100mb", "s3cret-pw"))
+	in := startInstance(b, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw"})
+	in.waitReady(20 * time.Second)
+	c := in.redis()
+	pid := in.redisPID()
+	var fileToLive []time.Duration
+	b.ResetTimer()
+	for i := 1; i <= b.N; i++ {
+		mb := 100 + i
+		start := time.Now()
+		writeFile(b, cf, clusterYAML("cache", "cache-0", fmt.Sprintf("maxmemory %dmb", mb), "s3cret-pw"))
+		for {
+			got, err := redis.Strings(c.Do("CONFIG", "GET", "maxmemory"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if got[1] == fmt.Sprint(mb<<20) {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		fileToLive = append(fileToLive, time.Since(start))
+	}
+	b.StopTimer()
+	if in.redisPID() != pid {
+		b.Fatal("redis-server restarted")
+	}
+	var seenToLive []time.Duration
+	for _, r := range in.logRecords() {
+		if r["msg"] == "applied configuration live" {
+			d, err := time.ParseDuration(r["took"].(string))
+			if err != nil {
+				b.Fatal(err)
+			}
+			seenToLive = append(seenToLive, d)
+		}
+	}
+	if len(seenToLive) != b.N {
+		b.Fatalf("%d live applications logged for %d changes", len(seenToLive), b.N)
+	}
+	b.ReportMetric(percentileMS(seenToLive, 0.50), "seen-to-live-p50-ms")
+	b.ReportMetric(percentileMS(seenToLive, 0.99), "seen-to-live-p99-ms")
+	b.ReportMetric(percentileMS(fileToLive, 0.50), "file-to-live-p50-ms")
+	b.ReportMetric(percentileMS(fileToLive, 0.99), "file-to-live-p99-ms")
+	b.ReportMetric(0, "ns/op")
+}
+
+// Turning authentication on, and off again, on a primary and its replica:
+// each is one step (Redis cannot take both at once), and replication keeps
+// authenticating with what its primary wants: a link cut after each step
+// comes back. The cluster starts with neither a Secret nor a ConfigMap.
+func TestTurningAuthenticationOnAndOff(t *testing.T) {
+	dir := t.TempDir()
+	cf := filepath.Join(dir, "cluster.yaml")
+	writeFile(t, cf, "apiVersion: redisoperator.io/v1\nkind: RedisCluster\nmetadata: {name: cache}\nspec: {instances: 2, targetPrimary: cache-0}\n")
+	primary := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf})
+	primary.waitReady(20 * time.Second)
+	replica := startInstance(t, instanceOpts{pod: "cache-1", clusterFile: cf})
+	replica.waitReady(30 * time.Second)
+	nodes := []*instance{primary, replica}
+
+	for _, pw := range []string{"now-with-a-pw", ""} {
+		writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", pw))
+		for _, n := range nodes {
+			eventually(t, 10*time.Second, fmt.Sprintf("%s to want password %q", n.pod, pw), func() bool {
+				c, err := dialRedis(localAddr(n.port), nil, time.Second)
+				if err != nil {
+					return false
+				}
+				defer c.Close()
+				if pw == "" {
+					_, err = c.Do("PING")
+				} else {
+					_, err = c.Do("AUTH", pw)
+				}
+				return err == nil
+			})
+			n.password = pw
+		}
+		cutLinkAndAwaitIt(t, replica)
+		for _, n := range nodes {
+			eventually(t, 10*time.Second, n.pod+" to be ready without an error", func() bool {
+				st := n.status()
+				return st.Ready && st.LastError == ""
+			})
+		}
+	}
+}
+
+// cutLinkAndAwaitIt cuts a replica's link to its primary and waits for it to
+// come back, which it does only if the replica's masterauth is one the
+// primary takes.
+func cutLinkAndAwaitIt(t *testing.T, replica *instance) {
+	t.Helper()
+	c := replica.redis()
+	if _, err := c.Do("CLIENT", "KILL", "TYPE", "master"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the cut link to come back", func() bool {
+		info, _ := infoReplication(c)
+		return info["master_link_status"] == "up"
 	})
 }

@@ -54,7 +54,7 @@ func TestFencingStopsRedisAndUnfencingRestoresIt(t *testing.T) {
 	start := time.Now()
 	writeFile(t, in.clusterFile, withFence(plain, `["cache-0"]`))
 	eventually(t, 5*time.Second, "redis-server to stop when fenced", func() bool {
-		_, err := dialRedis(localAddr(in.port), in.password, 100*time.Millisecond)
+		_, err := dialRedis(localAddr(in.port), []string{in.password}, 100*time.Millisecond)
 		return err != nil
 	})
 	t.Logf("fenced: redis-server stopped %s after the file changed", time.Since(start).Round(time.Millisecond))
@@ -69,7 +69,7 @@ func TestFencingStopsRedisAndUnfencingRestoresIt(t *testing.T) {
 	}
 	// Still fenced a while later: nothing restarts it.
 	time.Sleep(time.Second)
-	if _, err := dialRedis(localAddr(in.port), in.password, 100*time.Millisecond); err == nil {
+	if _, err := dialRedis(localAddr(in.port), []string{in.password}, 100*time.Millisecond); err == nil {
 		t.Fatal("redis-server came back while fenced")
 	}
 	if st := in.status(); st.Restarts != 0 {
@@ -108,7 +108,7 @@ func TestMalformedFenceAtStartStartsNothing(t *testing.T) {
 		st := in.status()
 		return st.Fenced && strings.Contains(st.LastError, "must be a JSON array")
 	})
-	if _, err := dialRedis(localAddr(in.port), "", 200*time.Millisecond); err == nil {
+	if _, err := dialRedis(localAddr(in.port), []string{""}, 200*time.Millisecond); err == nil {
 		t.Fatal("redis-server started under a malformed fence annotation")
 	}
 	writeFile(t, cf, withFence(plain, `[]`))

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -122,6 +123,15 @@ func TestEndpointsCarryNoSecret(t *testing.T) {
 	}
 	if code, _ := in.get("/nope"); code != 404 {
 		t.Errorf("/nope: %d", code)
+	}
+	// With no operator token configured, operator commands are closed.
+	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/v1/restart", in.httpPort), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("POST /v1/restart without a configured token: %d, want 403", resp.StatusCode)
 	}
 	st := in.status()
 	if st.Role != "master" || st.RedisVersion == "" || st.ManagerVersion != "test" || len(st.ExecutableHash) != 64 || st.ConfigHash == "" || st.Address != fmt.Sprintf("127.0.0.1:%d", in.port) {

@@ -118,6 +118,7 @@ type settings struct {
 	tlsCert, tlsKey, tlsCA      string
 	shutdownTimeout             time.Duration
 	failoverTimeout             time.Duration
+	rotationWindow              time.Duration
 	logFormat                   string
 }
 
@@ -155,6 +156,8 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	env["shutdown-timeout"] = "SHUTDOWN_TIMEOUT"
 	fs.DurationVar(&s.failoverTimeout, "failover-timeout", 2*time.Second, "how long the target waits for an unreachable old primary before promoting itself (env FAILOVER_TIMEOUT)")
 	env["failover-timeout"] = "FAILOVER_TIMEOUT"
+	fs.DurationVar(&s.rotationWindow, "password-rotation-window", 5*time.Minute, "how long the old password keeps working after the Secret changes, for clients to move to the new one (env PASSWORD_ROTATION_WINDOW)")
+	env["password-rotation-window"] = "PASSWORD_ROTATION_WINDOW"
 
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		fs.SetOutput(stderr)
@@ -209,6 +212,9 @@ func (s *settings) complete() error {
 	}
 	if s.shutdownTimeout <= 0 || s.failoverTimeout <= 0 {
 		return configErrorf("--shutdown-timeout and --failover-timeout must be positive")
+	}
+	if s.rotationWindow < 0 {
+		return configErrorf("--password-rotation-window must not be negative")
 	}
 	if s.logFormat != "json" && s.logFormat != "text" {
 		return configErrorf("--log-format %q: want json or text", s.logFormat)
@@ -316,10 +322,12 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	reaper := newReaper(log)
 	go reaper.run(reapCtx)
 
-	rec := newReconciler(&reconciler{log: log, settings: s, exeHash: exeHash})
+	rec := newReconciler(&reconciler{log: log, settings: s, exeHash: exeHash,
+		checkConfig: func(frag []directive) error { return checkFragment(s.redisServer, s.dataDir, frag, reaper.start) },
+	})
 	sup, err := newSupervisor(&supervisor{
 		log: log, redisLog: base.With("logger", "redis"), reaper: reaper, redisServer: s.redisServer, confPath: s.confPath(),
-		dataDir: s.dataDir, port: s.redisPort, shutdown: s.shutdownTimeout,
+		dataDir: s.dataDir, port: s.redisPort, shutdown: s.shutdownTimeout, credentials: rec.credentials,
 		// A primary that comes back empty after a crash (persistence off,
 		// or its files lost) would have its replicas copy the loss.
 		restartGuard: func(conf string) string {
@@ -340,7 +348,7 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	rec.sup = sup
 	obsCh := make(chan *observation, 1)
 	rec.poke = make(chan struct{}, 1)
-	obs := &observer{log: log, port: s.redisPort, password: sup.password, out: obsCh, poke: rec.poke}
+	obs := &observer{log: log, port: s.redisPort, passwords: rec.credentials, out: obsCh, poke: rec.poke}
 	obs.beat.Store(time.Now().UnixNano())
 
 	log.Info("starting", "version", version, "commit", commit, "pod", s.podName, "cluster", s.cluster,

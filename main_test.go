@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -239,7 +240,7 @@ func (in *instance) waitReady(timeout time.Duration) {
 
 func (in *instance) redis() redis.Conn {
 	in.t.Helper()
-	c, err := dialRedis(localAddr(in.port), in.password, 5*time.Second)
+	c, err := dialRedis(localAddr(in.port), []string{in.password}, 5*time.Second)
 	if err != nil {
 		in.t.Fatal(err)
 	}
@@ -401,4 +402,11 @@ func TestSettingsFromEnvironment(t *testing.T) {
 	if _, err := parseSettings([]string{"--data-dir", dir}, io.Discard); err == nil || !strings.Contains(err.Error(), "REDIS_PORT") {
 		t.Fatalf("a bad REDIS_PORT gave %v", err)
 	}
+}
+
+// percentileMS is the p-th percentile of durations, in milliseconds.
+func percentileMS(d []time.Duration, p float64) float64 {
+	d = slices.Clone(d)
+	slices.Sort(d)
+	return float64(d[min(len(d)-1, int(p*float64(len(d))))].Microseconds()) / 1000
 }

@@ -73,12 +73,12 @@ const (
 
 // observer owns the manager's connections to Redis for watching it.
 type observer struct {
-	log      *slog.Logger
-	port     int
-	password func() string
-	out      chan<- *observation
-	poke     chan struct{} // look now: a role just changed
-	beat     atomic.Int64  // unix nanoseconds of the last poll
+	log       *slog.Logger
+	port      int
+	passwords func() []string
+	out       chan<- *observation
+	poke      chan struct{} // look now: a role just changed
+	beat      atomic.Int64  // unix nanoseconds of the last poll
 
 	conn, primary         redis.Conn
 	primaryAddr           string
@@ -122,7 +122,7 @@ func (o *observer) run(ctx context.Context) {
 func (o *observer) poll() *observation {
 	obs := &observation{at: time.Now(), primaryOffset: -1}
 	if o.conn == nil {
-		c, err := dialRedis(localAddr(o.port), o.password(), redisTimeout)
+		c, err := dialRedis(localAddr(o.port), o.passwords(), redisTimeout)
 		if err != nil {
 			obs.err = err
 			return obs
@@ -174,7 +174,7 @@ func (o *observer) primaryOffset(addr string) int64 {
 		o.primary = nil
 	}
 	if o.primary == nil {
-		c, err := dialRedis(addr, o.password(), redisTimeout)
+		c, err := dialRedis(addr, o.passwords(), redisTimeout)
 		if err != nil {
 			o.log.Debug("cannot reach primary for its offset", "address", addr, "error", err)
 			return -1
@@ -268,7 +268,7 @@ func canonicalAddr(addr string) string {
 
 // followPrimary re-points a running replica whose primary moved. It never
 // promotes: that is a switchover, and must not lose writes.
-func followPrimary(addr, password string, obs *observation, want desiredRole) (moved bool, err error) {
+func followPrimary(addr string, passwords []string, obs *observation, want desiredRole) (moved bool, err error) {
 	if want.primary || want.replicaOf == "" || obs == nil || obs.err != nil || obs.role() != "slave" {
 		return false, nil
 	}
@@ -279,7 +279,7 @@ func followPrimary(addr, password string, obs *observation, want desiredRole) (m
 	if err != nil {
 		return false, err
 	}
-	err = withRedis(addr, password, redisTimeout, func(c redis.Conn) error {
+	err = withRedis(addr, passwords, redisTimeout, func(c redis.Conn) error {
 		if _, err := c.Do("REPLICAOF", host, port); err != nil {
 			return fmt.Errorf("REPLICAOF %s %s: %w", host, port, err)
 		}
@@ -326,13 +326,13 @@ type redisNode struct {
 }
 
 // handover moves the primary role from old to new.
-func handover(old, new redisNode, password string) error {
-	oc, err := dialRedis(old.dial, password, oldPrimaryTimeout)
+func handover(old, new redisNode, passwords []string) error {
+	oc, err := dialRedis(old.dial, passwords, oldPrimaryTimeout)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUnreachable, err)
 	}
 	defer oc.Close()
-	nc, err := dialRedis(new.dial, password, redisTimeout)
+	nc, err := dialRedis(new.dial, passwords, redisTimeout)
 	if err != nil {
 		return fmt.Errorf("connect to the new primary: %w", err)
 	}
@@ -504,9 +504,9 @@ func infoReplication(c redis.Conn) (redisInfo, error) {
 }
 
 // isMaster says whether the server at addr answers as a master.
-func isMaster(addr, password string) bool {
+func isMaster(addr string, passwords []string) bool {
 	master := false
-	withRedis(addr, password, oldPrimaryTimeout, func(c redis.Conn) error {
+	withRedis(addr, passwords, oldPrimaryTimeout, func(c redis.Conn) error {
 		info, err := infoReplication(c)
 		master = err == nil && info.role() == "master"
 		return err
@@ -516,8 +516,8 @@ func isMaster(addr, password string) bool {
 
 // promote makes the local server a master: the failover, for when the old
 // primary has been gone longer than the failover window.
-func promote(addr, password string) error {
-	return withRedis(addr, password, redisTimeout, func(c redis.Conn) error {
+func promote(addr string, passwords []string) error {
+	return withRedis(addr, passwords, redisTimeout, func(c redis.Conn) error {
 		if _, err := c.Do("REPLICAOF", "NO", "ONE"); err != nil {
 			return fmt.Errorf("REPLICAOF NO ONE: %w", err)
 		}
@@ -528,8 +528,8 @@ func promote(addr, password string) error {
 // pauseWrites keeps a master that is not the target from taking writes
 // while it has nowhere to hand over to; the pause is renewed while that
 // lasts, and ends with the handover.
-func pauseWrites(addr, password string) error {
-	return withRedis(addr, password, redisTimeout, func(c redis.Conn) error {
+func pauseWrites(addr string, passwords []string) error {
+	return withRedis(addr, passwords, redisTimeout, func(c redis.Conn) error {
 		info, err := infoReplication(c)
 		if err != nil || info.role() != "master" {
 			return err // a replica takes no writes anyway

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -125,7 +124,7 @@ type writer struct {
 func startWriter(t *testing.T, from, to *instance) *writer {
 	w := &writer{stop: make(chan struct{}), done: make(chan struct{})}
 	dial := func(in *instance) redis.Conn {
-		c, err := dialRedis(localAddr(in.port), in.password, 5*time.Second)
+		c, err := dialRedis(localAddr(in.port), []string{in.password}, 5*time.Second)
 		if err != nil {
 			t.Error(err)
 		}
@@ -315,7 +314,7 @@ func startFlipWriter(b testing.TB, addrs [2]string, password string) *flipWriter
 			}
 			if c == nil {
 				var err error
-				if c, err = dialRedis(addrs[cur], password, 5*time.Second); err != nil {
+				if c, err = dialRedis(addrs[cur], []string{password}, 5*time.Second); err != nil {
 					time.Sleep(time.Millisecond)
 					continue
 				}
@@ -390,12 +389,8 @@ func runSwitchovers(b *testing.B, addrs [2]string, password string, trigger func
 	b.StopTimer()
 	acked := w.finish()
 	lost := acked - final()
-	slices.Sort(took)
-	pct := func(p float64) float64 {
-		return float64(took[min(len(took)-1, int(p*float64(len(took))))].Microseconds()) / 1000
-	}
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(percentileMS(took, 0.50), "p50-ms")
+	b.ReportMetric(percentileMS(took, 0.99), "p99-ms")
 	b.ReportMetric(float64(lost), "lost-writes")
 	b.ReportMetric(float64(acked), "acked-writes")
 	b.ReportMetric(0, "ns/op")
@@ -432,7 +427,7 @@ func BenchmarkSwitchoverFailoverTo(b *testing.B) {
 		var c redis.Conn
 		var err error
 		for range 100 {
-			if c, err = dialRedis(localAddr(port), "s3cret-pw", time.Second); err == nil {
+			if c, err = dialRedis(localAddr(port), []string{"s3cret-pw"}, time.Second); err == nil {
 				return c
 			}
 			time.Sleep(50 * time.Millisecond)
@@ -523,7 +518,7 @@ func TestEmptyPrimaryGuard(t *testing.T) {
 	if code, body := back.get("/readyz"); code != 503 || !strings.Contains(string(body), "empty data directory") {
 		t.Fatalf("/readyz %d %s", code, body)
 	}
-	if _, err := dialRedis(localAddr(back.port), back.password, 200*time.Millisecond); err == nil {
+	if _, err := dialRedis(localAddr(back.port), []string{back.password}, 200*time.Millisecond); err == nil {
 		t.Fatal("redis-server started as an empty primary")
 	}
 	checkKeys(t, nodes[1].redis(), "k", 500)
@@ -571,7 +566,7 @@ func TestEmptyMasterGuard(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	for i, b := range back {
-		if _, err := dialRedis(localAddr(b.port), b.password, 200*time.Millisecond); err == nil {
+		if _, err := dialRedis(localAddr(b.port), []string{b.password}, 200*time.Millisecond); err == nil {
 			t.Fatalf("%s started to follow an empty primary", b.pod)
 		}
 		if after := dirDigest(t, b.dataDir); after != digests[nodes[i+1].pod] {
@@ -593,7 +588,7 @@ func TestDatasetKeys(t *testing.T) {
 		var c redis.Conn
 		eventually(t, 5*time.Second, "redis-server to answer", func() bool {
 			var err error
-			c, err = dialRedis(localAddr(port), "", time.Second)
+			c, err = dialRedis(localAddr(port), []string{""}, time.Second)
 			return err == nil
 		})
 		frag, _ := parseFragment("appendonly " + aof)
@@ -695,7 +690,7 @@ func TestCrashedPrimaryWithoutPersistenceIsNotRestartedEmpty(t *testing.T) {
 			strings.Contains(e, "refusing to start as the primary with an empty data directory")
 	})
 	time.Sleep(time.Second)
-	if _, err := dialRedis(localAddr(primary.port), primary.password, 200*time.Millisecond); err == nil {
+	if _, err := dialRedis(localAddr(primary.port), []string{primary.password}, 200*time.Millisecond); err == nil {
 		t.Fatal("the primary's redis-server was restarted empty")
 	}
 	checkKeys(t, c1, "k", 300)

@@ -134,7 +134,6 @@ type supervisorState struct {
 	restarts    int       // unexpected exits followed by a restart
 	startedAt   time.Time // of the current process
 	startedConf string    // redis.conf as it was read at the last start
-	password    string    // the requirepass in it: what redis-server answers to
 	retryAt     time.Time // when a crashed redis-server will be started again
 	lastExit    string
 	refused     string    // why a restart is being refused
@@ -154,9 +153,12 @@ type supervisor struct {
 	// restartGuard says why redis-server must not be started again after
 	// it died, given the redis.conf it ran on, or "".
 	restartGuard func(conf string) string
+	// credentials are the passwords redis-server may answer to.
+	credentials func() []string
 
-	want  chan bool // latest wish wins
-	state atomic.Pointer[supervisorState]
+	want     chan bool // latest wish wins
+	restarts chan chan error
+	state    atomic.Pointer[supervisorState]
 
 	logR, logW *os.File // one pipe carries the log of every redis-server we start
 	logDone    chan struct{}
@@ -169,6 +171,7 @@ func newSupervisor(s *supervisor) (*supervisor, error) {
 	}
 	s.logR, s.logW = r, w
 	s.want = make(chan bool, 1)
+	s.restarts = make(chan chan error)
 	s.logDone = make(chan struct{})
 	s.state.Store(&supervisorState{beat: time.Now()})
 	go s.forwardLog()
@@ -181,9 +184,27 @@ func (s *supervisor) setWanted(run bool) { offer(s.want, run) }
 
 func (s *supervisor) snapshot() supervisorState { return *s.state.Load() }
 
-// password is the one the running redis-server answers to: the manager's
-// own connections must use it, not a newer one it has not been given.
-func (s *supervisor) password() string { return s.state.Load().password }
+// errNotRunning refuses a restart of a redis-server that is not meant to
+// run: fenced, waiting, or between crashes.
+var errNotRunning = errors.New("redis-server is not running")
+
+// restart stops redis-server gracefully and starts it again on redis.conf
+// as it now is: how parameters that Redis reads only at start are applied.
+// The stop is the same as the pod's: SHUTDOWN saves where persistence is on.
+func (s *supervisor) restart(ctx context.Context) error {
+	done := make(chan error, 1)
+	select {
+	case s.restarts <- done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
 // touch keeps the heartbeat fresh while the run loop waits in a stop.
 func (s *supervisor) touch() {
@@ -205,6 +226,20 @@ func (s *supervisor) run(ctx context.Context) {
 		beat    = time.NewTicker(time.Second)
 	)
 	defer beat.Stop()
+	retryLater := func() {
+		backoff = nextBackoff(backoff)
+		st.retryAt = time.Now().Add(backoff)
+		retry = time.NewTimer(backoff)
+		retryC = retry.C
+	}
+	// refuse keeps redis-server stopped for now, for the guard's reason.
+	refuse := func(why string) {
+		if why != st.refused {
+			s.log.Error("not starting redis-server again", "reason", why)
+		}
+		st.refused, st.lastExit = why, why
+		retryLater()
+	}
 	start := func() {
 		retryC = nil
 		p, ch, conf, err := s.startRedis()
@@ -212,15 +247,12 @@ func (s *supervisor) run(ctx context.Context) {
 			s.log.Error("cannot start redis-server", "error", err)
 			st.lastExit = err.Error()
 			exited = nil
-			backoff = nextBackoff(backoff)
-			st.retryAt = time.Now().Add(backoff)
-			retry = time.NewTimer(backoff)
-			retryC = retry.C
+			retryLater()
 			return
 		}
 		proc, exited = p, ch
 		st.running, st.pid, st.startedAt, st.retryAt = true, p.Pid, time.Now(), time.Time{}
-		st.startedConf, st.password = conf, confPassword(conf)
+		st.startedConf = conf
 		s.log.Info("redis-server started", "pid", p.Pid)
 	}
 	for {
@@ -249,6 +281,27 @@ func (s *supervisor) run(ctx context.Context) {
 				retry.Stop()
 				retryC, st.retryAt = nil, time.Time{}
 			}
+		case done := <-s.restarts:
+			if !st.wanted || proc == nil {
+				done <- errNotRunning
+				break
+			}
+			s.stop(proc, exited, time.Now().Add(s.shutdown), "SHUTDOWN")
+			proc, exited, st.running, st.pid = nil, nil, false, 0
+			// The guard of a crash holds here too, on the file the new
+			// process would read: it may name other data files.
+			conf, _ := os.ReadFile(s.confPath)
+			if why := s.restartGuard(string(conf)); why != "" {
+				refuse(why)
+				done <- errors.New(why)
+				break
+			}
+			start()
+			if proc == nil {
+				done <- fmt.Errorf("start redis-server again: %s", st.lastExit)
+			} else {
+				done <- nil
+			}
 		case ws := <-exited:
 			proc.Release()
 			ran := time.Since(st.startedAt)
@@ -260,25 +313,15 @@ func (s *supervisor) run(ctx context.Context) {
 			if ran >= healthyRunTime {
 				backoff = 0
 			}
-			backoff = nextBackoff(backoff)
+			retryLater()
 			st.restarts++
-			st.retryAt = time.Now().Add(backoff)
 			s.log.Error("redis-server exited unexpectedly; restarting", "status", st.lastExit, "ranFor", ran.Round(time.Millisecond).String(), "restartIn", backoff.String(), "restarts", st.restarts)
-			retry = time.NewTimer(backoff)
-			retryC = retry.C
 		case <-retryC:
 			if !st.wanted || proc != nil {
 				break
 			}
 			if why := s.restartGuard(st.startedConf); why != "" {
-				if why != st.refused {
-					s.log.Error("not restarting redis-server", "reason", why)
-				}
-				st.refused, st.lastExit = why, why
-				backoff = nextBackoff(backoff)
-				st.retryAt = time.Now().Add(backoff)
-				retry = time.NewTimer(backoff)
-				retryC = retry.C
+				refuse(why)
 				break
 			}
 			st.refused = ""
@@ -359,7 +402,7 @@ func (s *supervisor) stop(proc *os.Process, exited <-chan syscall.WaitStatus, de
 // askShutdown sends SHUTDOWN. Redis closes the connection instead of
 // answering when it goes, so an EOF is success.
 func (s *supervisor) askShutdown(deadline time.Time, args []string) error {
-	c, err := dialRedis(localAddr(s.port), s.password(), time.Until(deadline))
+	c, err := dialRedis(localAddr(s.port), s.credentials(), time.Until(deadline))
 	if err != nil {
 		return err
 	}
@@ -416,27 +459,43 @@ var (
 	redisLogLevels = map[byte]string{'.': "debug", '-': "verbose", '*': "notice", '#': "warning"}
 )
 
-// dialRedis connects and authenticates with a deadline on every step.
-func dialRedis(addr, password string, timeout time.Duration) (redis.Conn, error) {
+// dialRedis connects and authenticates with the first of passwords that
+// works ("" for none), with a deadline on every step. The manager offers
+// every password the server may answer to: during a rotation it accepts
+// two, and a restarted server may already have the new one only.
+func dialRedis(addr string, passwords []string, timeout time.Duration) (redis.Conn, error) {
 	timeout = max(timeout, 10*time.Millisecond)
-	opts := []redis.DialOption{
+	c, err := redis.Dial("tcp", addr,
 		redis.DialConnectTimeout(timeout),
 		redis.DialReadTimeout(timeout),
-		redis.DialWriteTimeout(timeout),
-	}
-	if password != "" {
-		opts = append(opts, redis.DialPassword(password))
-	}
-	c, err := redis.Dial("tcp", addr, opts...)
+		redis.DialWriteTimeout(timeout))
 	if err != nil {
 		return nil, fmt.Errorf("connect to redis at %s: %w", addr, err)
+	}
+	if len(passwords) == 0 || len(passwords) == 1 && passwords[0] == "" {
+		return c, nil
+	}
+	for _, pw := range passwords {
+		if pw == "" {
+			_, err = c.Do("PING")
+		} else {
+			_, err = c.Do("AUTH", pw)
+		}
+		if _, refused := err.(redis.Error); !refused {
+			break // accepted, or the connection failed
+		}
+	}
+	if err != nil {
+		c.Close()
+		// Redis's answer names no password; say so rather than quote it.
+		return nil, fmt.Errorf("authenticate to redis at %s: %w", addr, err)
 	}
 	return c, nil
 }
 
 // withRedis runs fn on a connection of its own, closed after.
-func withRedis(addr, password string, timeout time.Duration, fn func(redis.Conn) error) error {
-	c, err := dialRedis(addr, password, timeout)
+func withRedis(addr string, passwords []string, timeout time.Duration, fn func(redis.Conn) error) error {
+	c, err := dialRedis(addr, passwords, timeout)
 	if err != nil {
 		return err
 	}

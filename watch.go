@@ -591,40 +591,54 @@ type reconciler struct {
 	beat        atomic.Int64
 	primaryKeys atomic.Int64 // keys held while the primary, for the supervisor's restart guard
 
-	view       clusterView
-	haveView   bool
-	fragment   []directive // the last good fragment
-	fragmentOK bool        // there is one
-	fenced     bool
-	wanted     bool // redis-server should run
-	role       desiredRole
-	conf       string   // redis.conf as last written
-	viewErr    string   // the source's latest complaint
-	viewSeq    uint64   // of the latest view applied
-	errSeq     uint64   // of the latest complaint
-	confErr    string   // why the latest fragment was refused
-	fenceErr   string   // why the latest fence annotation was refused
-	roleErr    string   // why the role could not be made right
-	guardErr   string   // why redis-server may not start
-	confMemo   struct { // configHash and pendingRestart of the last pair of configs, reused while they hold
-		started, wanted, hash string
-		pending               []string
-	}
-	heldKeys    int64         // keys this instance last held: seen, or from its entry of before
-	lostSince   time.Time     // when the old primary was first found gone
-	demoteSince time.Time     // when this master first found it is not the target
-	stuckAt     int64         // the replica\'s offset, while it stands still
-	stuckSince  time.Time     // since when it has
-	poke        chan struct{} // asks the observer to look now
-	obs         *observation
-	lastAnswer  time.Time
-	written     instanceStatus
-	writtenAt   time.Time
+	view          clusterView
+	haveView      bool
+	checkConfig   func([]directive) error // redis-server's own verdict on a fragment; nil in unit tests
+	fragment      []directive             // the last good fragment
+	fragmentOK    bool                    // there is one
+	fragmentText  string                  // the text it was read from
+	refusedText   string                  // the last fragment text refused
+	checkedAt     time.Time               // of the last fragment checked
+	retryFragment bool                    // it was not refused but could not be checked: try again
+	wantedValues  confValues              // the fragment's values
+	applied       confValues              // what the running redis-server runs of it
+	appliedFor    time.Time               // the start of the redis-server applied describes
+	restartOnly   map[string]bool         // parameters Redis said it cannot change at run time
+	liveRefused   string                  // the last change Redis refused live
+	liveErr       string                  // why
+	auth          authState
+	authErr       string                   // why the password could not be rotated
+	authWait      string                   // the replica a rotation waits for
+	creds         atomic.Pointer[[]string] // passwords to offer redis-server, for every goroutine
+	fenced        bool
+	wanted        bool // redis-server should run
+	role          desiredRole
+	conf          string        // redis.conf as last written
+	viewErr       string        // the source's latest complaint
+	viewSeq       uint64        // of the latest view applied
+	errSeq        uint64        // of the latest complaint
+	confErr       string        // why the latest fragment was refused
+	writeErr      string        // why redis.conf could not be written
+	fenceErr      string        // why the latest fence annotation was refused
+	roleErr       string        // why the role could not be made right
+	guardErr      string        // why redis-server may not start
+	heldKeys      int64         // keys this instance last held: seen, or from its entry of before
+	lostSince     time.Time     // when the old primary was first found gone
+	demoteSince   time.Time     // when this master first found it is not the target
+	stuckAt       int64         // the replica\'s offset, while it stands still
+	stuckSince    time.Time     // since when it has
+	poke          chan struct{} // asks the observer to look now
+	obs           *observation
+	lastAnswer    time.Time
+	written       instanceStatus
+	writtenAt     time.Time
 }
 
 func newReconciler(r *reconciler) *reconciler {
 	r.statuses = make(chan statusUpdate, 1)
 	r.fragment, r.fragmentOK = previousFragment(r.settings.confPath())
+	r.wantedValues, r.restartOnly = valuesOf(r.fragment), map[string]bool{}
+	r.creds.Store(&[]string{})
 	r.published.Store(&probeState{reason: "starting", startupReason: "starting"})
 	r.beat.Store(time.Now().UnixNano())
 	return r
@@ -648,6 +662,7 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 			r.viewSeq = v.seq
 			r.applyView(v)
 			r.enforceRole()
+			r.rotateAuth()
 		case e := <-f.errs:
 			if e.seq < r.viewSeq {
 				break // a newer view already came
@@ -665,7 +680,12 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 					r.heldKeys = o.info.keys()
 				}
 			}
+			if r.retryFragment && time.Since(r.checkedAt) >= probeEvery {
+				r.applyView(r.view) // its fragment could not be checked
+			}
 			r.enforceRole()
+			r.syncLive()
+			r.rotateAuth()
 		case <-tick.C:
 		}
 	}
@@ -681,14 +701,8 @@ func (r *reconciler) applyView(v clusterView) {
 		r.heldKeys = v.cluster.Status.InstancesStatus[r.settings.podName].Keys
 	}
 	r.view = v
-	if frag, err := parseFragment(v.fragment); err != nil {
-		if r.confErr != err.Error() {
-			r.log.Error("refusing the new redis.conf fragment; the last good configuration stays", "error", err)
-		}
-		r.confErr = err.Error()
-	} else {
-		r.fragment, r.fragmentOK, r.confErr = frag, true, ""
-	}
+	r.publishCredentials()
+	r.takeFragment(v.fragment)
 	if fenced, err := isFenced(v.cluster.Metadata.Annotations, r.settings.podName); err != nil {
 		if !r.haveView {
 			// Nothing to keep as it was: the pod may well be meant to be
@@ -720,19 +734,21 @@ func (r *reconciler) applyView(v clusterView) {
 		replicaOf:    r.role.replicaOf,
 		password:     v.password,
 	})
+	if err == nil && conf != r.conf {
+		err = writeFileAtomic(r.settings.confPath(), []byte(conf), 0o600)
+		if err == nil {
+			r.conf = conf
+			r.log.Info("wrote redis.conf", "configHash", configHash(r.wantedValues))
+		}
+	}
 	if err != nil {
-		r.confErr = err.Error()
+		if err.Error() != r.writeErr {
+			r.log.Error("cannot write redis.conf", "error", err)
+		}
+		r.writeErr = err.Error()
 		return
 	}
-	if conf != r.conf {
-		if err := writeFileAtomic(r.settings.confPath(), []byte(conf), 0o600); err != nil {
-			r.confErr = err.Error()
-			r.log.Error("cannot write redis.conf", "error", err)
-			return
-		}
-		r.conf = conf
-		r.log.Info("wrote redis.conf", "configHash", configHash(conf))
-	}
+	r.writeErr = ""
 	waiting := !r.role.primary && r.role.replicaOf == ""
 	if waiting && !r.fenced && r.wanted {
 		r.log.Info("waiting for the target primary to publish its address", "targetPrimary", r.role.target)
@@ -802,7 +818,7 @@ func (r *reconciler) enforceRole() {
 	switch {
 	case r.role.primary && obs.role() == "slave":
 		master := joinHostPort(obs.info["master_host"], obs.info["master_port"])
-		err := handover(redisNode{dial: master, announce: master}, me, sup.password)
+		err := handover(redisNode{dial: master, announce: master}, me, r.credentials())
 		if errors.Is(err, errOldNotMaster) {
 			// The primary role moved on while this one followed the old
 			// holder (a quick double move): take it from whoever holds it.
@@ -810,7 +826,7 @@ func (r *reconciler) enforceRole() {
 			// gone: the failover window decides.
 			if holder := r.masterElsewhere(); holder != "" {
 				master = holder
-				err = handover(redisNode{dial: holder, announce: holder}, me, sup.password)
+				err = handover(redisNode{dial: holder, announce: holder}, me, r.credentials())
 			} else {
 				err = fmt.Errorf("%w: no instance runs as master", errUnreachable)
 			}
@@ -834,7 +850,7 @@ func (r *reconciler) enforceRole() {
 				r.roleFailed("refusing to fail over to this instance", fmt.Errorf("%w: it holds no key while %s reported %d", errEmptyPrimary, holder, n))
 				return
 			}
-			if err := promote(me.dial, sup.password); err != nil {
+			if err := promote(me.dial, r.credentials()); err != nil {
 				r.roleFailed("cannot promote this instance", err)
 				return
 			}
@@ -850,11 +866,11 @@ func (r *reconciler) enforceRole() {
 		// whose manager cannot see the new target would take writes again
 		// once its pause ran out.
 		other := r.masterElsewhere()
-		if other == "" || !isMaster(other, sup.password) {
+		if other == "" || !isMaster(other, r.credentials()) {
 			r.lostSince, r.roleErr = time.Time{}, ""
 			return
 		}
-		if err := handover(redisNode{dial: other, announce: other}, me, sup.password); err != nil {
+		if err := handover(redisNode{dial: other, announce: other}, me, r.credentials()); err != nil {
 			r.roleFailed("cannot demote the other master at "+other, err)
 			return
 		}
@@ -863,7 +879,7 @@ func (r *reconciler) enforceRole() {
 	case !r.role.primary && obs.role() == "master":
 		// Not the target, yet a master: no write may be taken here.
 		if r.role.replicaOf == "" {
-			if err := pauseWrites(me.dial, sup.password); err != nil {
+			if err := pauseWrites(me.dial, r.credentials()); err != nil {
 				r.roleFailed("cannot stop writes on this master, which is not the target", err)
 			}
 			return
@@ -874,15 +890,15 @@ func (r *reconciler) enforceRole() {
 			r.demoteSince = time.Now()
 		}
 		if time.Since(r.demoteSince) < handoverGrace {
-			if err := pauseWrites(me.dial, sup.password); err != nil {
+			if err := pauseWrites(me.dial, r.credentials()); err != nil {
 				r.roleFailed("cannot stop writes on this master, which is not the target", err)
 			}
 			return
 		}
 		target := redisNode{dial: r.role.replicaOf, announce: r.role.replicaOf}
-		if err := handover(me, target, sup.password); err != nil {
+		if err := handover(me, target, r.credentials()); err != nil {
 			r.roleFailed("cannot hand the primary role to "+r.role.target, err)
-			if err := pauseWrites(me.dial, sup.password); err != nil {
+			if err := pauseWrites(me.dial, r.credentials()); err != nil {
 				r.log.Error("cannot stop writes on this master, which is not the target", "error", err)
 			}
 			return
@@ -898,7 +914,7 @@ func (r *reconciler) enforceRole() {
 			r.roleFailed("refusing to follow "+r.role.target, fmt.Errorf("%w: it reports no key, and following it would drop the %d keys here", errEmptyPrimary, obs.info.keys()))
 			return
 		}
-		moved, err := followPrimary(me.dial, sup.password, obs, r.role)
+		moved, err := followPrimary(me.dial, r.credentials(), obs, r.role)
 		switch {
 		case err != nil:
 			r.roleFailed("cannot re-point the replica at the target primary", err)
@@ -908,7 +924,7 @@ func (r *reconciler) enforceRole() {
 			r.pokeObserver()
 		}
 		r.roleErr = ""
-		r.unstick(me, sup.password, obs)
+		r.unstick(me, r.credentials(), obs)
 	}
 }
 
@@ -939,7 +955,7 @@ func (r *reconciler) dataElsewhere() (string, int64) {
 // unstick renews a replication link that is up but has carried nothing
 // while the primary moved on: Redis 7.0 can leave one so, and the replica
 // would otherwise stay behind for good.
-func (r *reconciler) unstick(me redisNode, password string, obs *observation) {
+func (r *reconciler) unstick(me redisNode, passwords []string, obs *observation) {
 	at := obs.info.int("slave_repl_offset")
 	behind := obs.role() == "slave" && obs.info["master_link_status"] == "up" && obs.primaryOffset > at
 	if !behind || at != r.stuckAt {
@@ -949,7 +965,7 @@ func (r *reconciler) unstick(me redisNode, password string, obs *observation) {
 	if time.Since(r.stuckSince) < stalledFor {
 		return
 	}
-	err := withRedis(me.dial, password, redisTimeout, func(c redis.Conn) error {
+	err := withRedis(me.dial, passwords, redisTimeout, func(c redis.Conn) error {
 		_, err := c.Do("CLIENT", "KILL", "TYPE", "master")
 		return err
 	})
@@ -1005,15 +1021,11 @@ func (r *reconciler) publish() {
 		ExecutableHash:     r.exeHash,
 		Restarts:           sup.restarts,
 		ObservedGeneration: r.view.cluster.Metadata.Generation,
-		LastError:          firstNonEmpty(r.viewErr, r.confErr, r.fenceErr, r.guardErr, sup.refused, r.roleErr),
+		LastError:          firstNonEmpty(r.viewErr, r.confErr, r.writeErr, r.fenceErr, r.guardErr, sup.refused, r.roleErr, r.authErr, r.liveErr),
 		PendingRestart:     []string{},
 	}
 	if sup.running {
-		if r.confMemo.started != sup.startedConf || r.confMemo.wanted != r.conf {
-			r.confMemo.started, r.confMemo.wanted = sup.startedConf, r.conf
-			r.confMemo.hash, r.confMemo.pending = configHash(sup.startedConf), pendingRestart(sup.startedConf, r.conf)
-		}
-		st.ConfigHash, st.PendingRestart = r.confMemo.hash, r.confMemo.pending
+		st.ConfigHash, st.PendingRestart = r.configStatus()
 	}
 	obs := r.obs
 	if obs != nil && (!sup.running || obs.at.Before(sup.startedAt)) {

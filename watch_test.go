@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -104,7 +103,7 @@ func TestReplicaWaitsForThePrimarysAddress(t *testing.T) {
 	if code, _ := replica.get("/healthz"); code != 200 {
 		t.Fatalf("/healthz %d while waiting on purpose", code)
 	}
-	if _, err := dialRedis(localAddr(replica.port), "", 200*time.Millisecond); err == nil {
+	if _, err := dialRedis(localAddr(replica.port), []string{""}, 200*time.Millisecond); err == nil {
 		t.Fatal("redis-server runs although the primary's address is unknown")
 	}
 	primary := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf})
@@ -112,57 +111,6 @@ func TestReplicaWaitsForThePrimarysAddress(t *testing.T) {
 	replica.waitReady(30 * time.Second)
 	if st := replica.status(); st.Role != "replica" {
 		t.Fatalf("replica role %q", st.Role)
-	}
-}
-
-// A bad fragment never reaches redis-server: the file and the running
-// server stay as they were, lastError says why, and fixing it clears it.
-func TestBadFragmentKeepsTheLastGoodConfig(t *testing.T) {
-	in := oneInstance(t, "appendonly no\nmaxmemory 100mb")
-	in.waitReady(20 * time.Second)
-	confPath := filepath.Join(in.dataDir, "redis.conf")
-	before, _ := os.ReadFile(confPath)
-	pid := in.redisPID()
-
-	for _, bad := range []struct{ fragment, want string }{
-		{"appendonly no\nmaxmemory 100mb\nport 1234", `"port" is set by the manager`},
-		{"appendonly no\nmaxmemory \"100mb", "unbalanced double quotes"},
-	} {
-		writeFile(t, in.clusterFile, clusterYAML("cache", "cache-0", bad.fragment, "s3cret-pw"))
-		eventually(t, 10*time.Second, "lastError to say "+bad.want, func() bool {
-			return strings.Contains(in.status().LastError, bad.want)
-		})
-		if after, _ := os.ReadFile(confPath); !bytes.Equal(before, after) {
-			t.Fatalf("redis.conf changed after a refused fragment:\n%s", after)
-		}
-		if in.redisPID() != pid {
-			t.Fatal("redis-server was restarted for a refused fragment")
-		}
-		if got, _ := redis.Strings(in.redis().Do("CONFIG", "GET", "port")); got[1] != fmt.Sprint(in.port) {
-			t.Fatalf("running port %v", got)
-		}
-	}
-	if !in.hasLog("refusing the new redis.conf fragment; the last good configuration stays") {
-		t.Error("the refusal was not logged")
-	}
-
-	// A good change is written; until a restart applies it, it is pending.
-	writeFile(t, in.clusterFile, clusterYAML("cache", "cache-0", "appendonly no\nmaxmemory 200mb", "s3cret-pw"))
-	eventually(t, 10*time.Second, "lastError to clear and maxmemory to be pending", func() bool {
-		st := in.status()
-		return st.LastError == "" && reflect.DeepEqual(st.PendingRestart, []string{"maxmemory"})
-	})
-	if after, _ := os.ReadFile(confPath); !bytes.Contains(after, []byte("maxmemory 200mb")) {
-		t.Fatalf("redis.conf does not hold the new value:\n%s", after)
-	}
-
-	// A file that no longer parses is refused the same way.
-	writeFile(t, in.clusterFile, "kind: RedisCluster\nmetadata: [\n")
-	eventually(t, 10*time.Second, "lastError to name the cluster file", func() bool {
-		return strings.Contains(in.status().LastError, "cluster file")
-	})
-	if st := in.status(); !st.Ready || in.redisPID() != pid {
-		t.Fatalf("a broken cluster file disturbed a running instance: %+v", st)
 	}
 }
 
