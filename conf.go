@@ -7,7 +7,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -19,8 +18,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -686,7 +683,8 @@ func checkFragment(redisServer, dataDir string, frag []directive, start startFun
 	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("check the fragment: %w", err)
 	}
-	out, err := runChecker(start, redisServer, path, dir)
+	// It exits at once; one that does not is killed, for it is not the server.
+	out, _, err := runChild(start, []string{redisServer, path}, dir, 5*time.Second)
 	if err != nil {
 		return fmt.Errorf("check the fragment with %s: %w", redisServer, err)
 	}
@@ -727,61 +725,6 @@ func (r refusal) Unwrap() error { return r.error }
 var sensitiveDirectives = map[string]bool{"user": true, "tls-key-file-pass": true, "tls-client-key-file-pass": true}
 
 var fatalConfig = regexp.MustCompile(`FATAL CONFIG FILE ERROR.*\n.*at line (\d+)\n>>> '(.*)'\n(.*)`)
-
-// startFunc starts a child through the one reaper (see supervise.go).
-type startFunc func(func() (*os.Process, error)) (*os.Process, <-chan syscall.WaitStatus, error)
-
-// runChecker runs redis-server on the file and returns what it printed. It
-// exits at once; one that does not is killed, for it is not the server.
-func runChecker(start startFunc, redisServer, path, dir string) (string, error) {
-	r, w, err := os.Pipe()
-	if err != nil {
-		return "", err
-	}
-	defer r.Close()
-	p, exited, err := start(func() (*os.Process, error) {
-		return os.StartProcess(redisServer, []string{redisServer, path}, &os.ProcAttr{
-			Dir: dir, Files: []*os.File{nil, w, w}, Sys: &syscall.SysProcAttr{Setpgid: true},
-		})
-	})
-	w.Close()
-	if err != nil {
-		return "", err
-	}
-	defer p.Release()
-	var mu sync.Mutex
-	var out bytes.Buffer
-	eof := make(chan struct{})
-	go func() {
-		defer close(eof)
-		buf := make([]byte, 4096)
-		for out.Len() < 64<<10 {
-			n, err := r.Read(buf)
-			mu.Lock()
-			out.Write(buf[:n])
-			mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}()
-	select {
-	case <-exited:
-	case <-time.After(5 * time.Second):
-		p.Kill()
-		<-exited
-		return "", errors.New("it did not exit within 5s")
-	}
-	// What it wrote is in the pipe by now; a descendant of a wrapper
-	// script may hold the pipe open, so the end of it is not waited for.
-	select {
-	case <-eof:
-	case <-time.After(500 * time.Millisecond):
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	return out.String(), nil
-}
 
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")

@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,8 +19,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -72,10 +75,18 @@ func (h *health) problem() string {
 
 type httpServer struct {
 	*http.Server
-	tls bool
+	tls *tlsFiles // nil for plain HTTP
+
+	// For an upgrade, which must stop taking connections without closing
+	// any it took: see quiesce.
+	stopAccepting atomic.Bool
+	tcp           *net.TCPListener
+	served        chan struct{}
+	mu            sync.Mutex
+	busy          map[net.Conn]time.Time // connections in StateNew or StateActive, since when
 }
 
-func newHTTPServer(s *settings, log *slog.Logger, h *health) *httpServer {
+func newHTTPServer(s *settings, log *slog.Logger, h *health, tf *tlsFiles, upd *updater) *httpServer {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if p := h.problem(); p != "" {
@@ -107,14 +118,14 @@ func newHTTPServer(s *settings, log *slog.Logger, h *health) *httpServer {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, h.rec.published.Load().status)
 	})
-	op := &operator{tokenFile: s.operatorTokenFile, log: log}
-	var restarting sync.Mutex
+	op := &operator{tokenFile: s.operatorTokenFile, clientCA: s.tlsCA != "", log: log}
+	mux.HandleFunc("PUT /v1/update", op.authorize(upd.handle))
 	mux.HandleFunc("POST /v1/restart", op.authorize(func(w http.ResponseWriter, r *http.Request) {
-		if !restarting.TryLock() {
-			writeJSON(w, http.StatusConflict, map[string]any{"error": "a restart is in progress"})
+		if !upd.busy.TryLock() {
+			writeJSON(w, http.StatusConflict, map[string]any{"error": "a restart or an upgrade is in progress"})
 			return
 		}
-		defer restarting.Unlock()
+		defer upd.busy.Unlock()
 		if why := h.restartLoses(); why != "" {
 			writeJSON(w, http.StatusConflict, map[string]any{"error": why})
 			return
@@ -138,7 +149,14 @@ func newHTTPServer(s *settings, log *slog.Logger, h *health) *httpServer {
 		}
 	}))
 	srv := &http.Server{
-		Handler:           mux,
+		// Only an upload has a body worth the name; the update handler
+		// sets its own, larger limit.
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/v1/update" {
+				r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+			}
+			mux.ServeHTTP(w, r)
+		}),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -146,10 +164,17 @@ func newHTTPServer(s *settings, log *slog.Logger, h *health) *httpServer {
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	if s.tlsCert != "" {
-		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	hs := &httpServer{Server: srv, tls: tf, served: make(chan struct{}), busy: map[net.Conn]time.Time{}}
+	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		hs.mu.Lock()
+		defer hs.mu.Unlock()
+		if st == http.StateNew || st == http.StateActive {
+			hs.busy[c] = time.Now()
+		} else {
+			delete(hs.busy, c)
+		}
 	}
-	return &httpServer{Server: srv, tls: s.tlsCert != ""}
+	return hs
 }
 
 // awaitAnswer waits, within a minute, for redis-server to answer PING,
@@ -210,20 +235,37 @@ func (h *health) restartLoses() string {
 	return ""
 }
 
-// operator guards the commands that change an instance. They need the
-// bearer token in --operator-token-file, read at each request so that a
-// rotated token (a re-mounted Secret) counts at once; with no token
-// configured they are refused outright, for an open restart endpoint on
-// every Redis pod would be an outage waiting for a caller.
+// operator guards the commands that change an instance. They need a client
+// certificate verified against --tls-client-ca-file, or the bearer token in
+// --operator-token-file, read at each request so that a rotated token (a
+// re-mounted Secret) counts at once. With neither configured they are
+// refused outright, for an open restart endpoint on every Redis pod would
+// be an outage waiting for a caller.
 type operator struct {
 	tokenFile string
+	clientCA  bool
 	log       *slog.Logger
 }
 
 func (o *operator) authorize(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if o.tokenFile == "" {
-			writeJSON(w, http.StatusForbidden, map[string]any{"error": "operator commands are disabled: no --operator-token-file is configured"})
+		switch {
+		case o.clientCA && r.TLS != nil && len(r.TLS.VerifiedChains) > 0:
+			// Verified against the CA, and meant for a client: a server
+			// certificate of the same CA (a pod's own) does not pass.
+			leaf := r.TLS.VerifiedChains[0][0]
+			if !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+				o.refuse(w, r)
+				return
+			}
+			o.log.Info("operator command", "path", r.URL.Path, "clientCertificate", leaf.Subject.String())
+			next(w, r)
+			return
+		case o.tokenFile == "" && !o.clientCA:
+			writeJSON(w, http.StatusForbidden, map[string]any{"error": "operator commands are disabled: neither --operator-token-file nor --tls-client-ca-file is configured"})
+			return
+		case o.tokenFile == "":
+			o.refuse(w, r)
 			return
 		}
 		data, err := os.ReadFile(o.tokenFile)
@@ -238,20 +280,177 @@ func (o *operator) authorize(next http.HandlerFunc) http.HandlerFunc {
 		// length shows in the timing.
 		a, b := sha256.Sum256([]byte(given)), sha256.Sum256([]byte(token))
 		if !ok || subtle.ConstantTimeCompare(a[:], b[:]) != 1 {
-			o.log.Warn("refused an operator command without a valid token", "path", r.URL.Path, "remote", r.RemoteAddr)
-			w.Header().Set("WWW-Authenticate", `Bearer realm="redis-operator"`)
-			writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "a valid bearer token is required"})
+			o.refuse(w, r)
 			return
 		}
 		next(w, r)
 	}
 }
 
-func (s *httpServer) serve(ln net.Listener, certFile, keyFile string) error {
-	if s.tls {
-		return s.ServeTLS(ln, certFile, keyFile)
+func (o *operator) refuse(w http.ResponseWriter, r *http.Request) {
+	o.log.Warn("refused an operator command without valid credentials", "path", r.URL.Path, "remote", r.RemoteAddr)
+	w.Header().Set("WWW-Authenticate", `Bearer realm="redis-operator"`)
+	writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "a valid bearer token or client certificate is required"})
+}
+
+func (s *httpServer) serve(ln net.Listener) error {
+	defer close(s.served)
+	s.tcp, _ = ln.(*net.TCPListener)
+	ln = acceptUntil{ln, s}
+	if s.tls != nil {
+		ln = tls.NewListener(ln, s.tls.config())
 	}
 	return s.Serve(ln)
+}
+
+// errHandingOver ends Serve for an upgrade.
+var errHandingOver = errors.New("handing the listener over")
+
+// acceptUntil accepts until the server stops accepting for an upgrade.
+type acceptUntil struct {
+	net.Listener
+	s *httpServer
+}
+
+func (a acceptUntil) Accept() (net.Conn, error) {
+	c, err := a.Listener.Accept()
+	if a.s.stopAccepting.Load() {
+		if err == nil {
+			return c, nil // taken: it is served
+		}
+		return nil, errHandingOver
+	}
+	return c, err
+}
+
+// quiesce stops taking connections, leaving new ones in the listen queue
+// for the next manager, and waits for the requests it took to be answered.
+// Unlike Shutdown, it never closes a connection whose request it has not
+// answered: Shutdown drops a request that arrives on a new connection once
+// it has begun.
+func (s *httpServer) quiesce(timeout time.Duration) {
+	s.SetKeepAlivesEnabled(false) // each answer now ends its connection
+	s.stopAccepting.Store(true)
+	if s.tcp != nil {
+		s.tcp.SetDeadline(time.Now()) // wakes a pending Accept
+	}
+	deadline := time.After(timeout)
+	select {
+	case <-s.served:
+	case <-deadline:
+		return
+	}
+	for {
+		// A connection that has sent nothing for a while (a TCP probe, an
+		// idle client) is not waited for: the exec closes it.
+		n := 0
+		s.mu.Lock()
+		for _, since := range s.busy {
+			if time.Since(since) < 200*time.Millisecond {
+				n++
+			}
+		}
+		s.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-deadline:
+			return
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// tlsFiles serves the certificate, and verifies client certificates, as
+// the files are now: a renewed certificate (cert-manager rewriting the
+// Secret behind a volume) is used from the next handshake on, without a
+// restart. Files that cannot be read keep the last good ones in use.
+type tlsFiles struct {
+	certFile, keyFile, caFile string
+	log                       *slog.Logger
+
+	mu                 sync.Mutex
+	cert               *tls.Certificate
+	pool               *x509.CertPool
+	certStamp, caStamp string
+	checked            time.Time
+}
+
+// loadTLS reads the files once, at start: a mistake there is a start error.
+func loadTLS(certFile, keyFile, caFile string, log *slog.Logger) (*tlsFiles, error) {
+	t := &tlsFiles{certFile: certFile, keyFile: keyFile, caFile: caFile, log: log}
+	if err := t.reload(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// fileStamp changes when any of the files does.
+func fileStamp(paths ...string) string {
+	var b strings.Builder
+	for _, p := range paths {
+		if fi, err := os.Stat(p); err == nil {
+			fmt.Fprintf(&b, "%d.%d;", fi.ModTime().UnixNano(), fi.Size())
+		}
+	}
+	return b.String()
+}
+
+// reload reads what changed; it is asked at most once a second.
+func (t *tlsFiles) reload() error {
+	if stamp := fileStamp(t.certFile, t.keyFile); stamp != t.certStamp {
+		cert, err := tls.LoadX509KeyPair(t.certFile, t.keyFile)
+		if err != nil {
+			return fmt.Errorf("TLS certificate: %w", err)
+		}
+		if t.cert != nil {
+			t.log.Info("serving a renewed TLS certificate", "file", t.certFile)
+		}
+		t.cert, t.certStamp = &cert, stamp
+	}
+	if stamp := fileStamp(t.caFile); t.caFile != "" && stamp != t.caStamp {
+		pem, err := os.ReadFile(t.caFile)
+		if err != nil {
+			return fmt.Errorf("TLS client CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("TLS client CA %s holds no PEM certificate", t.caFile)
+		}
+		if t.pool != nil {
+			t.log.Info("verifying client certificates against a renewed CA", "file", t.caFile)
+		}
+		t.pool, t.caStamp = pool, stamp
+	}
+	return nil
+}
+
+func (t *tlsFiles) current() (*tls.Certificate, *x509.CertPool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if time.Since(t.checked) >= time.Second {
+		t.checked = time.Now()
+		if err := t.reload(); err != nil {
+			t.log.Error("cannot read the renewed TLS files; serving with the last good ones", "error", err)
+		}
+	}
+	return t.cert, t.pool
+}
+
+func (t *tlsFiles) config() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			cert, pool := t.current()
+			c := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*cert}}
+			if pool != nil {
+				// Probes carry no certificate: asked for, not required.
+				c.ClientAuth, c.ClientCAs = tls.VerifyClientCertIfGiven, pool
+			}
+			return c, nil
+		},
+	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -1,9 +1,19 @@
 package main
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"math/big"
+	"net"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -125,16 +135,138 @@ func TestEndpointsCarryNoSecret(t *testing.T) {
 		t.Errorf("/nope: %d", code)
 	}
 	// With no operator token configured, operator commands are closed.
-	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/v1/restart", in.httpPort), "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusForbidden {
-		t.Errorf("POST /v1/restart without a configured token: %d, want 403", resp.StatusCode)
+	for _, cmd := range []struct{ method, path string }{{"POST", "/v1/restart"}, {"PUT", "/v1/update"}} {
+		req, _ := http.NewRequest(cmd.method, fmt.Sprintf("http://127.0.0.1:%d%s", in.httpPort, cmd.path), strings.NewReader("x"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s %s without a configured token: %d, want 403", cmd.method, cmd.path, resp.StatusCode)
+		}
 	}
 	st := in.status()
 	if st.Role != "master" || st.RedisVersion == "" || st.ManagerVersion != "test" || len(st.ExecutableHash) != 64 || st.ConfigHash == "" || st.Address != fmt.Sprintf("127.0.0.1:%d", in.port) {
 		t.Errorf("status %+v", st)
 	}
+}
+
+// testCA is a certificate authority for tests of HTTPS.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pem  []byte
+}
+
+func newTestCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+// issue returns a certificate and key, PEM encoded, for a server on
+// 127.0.0.1 or for a client.
+func (ca *testCA) issue(t *testing.T, serial int64, server bool) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "operator"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	if server {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kd, _ := x509.MarshalECPrivateKey(key)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd})
+}
+
+// Over HTTPS, a client certificate from the configured CA authorises
+// operator commands, one from another CA is turned away, and a renewed
+// server certificate is served without a restart.
+func TestHTTPSWithClientCertificates(t *testing.T) {
+	dir := t.TempDir()
+	ca, other := newTestCA(t, "operator-ca"), newTestCA(t, "someone-else")
+	certFile, keyFile, caFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), filepath.Join(dir, "ca.crt")
+	c, k := ca.issue(t, 100, true)
+	writeFile(t, certFile, string(c))
+	writeFile(t, keyFile, string(k))
+	writeFile(t, caFile, string(ca.pem))
+	cf := filepath.Join(dir, "cluster.yaml")
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", "s3cret-pw"))
+	in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw",
+		extraArgs: []string{"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-client-ca-file", caFile}})
+
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.cert)
+	client := func(from *testCA, serial int64) *http.Client {
+		cfg := &tls.Config{RootCAs: roots}
+		if from != nil {
+			cp, kp := from.issue(t, serial, false)
+			pair, err := tls.X509KeyPair(cp, kp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Certificates = []tls.Certificate{pair}
+		}
+		return &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}
+	}
+	url := fmt.Sprintf("https://127.0.0.1:%d", in.httpPort)
+	probe := client(nil, 0)
+	eventually(t, 20*time.Second, "/readyz over HTTPS", func() bool {
+		resp, err := probe.Get(url + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	pid := in.redisPID()
+	restart := func(c *http.Client) (int, error) {
+		resp, err := c.Post(url+"/v1/restart", "", nil)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	if code, err := restart(probe); err != nil || code != http.StatusUnauthorized {
+		t.Fatalf("restart without a certificate: %d, %v; want 401", code, err)
+	}
+	if code, err := restart(client(other, 7)); err == nil && code == http.StatusOK {
+		t.Fatal("a certificate from another CA restarted redis-server")
+	}
+	if in.redisPID() != pid {
+		t.Fatal("redis-server restarted without authorisation")
+	}
+	if code, err := restart(client(ca, 8)); err != nil || code != http.StatusOK {
+		t.Fatalf("restart with the operator's certificate: %d, %v", code, err)
+	}
+	if in.redisPID() == pid {
+		t.Fatal("redis-server was not restarted")
+	}
+
+	c, k = ca.issue(t, 200, true)
+	writeFile(t, keyFile, string(k))
+	writeFile(t, certFile, string(c))
+	eventually(t, 10*time.Second, "the renewed certificate to be served", func() bool {
+		resp, err := probe.Get(url + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.TLS.PeerCertificates[0].SerialNumber.Int64() == 200
+	})
 }

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -222,6 +223,9 @@ func (s *settings) complete() error {
 	if (s.tlsCert == "") != (s.tlsKey == "") {
 		return configErrorf("--tls-cert-file and --tls-key-file go together")
 	}
+	if s.tlsCA != "" && s.tlsCert == "" {
+		return configErrorf("--tls-client-ca-file needs --tls-cert-file: client certificates come with HTTPS")
+	}
 	// redis-server runs in the data dir; relative paths would move with it.
 	for _, p := range []*string{&s.dataDir, &s.clusterFile} {
 		if *p == "" {
@@ -301,18 +305,68 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	defer cancel()
 	base := newLogger(s.logFormat, stdout)
 	log := base.With("logger", "manager")
+	// A manager that replaced another in place inherits its redis-server,
+	// its listener and its log pipe.
+	inherited, err := takeHandoff()
+	if err != nil {
+		return err
+	}
+	if inherited == nil {
+		os.Remove(filepath.Join(s.dataDir, handoffFile)) // of an upgrade that failed; it holds a password
+	}
+	// Until its loops run, a manager that adopted a redis-server must not
+	// just return on an error: as PID 1 its exit would kill redis-server
+	// with no chance to save. It stops it the way a stop would.
+	looping := false
+	if inherited != nil && inherited.RedisPID > 0 {
+		defer func() {
+			if !looping {
+				stopAdopted(inherited, s.redisPort, s.shutdownTimeout, log)
+			}
+		}()
+	}
 
 	news := newFeed()
+	if inherited != nil && inherited.View != nil {
+		v := inherited.View
+		news.view(clusterView{cluster: v.Cluster, fragment: v.Fragment, password: v.Password})
+	}
 	source, err := newSource(s, base, news)
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", s.httpAddr)
+	var tf *tlsFiles
+	if s.tlsCert != "" {
+		// Across an upgrade, files caught mid-renewal get a few seconds.
+		for try := 0; ; try++ {
+			if tf, err = loadTLS(s.tlsCert, s.tlsKey, s.tlsCA, log); err == nil || inherited == nil || try == 50 {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if err != nil {
+			return configError{err}
+		}
+	}
+	var ln net.Listener
+	if inherited != nil {
+		f := inheritedFile(inherited.Listener, "http-listener")
+		ln, err = net.FileListener(f)
+		f.Close()
+	} else {
+		ln, err = net.Listen("tcp", s.httpAddr)
+	}
 	if err != nil {
 		return configErrorf("http: %w", err)
 	}
-	exeHash, err := executableHash()
+	exe, err := os.Executable()
 	if err != nil {
+		return fmt.Errorf("find this binary: %w", err)
+	}
+	exeHash, err := "", error(nil)
+	if inherited != nil && inherited.NewHash != "" {
+		exeHash = inherited.NewHash // checked on upload; hashing it again would lengthen the handover
+	} else if exeHash, err = executableHash(); err != nil {
 		log.Warn("cannot hash this binary", "error", err)
 	}
 
@@ -320,32 +374,52 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	reapCtx, stopReaping := context.WithCancel(context.Background())
 	defer stopReaping()
 	reaper := newReaper(log)
+	sup := &supervisor{}
+	if inherited != nil {
+		sup.logR, sup.logW = inheritedFile(inherited.LogR, "redis-log"), inheritedFile(inherited.LogW, "redis-log-w")
+		sup.adopt(inherited, reaper) // before the reaper's first sweep
+	}
 	go reaper.run(reapCtx)
 
 	rec := newReconciler(&reconciler{log: log, settings: s, exeHash: exeHash,
 		checkConfig: func(frag []directive) error { return checkFragment(s.redisServer, s.dataDir, frag, reaper.start) },
 	})
-	sup, err := newSupervisor(&supervisor{
-		log: log, redisLog: base.With("logger", "redis"), reaper: reaper, redisServer: s.redisServer, confPath: s.confPath(),
-		dataDir: s.dataDir, port: s.redisPort, shutdown: s.shutdownTimeout, credentials: rec.credentials,
-		// A primary that comes back empty after a crash (persistence off,
-		// or its files lost) would have its replicas copy the loss.
-		restartGuard: func(conf string) string {
-			held := rec.primaryKeys.Load()
-			if held == 0 {
-				return ""
-			}
-			frag, _ := parseConf(conf)
-			if datasetKeys(s.dataDir, frag) > 0 {
-				return ""
-			}
-			return fmt.Sprintf("refusing to restart redis-server as the primary with an empty dataset: it held %d keys, and its replicas would copy the loss; move targetPrimary to a replica", held)
-		},
-	})
-	if err != nil {
+	sup.log, sup.redisLog, sup.reaper, sup.redisServer, sup.confPath = log, base.With("logger", "redis"), reaper, s.redisServer, s.confPath()
+	sup.dataDir, sup.port, sup.shutdown, sup.credentials = s.dataDir, s.redisPort, s.shutdownTimeout, rec.credentials
+	// A primary that comes back empty after a crash (persistence off, or
+	// its files lost) would have its replicas copy the loss.
+	sup.restartGuard = func(conf string) string {
+		held := rec.primaryKeys.Load()
+		if held == 0 {
+			return ""
+		}
+		frag, _ := parseConf(conf)
+		if datasetKeys(s.dataDir, frag) > 0 {
+			return ""
+		}
+		return fmt.Sprintf("refusing to restart redis-server as the primary with an empty dataset: it held %d keys, and its replicas would copy the loss; move targetPrimary to a replica", held)
+	}
+	if _, err := newSupervisor(sup); err != nil {
 		return err
 	}
 	rec.sup = sup
+	if inherited != nil {
+		rec.adopted, rec.fenced, rec.fenceKnown = true, inherited.Fenced, true
+		// The observer's first look must not wait for the view to bring
+		// the password: the one redis-server started with works.
+		creds := []string{confPassword(inherited.StartedConf)}
+		if inherited.View != nil && inherited.View.Password != creds[0] {
+			creds = append(creds, inherited.View.Password)
+		}
+		rec.creds.Store(&creds)
+		// The old manager checked the fragment it wrote; a view that still
+		// holds it needs no new check by redis-server.
+		if v := inherited.View; v != nil && rec.fragmentOK {
+			if frag, err := parseFragment(v.Fragment); err == nil && reflect.DeepEqual(valuesOf(frag), rec.wantedValues) {
+				rec.fragmentText = v.Fragment
+			}
+		}
+	}
 	obsCh := make(chan *observation, 1)
 	rec.poke = make(chan struct{}, 1)
 	obs := &observer{log: log, port: s.redisPort, passwords: rec.credentials, out: obsCh, poke: rec.poke}
@@ -356,6 +430,7 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 
 	// The loops stop when ctx ends; the supervisor, which owns the slow
 	// part (a graceful stop), is waited for before HTTP goes away.
+	looping = true
 	var loops sync.WaitGroup
 	loops.Go(func() { source.run(ctx, news) })
 	loops.Go(func() { obs.run(ctx) })
@@ -364,16 +439,60 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	supDone := make(chan struct{})
 	go func() { sup.run(ctx); close(supDone) }()
 
-	srv := newHTTPServer(s, log, &health{rec: rec, sup: sup, obs: obs, source: source.heartbeat})
+	upd := &updater{exe: exe, start: reaper.start, ctx: ctx, log: log, requests: make(chan upgradeRequest)}
+	hl := &health{rec: rec, sup: sup, obs: obs, source: source.heartbeat}
+	var srv *httpServer
 	srvErr := make(chan error, 1)
-	go func() { srvErr <- srv.serve(ln, s.tlsCert, s.tlsKey) }()
+	serve := func(ln net.Listener) {
+		srv = newHTTPServer(s, log, hl, tf, upd)
+		go func() { srvErr <- srv.serve(ln) }()
+	}
+	if inherited != nil {
+		// Probes are answered from the first look at the adopted
+		// redis-server on: until then they wait in the listen queue.
+		select {
+		case <-rec.observed:
+		case <-time.After(2 * time.Second):
+		}
+	}
+	serve(ln)
+	if inherited != nil {
+		answerUpgrade(inherited, exeHash, log)
+	}
 
-	select {
-	case <-ctx.Done():
-		log.Info("stop requested")
-	case err = <-srvErr:
-		log.Error("http server failed; stopping", "error", err)
-		cancel()
+	err = nil
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("stop requested")
+			break wait
+		case err = <-srvErr:
+			if errors.Is(err, errHandingOver) {
+				continue // an upgrade that did not take place; it serves again
+			}
+			log.Error("http server failed; stopping", "error", err)
+			cancel()
+			break wait
+		case req := <-upd.requests:
+			// Returns only when the exec did not happen.
+			next, uerr := execUpgrade(ctx, req, exe, s.dataDir, rec, sup, reaper, srv, ln)
+			upd.busy.Unlock()
+			if errors.Is(uerr, errStopping) {
+				log.Info("stop requested during an upgrade; the new binary runs at the next start")
+				break wait
+			}
+			log.Error("the upgrade did not take place", "error", uerr)
+			if next == nil {
+				cancel() // no listener left to serve on
+				err = uerr
+				break wait
+			}
+			if next != ln {
+				ln = next
+				serve(ln)
+			}
+		}
 	}
 	<-supDone
 	loops.Wait()

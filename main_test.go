@@ -122,6 +122,7 @@ type instanceOpts struct {
 	prefix      []string // runs the manager under these, e.g. unshare
 	redisServer string
 	extraArgs   []string
+	binary      string // the manager to run; the test build when empty
 }
 
 func startInstance(t testing.TB, o instanceOpts) *instance {
@@ -138,7 +139,10 @@ func startInstance(t testing.TB, o instanceOpts) *instance {
 	}
 	in := &instance{t: t, pod: o.pod, clusterFile: o.clusterFile, dataDir: o.dataDir, port: o.port,
 		httpPort: freePort(t), password: o.password, out: &syncBuffer{}, done: make(chan struct{})}
-	args := append(append([]string{}, o.prefix...), binary, "instance",
+	if o.binary == "" {
+		o.binary = binary
+	}
+	args := append(append([]string{}, o.prefix...), o.binary, "instance",
 		"--cluster", "cache", "--pod-name", o.pod, "--cluster-file", o.clusterFile,
 		"--data-dir", o.dataDir, "--redis-port", fmt.Sprint(o.port), "--redis-server", redisServer,
 		"--http-addr", fmt.Sprintf("127.0.0.1:%d", in.httpPort), "--announce-host", "127.0.0.1",
@@ -359,6 +363,8 @@ func TestStartErrorsExitTwoWithOneLine(t *testing.T) {
 		{"unreadable cluster file", []string{"--cluster", "cache", "--cluster-file", filepath.Join(dir, "missing.yaml"), "--data-dir", dir, "--redis-server", redisServer}, "missing.yaml"},
 		{"no such cluster in file", []string{"--cluster", "other", "--cluster-file", cf, "--data-dir", dir, "--redis-server", redisServer}, `no RedisCluster named "other"`},
 		{"bad flag", []string{"--no-such-flag"}, "flag provided but not defined"},
+		{"client CA without HTTPS", []string{"--cluster", "cache", "--cluster-file", cf, "--data-dir", dir, "--redis-server", redisServer, "--tls-client-ca-file", cf}, "--tls-client-ca-file needs --tls-cert-file"},
+		{"unreadable certificate", []string{"--cluster", "cache", "--cluster-file", cf, "--data-dir", dir, "--redis-server", redisServer, "--tls-cert-file", cf, "--tls-key-file", cf}, "TLS certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd := exec.Command(binary, append(append([]string{}, base...), tc.args...)...)

@@ -146,7 +146,9 @@ func (o *observer) poll() *observation {
 	}
 	text, err := redis.String(o.conn.Receive())
 	if err != nil {
-		if _, isReply := err.(redis.Error); !isReply {
+		// A connection made before the password was known (a manager
+		// that adopted a running redis-server) must be made again.
+		if re, isReply := err.(redis.Error); !isReply || strings.HasPrefix(string(re), "NOAUTH") {
 			o.dropConn()
 		}
 		obs.err = err

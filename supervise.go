@@ -10,6 +10,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -69,6 +70,37 @@ func (r *reaper) start(startProcess func() (*os.Process, error)) (*os.Process, <
 
 // run reaps children until ctx ends. A periodic sweep covers a SIGCHLD that
 // arrived while nothing listened (coalesced signals, a child adopted late).
+// adopt registers a child this process did not start: the redis-server of
+// the manager it replaced. One that exited meanwhile is reported at once;
+// false when pid is not a child of this process (none was running, or the
+// PID now belongs to another process).
+func (r *reaper) adopt(pid int) (<-chan syscall.WaitStatus, bool) {
+	if pid <= 0 {
+		return nil, false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ch := make(chan syscall.WaitStatus, 1)
+	var ws syscall.WaitStatus
+	got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+	switch {
+	case err != nil: // ECHILD
+		return nil, false
+	case got == pid:
+		ch <- ws
+	default:
+		r.waiting[pid] = ch
+	}
+	return ch, true
+}
+
+// hold stops all reaping until the returned function is called: across an
+// upgrade's exec, redis-server's exit must be left for the next manager.
+func (r *reaper) hold() func() {
+	r.mu.Lock()
+	return r.mu.Unlock
+}
+
 func (r *reaper) run(ctx context.Context) {
 	defer signal.Stop(r.sigchld)
 	sweep := time.NewTicker(5 * time.Second)
@@ -118,6 +150,66 @@ func describeExit(ws syscall.WaitStatus) string {
 	return fmt.Sprintf("wait status %#x", uint32(ws))
 }
 
+// startFunc starts a child through the one reaper; tests outside the
+// manager give their own.
+type startFunc func(func() (*os.Process, error)) (*os.Process, <-chan syscall.WaitStatus, error)
+
+// runChild runs a short-lived helper (redis-server checking a
+// configuration, a new binary checking itself) and returns what it printed
+// and how it ended; one that outlives timeout is killed.
+func runChild(start startFunc, argv []string, dir string, timeout time.Duration) (string, syscall.WaitStatus, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return "", 0, err
+	}
+	defer r.Close()
+	p, exited, err := start(func() (*os.Process, error) {
+		return os.StartProcess(argv[0], argv, &os.ProcAttr{
+			Dir: dir, Files: []*os.File{nil, w, w}, Sys: &syscall.SysProcAttr{Setpgid: true},
+		})
+	})
+	w.Close()
+	if err != nil {
+		return "", 0, err
+	}
+	defer p.Release()
+	var mu sync.Mutex
+	var out bytes.Buffer
+	eof := make(chan struct{})
+	go func() {
+		defer close(eof)
+		buf := make([]byte, 4096)
+		for {
+			n, err := r.Read(buf)
+			mu.Lock()
+			if out.Len() < 64<<10 {
+				out.Write(buf[:n])
+			}
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	var ws syscall.WaitStatus
+	select {
+	case ws = <-exited:
+	case <-time.After(timeout):
+		p.Kill()
+		<-exited
+		return "", 0, fmt.Errorf("it did not exit within %s", timeout)
+	}
+	// What it wrote is in the pipe by now; a descendant (of a wrapper
+	// script, say) may hold the pipe open, so its end is not waited for.
+	select {
+	case <-eof:
+	case <-time.After(500 * time.Millisecond):
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return out.String(), ws, nil
+}
+
 // Restart backoff: redis-server that dies at once is retried quickly, then
 // ever more slowly; one that ran for a healthy minute starts the count anew.
 const (
@@ -158,24 +250,84 @@ type supervisor struct {
 
 	want     chan bool // latest wish wins
 	restarts chan chan error
-	state    atomic.Pointer[supervisorState]
+	pauses   chan supervisorPause
+
+	// A redis-server started by the manager this one replaced, if any.
+	adoptProc   *os.Process
+	adoptExited <-chan syscall.WaitStatus
+	state       atomic.Pointer[supervisorState]
 
 	logR, logW *os.File // one pipe carries the log of every redis-server we start
 	logDone    chan struct{}
 }
 
+// newSupervisor makes the pipe of redis-server's log, unless it was
+// inherited with an adopted redis-server (see adopt).
 func newSupervisor(s *supervisor) (*supervisor, error) {
-	r, w, err := os.Pipe()
-	if err != nil {
-		return nil, fmt.Errorf("redis-server log pipe: %w", err)
+	if s.logR == nil {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, fmt.Errorf("redis-server log pipe: %w", err)
+		}
+		s.logR, s.logW = r, w
 	}
-	s.logR, s.logW = r, w
 	s.want = make(chan bool, 1)
 	s.restarts = make(chan chan error)
+	s.pauses = make(chan supervisorPause)
 	s.logDone = make(chan struct{})
-	s.state.Store(&supervisorState{beat: time.Now()})
+	if s.state.Load() == nil {
+		s.state.Store(&supervisorState{beat: time.Now()})
+	}
 	go s.forwardLog()
 	return s, nil
+}
+
+// adopt takes over a redis-server the previous manager started, before
+// run: its PID, the redis.conf it read, and the count of its restarts. One
+// that exited in between is reaped by the reaper's first sweep and
+// restarted like any that dies.
+func (s *supervisor) adopt(h *handoff, reaper *reaper) {
+	st := &supervisorState{restarts: h.Restarts, beat: time.Now()}
+	if exited, ok := reaper.adopt(h.RedisPID); ok {
+		s.adoptProc, _ = os.FindProcess(h.RedisPID)
+		s.adoptExited = exited
+		st.running, st.pid, st.startedAt, st.startedConf = true, h.RedisPID, h.StartedAt, h.StartedConf
+	}
+	s.state.Store(st)
+}
+
+// supervisorPause holds the supervisor still while an upgrade writes its
+// state down: it starts and stops nothing until resumed.
+type supervisorPause struct {
+	state  chan supervisorState
+	resume chan struct{}
+}
+
+// pause waits at most wait for the supervisor to hold still; false when it
+// is busy (stopping, starting, restarting redis-server) or stopping.
+func (s *supervisor) pause(ctx context.Context, wait time.Duration) (supervisorState, func(), bool) {
+	p := supervisorPause{state: make(chan supervisorState, 1), resume: make(chan struct{})}
+	select {
+	case s.pauses <- p:
+	case <-ctx.Done():
+		return supervisorState{}, nil, false
+	case <-time.After(wait):
+		return supervisorState{}, nil, false
+	}
+	return <-p.state, func() { close(p.resume) }, true
+}
+
+// releaseLog stops forwarding redis-server's log and returns its pipe for
+// the next manager; resume forwards again, should the exec not happen.
+// What the pipe holds and was not read yet stays in it for the next reader.
+func (s *supervisor) releaseLog() (r, w *os.File, resume func()) {
+	s.logR.SetReadDeadline(time.Now())
+	<-s.logDone
+	return s.logR, s.logW, func() {
+		s.logR.SetReadDeadline(time.Time{})
+		s.logDone = make(chan struct{})
+		go s.forwardLog()
+	}
 }
 
 // setWanted tells the supervisor whether redis-server should run. It never
@@ -218,8 +370,8 @@ func (s *supervisor) run(ctx context.Context) {
 	st := *s.state.Load()
 	publish := func() { st.beat = time.Now(); c := st; s.state.Store(&c) }
 	var (
-		proc    *os.Process
-		exited  <-chan syscall.WaitStatus
+		proc    = s.adoptProc
+		exited  = s.adoptExited
 		backoff time.Duration
 		retry   *time.Timer
 		retryC  <-chan time.Time
@@ -281,6 +433,9 @@ func (s *supervisor) run(ctx context.Context) {
 				retry.Stop()
 				retryC, st.retryAt = nil, time.Time{}
 			}
+		case p := <-s.pauses:
+			p.state <- st
+			<-p.resume
 		case done := <-s.restarts:
 			if !st.wanted || proc == nil {
 				done <- errNotRunning

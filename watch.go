@@ -628,6 +628,12 @@ type reconciler struct {
 	stuckAt       int64         // the replica\'s offset, while it stands still
 	stuckSince    time.Time     // since when it has
 	poke          chan struct{} // asks the observer to look now
+	pauses        chan chan struct{}
+	observed      chan struct{} // closed once a state with a view and a look at Redis is published
+	observedSent  bool
+	began         time.Time
+	adopted       bool // redis-server was inherited: no status before that look
+	fenceKnown    bool // fenced was inherited too, a malformed annotation notwithstanding
 	obs           *observation
 	lastAnswer    time.Time
 	written       instanceStatus
@@ -636,6 +642,9 @@ type reconciler struct {
 
 func newReconciler(r *reconciler) *reconciler {
 	r.statuses = make(chan statusUpdate, 1)
+	r.pauses = make(chan chan struct{})
+	r.began = time.Now()
+	r.observed = make(chan struct{})
 	r.fragment, r.fragmentOK = previousFragment(r.settings.confPath())
 	r.wantedValues, r.restartOnly = valuesOf(r.fragment), map[string]bool{}
 	r.creds.Store(&[]string{})
@@ -655,12 +664,17 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 		case <-ctx.Done():
 			r.stopped("stopping")
 			return
+		case resume := <-r.pauses:
+			<-resume
 		case v := <-f.views:
 			if v.seq > r.errSeq {
 				r.viewErr = "" // the complaint is older than this view
 			}
 			r.viewSeq = v.seq
 			r.applyView(v)
+			if r.obs != nil && r.obs.err != nil {
+				r.pokeObserver() // it may have lacked the password the view brought
+			}
 			r.enforceRole()
 			r.rotateAuth()
 		case e := <-f.errs:
@@ -704,7 +718,7 @@ func (r *reconciler) applyView(v clusterView) {
 	r.publishCredentials()
 	r.takeFragment(v.fragment)
 	if fenced, err := isFenced(v.cluster.Metadata.Annotations, r.settings.podName); err != nil {
-		if !r.haveView {
+		if !r.haveView && !r.fenceKnown {
 			// Nothing to keep as it was: the pod may well be meant to be
 			// fenced, so redis-server stays stopped until it parses.
 			r.fenced = true
@@ -996,6 +1010,20 @@ func (r *reconciler) roleFailed(what string, err error) {
 	r.roleErr = msg
 }
 
+// pause holds the reconciler still, between two of its steps, until the
+// returned function is called: an upgrade writes the state down meanwhile.
+// It waits at most wait for a step (a handover, say) to end.
+func (r *reconciler) pause(ctx context.Context, wait time.Duration) (func(), bool) {
+	resume := make(chan struct{})
+	select {
+	case r.pauses <- resume:
+		return func() { close(resume) }, true
+	case <-ctx.Done():
+	case <-time.After(wait):
+	}
+	return nil, false
+}
+
 func (r *reconciler) pokeObserver() {
 	if r.poke != nil {
 		offer(r.poke, struct{}{})
@@ -1088,11 +1116,18 @@ func (r *reconciler) publish() {
 	ps.status = st
 	ps.status.UpdatedAt = time.Now().UTC()
 	r.published.Store(ps)
+	if !r.observedSent && r.haveView && r.obs != nil && r.obs.err == nil {
+		r.observedSent = true
+		close(r.observed)
+	}
 
 	since := time.Since(r.writtenAt)
 	switch {
 	case !r.haveView: // no object to write to yet
 		return
+	case r.adopted && !r.observedSent && time.Since(r.began) < 5*time.Second:
+		return // an upgrade's first moments: the entry of before holds until Redis is seen
+
 	case r.writtenAt.IsZero(), !sameStatus(st, r.written, false), since >= heartbeatEvery:
 	case !sameStatus(st, r.written, true) && since >= figuresEvery:
 	default:

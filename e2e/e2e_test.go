@@ -7,7 +7,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -48,8 +50,9 @@ import (
 const ns = "e2e"
 
 var (
-	binary       string
-	redisCluster = schema.GroupVersionResource{Group: "redisoperator.io", Version: "v1", Resource: "redisclusters"}
+	binary, binaryV2 string
+	tokenFile        string
+	redisCluster     = schema.GroupVersionResource{Group: "redisoperator.io", Version: "v1", Resource: "redisclusters"}
 )
 
 func TestMain(m *testing.M) {
@@ -58,14 +61,18 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "redis-operator")
-	build := exec.Command("go", "build", "-o", binary, "-ldflags", "-X main.version=e2e", ".")
-	build.Dir = ".."
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building the manager:", err)
-		os.Exit(1)
+	binary, binaryV2 = filepath.Join(dir, "redis-operator"), filepath.Join(dir, "redis-operator-v2")
+	for out, v := range map[string]string{binary: "e2e", binaryV2: "e2e-v2"} {
+		build := exec.Command("go", "build", "-o", out, "-ldflags", "-X main.version="+v, ".")
+		build.Dir = ".."
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building the manager:", err)
+			os.Exit(1)
+		}
 	}
+	tokenFile = filepath.Join(dir, "operator-token")
+	os.WriteFile(tokenFile, []byte("e2e-operator-token"), 0o600)
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -262,7 +269,7 @@ func startInstanceAt(t *testing.T, pod, kubeconfig, dataDir string, port int) *i
 	in.cmd = exec.Command(binary, "instance", "--kubeconfig", kubeconfig, "--namespace", ns,
 		"--data-dir", dataDir, "--redis-port", fmt.Sprint(in.port),
 		"--http-addr", fmt.Sprintf("127.0.0.1:%d", in.httpPort), "--announce-host", "127.0.0.1")
-	in.cmd.Env = append(os.Environ(), "CLUSTER_NAME=cache", "POD_NAME="+pod)
+	in.cmd.Env = append(os.Environ(), "CLUSTER_NAME=cache", "POD_NAME="+pod, "OPERATOR_TOKEN_FILE="+tokenFile)
 	in.cmd.Stdout, in.cmd.Stderr = in.out, in.out
 	in.cmd.WaitDelay = 5 * time.Second
 	if err := in.cmd.Start(); err != nil {
@@ -640,6 +647,12 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 	// The primary's redis-server and manager die together and the target
 	// moves: cache-1 promotes itself after the failover window, cache-2
 	// follows, and cache-0 comes back as a replica that takes no write.
+	// Failover is asynchronous: what cache-1 has not received is lost, so
+	// the primary dies once cache-1 holds every acknowledged write.
+	eventually(t, 10*time.Second, "cache-1 to hold every acknowledged write", func() bool {
+		v, err := nodes[1].redis("GET", "counter")
+		return err == nil && v == fmt.Sprint(acked)
+	})
 	old := nodes[0]
 	pid := old.redisPID(t)
 	old.cmd.Process.Kill()
@@ -666,6 +679,84 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 		t.Fatalf("the old primary took a write after coming back: %v", err)
 	}
 	nodes = append(nodes, back)
+
+	// The primary's manager is upgraded in place: redis-server keeps its
+	// PID, neither /readyz nor the status entry ever says it is not ready
+	// (the new manager starts from the old one's view, not from a first
+	// read of the API server), and the entry names the new build.
+	primary := nodes[1]
+	ppid := primary.redisPID(t)
+	stopPolls := make(chan struct{})
+	var polls sync.WaitGroup
+	var notReady error
+	var notReadyOnce sync.Once
+	fail := func(err error) { notReadyOnce.Do(func() { notReady = err }) }
+	polls.Go(func() {
+		c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}} // as the kubelet
+		for {
+			select {
+			case <-stopPolls:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", primary.httpPort))
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					err = fmt.Errorf("/readyz %d", resp.StatusCode)
+				}
+			}
+			if err != nil {
+				fail(err)
+			}
+		}
+	})
+	polls.Go(func() {
+		for {
+			select {
+			case <-stopPolls:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			u, err := dyn.Resource(redisCluster).Namespace(ns).Get(ctx, "cache", metav1.GetOptions{})
+			if err != nil {
+				continue
+			}
+			if ready, _, _ := unstructured.NestedBool(u.Object, "status", "instancesStatus", primary.pod, "ready"); !ready {
+				fail(errors.New("the status entry said not ready"))
+			}
+		}
+	})
+	time.Sleep(200 * time.Millisecond)
+	v2, _ := os.ReadFile(binaryV2)
+	sum := sha256.Sum256(v2)
+	req, _ := http.NewRequest("PUT", fmt.Sprintf("http://127.0.0.1:%d/v1/update", primary.httpPort), bytes.NewReader(v2))
+	req.Header.Set("X-Binary-SHA256", hex.EncodeToString(sum[:]))
+	req.Header.Set("Authorization", "Bearer e2e-operator-token")
+	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var answer map[string]any
+	json.NewDecoder(resp.Body).Decode(&answer)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || answer["version"] != "e2e-v2" {
+		t.Fatalf("upgrade of the primary: %d %v", resp.StatusCode, answer)
+	}
+	t.Logf("upgrade: the new manager served %v ms after the exec", answer["handoverMs"])
+	eventually(t, 10*time.Second, "the primary's entry to name the new build", func() bool {
+		es, _ := entries(t, dyn)
+		return es[primary.pod]["managerVersion"] == "e2e-v2" && es[primary.pod]["ready"] == true && es[primary.pod]["role"] == "master"
+	})
+	time.Sleep(300 * time.Millisecond)
+	close(stopPolls)
+	polls.Wait()
+	if notReady != nil {
+		t.Errorf("during the upgrade: %v", notReady)
+	}
+	if got := primary.redisPID(t); got != ppid {
+		t.Errorf("the primary's redis-server went from PID %d to %d", ppid, got)
+	}
 
 	for _, n := range nodes {
 		if log := n.out.String(); strings.Contains(strings.ToLower(log), "forbidden") {

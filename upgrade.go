@@ -1,0 +1,422 @@
+package main
+
+// The manager replaces itself in place. PUT /v1/update brings a new binary,
+// which is checked (its checksum, its ELF class and machine, its own
+// `version`) and renamed over this one; then the manager execs it. The PID
+// stays, so redis-server stays its child and keeps serving. The HTTP
+// listener and the pipe of redis-server's log are inherited: probes wait in
+// the listen queue for the few milliseconds of the exec instead of being
+// refused, and the log keeps flowing. The new manager adopts redis-server
+// from a handover file, and answers the upgrade request itself once it
+// serves, so a caller that goes on at once (with a SIGTERM, say) finds it.
+
+import (
+	"context"
+	"crypto/sha256"
+	"debug/elf"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// maxBinarySize bounds an upload: the manager is about 17 MB, and the
+// upload may land on a memory-backed volume that counts against the pod.
+const maxBinarySize = 64 << 20
+
+// handoffEnv names the handoff file in the new process's environment.
+const (
+	handoffEnv     = "REDIS_OPERATOR_HANDOFF"
+	handoffFile    = ".handoff.json"
+	handoffVersion = 1
+)
+
+// handoff is what one manager leaves the next across the exec. The file
+// holds the redis.conf redis-server started on, password included, so it is
+// private to the data directory and removed as soon as it is read.
+type handoff struct {
+	Version     int       `json:"version"` // of this format
+	From        string    `json:"from"`
+	ExecAt      time.Time `json:"execAt"`
+	Listener    int       `json:"listenerFd"`
+	LogR        int       `json:"logReadFd"`
+	LogW        int       `json:"logWriteFd"`
+	Reply       int       `json:"replyFd"` // the upgrade request's connection; -1 when answered already
+	RedisPID    int       `json:"redisPid"`
+	StartedAt   time.Time `json:"startedAt"`
+	StartedConf string    `json:"startedConf"`
+	Restarts    int       `json:"restarts"`
+	NewHash     string    `json:"executableHash"` // of the new binary, checked on upload: not hashed again
+	Fenced      bool      `json:"fenced"`         // as the old manager held it, a malformed annotation notwithstanding
+	// The last view of the cluster, so that the new manager is ready at
+	// once rather than after its first read of the API server.
+	View *handoffView `json:"view,omitempty"`
+}
+
+type handoffView struct {
+	Cluster  redisCluster `json:"cluster"`
+	Fragment string       `json:"fragment"`
+	Password string       `json:"password"`
+}
+
+// updater takes uploads, one at a time, and passes a checked binary to the
+// goroutine that runs the instance, which execs it.
+type updater struct {
+	exe      string // this binary's path, which the new one replaces
+	start    startFunc
+	ctx      context.Context // ends when the manager stops
+	log      *slog.Logger
+	busy     sync.Mutex // one operator command that changes the instance at a time
+	requests chan upgradeRequest
+}
+
+type upgradeRequest struct {
+	conn    net.Conn // hijacked, for the new manager to answer on; nil when answered
+	version string
+	sha256  string
+}
+
+func (u *updater) handle(w http.ResponseWriter, r *http.Request) {
+	if !u.busy.TryLock() {
+		writeJSON(w, http.StatusConflict, map[string]any{"error": "an upgrade or a restart is in progress"})
+		return
+	}
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			u.busy.Unlock()
+		}
+	}()
+	if u.ctx.Err() != nil {
+		writeJSON(w, http.StatusConflict, map[string]any{"error": "the manager is stopping"})
+		return
+	}
+	want := strings.ToLower(r.Header.Get("X-Binary-SHA256"))
+	if b, err := hex.DecodeString(want); err != nil || len(b) != sha256.Size {
+		writeJSON(w, http.StatusBadRequest, map[string]any{"error": "the X-Binary-SHA256 header must hold the body's SHA-256 in hex"})
+		return
+	}
+	// A binary takes longer to arrive than a request's usual budget.
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Now().Add(5 * time.Minute))
+	rc.SetWriteDeadline(time.Now().Add(6 * time.Minute))
+	newVersion, code, err := u.receive(http.MaxBytesReader(w, r.Body, maxBinarySize), want)
+	if err != nil {
+		u.log.Warn("refused an upgrade", "error", err, "status", code)
+		writeJSON(w, code, map[string]any{"error": err.Error()})
+		return
+	}
+	u.log.Info("upgrading in place", "from", version, "to", newVersion)
+	req := upgradeRequest{version: newVersion, sha256: want}
+	if r.TLS == nil {
+		// The new manager answers, on this very connection.
+		if conn, _, err := rc.Hijack(); err == nil {
+			req.conn = conn
+		}
+	}
+	if req.conn == nil {
+		// Over TLS the session cannot cross the exec, and the old manager
+		// cannot answer for what happens after it: the caller watches
+		// /v1/status for the new executableHash.
+		writeJSON(w, http.StatusAccepted, map[string]any{"accepted": true, "from": version, "version": newVersion,
+			"executableHash": want, "note": "the upgrade takes place after this answer; /v1/status shows its executableHash once done"})
+		rc.Flush()
+	}
+	select {
+	case u.requests <- req:
+		handedOver = true // the instance's goroutine unlocks busy
+	case <-u.ctx.Done():
+		replyRaw(req.conn, http.StatusConflict, map[string]any{"error": "the manager is stopping; the new binary runs at its next start"})
+	}
+}
+
+// receive writes the body beside this binary while hashing it, checks it,
+// and renames it into place. It returns the new binary's version, or the
+// status code and the reason it was refused; a refused upload leaves no file.
+func (u *updater) receive(body io.Reader, want string) (string, int, error) {
+	dir := filepath.Dir(u.exe)
+	f, err := os.CreateTemp(dir, ".redis-operator-update-*")
+	if err != nil {
+		return "", http.StatusInternalServerError, fmt.Errorf("cannot write beside %s: %w", u.exe, err)
+	}
+	defer os.Remove(f.Name()) // a no-op once renamed
+	h := sha256.New()
+	_, err = io.Copy(io.MultiWriter(f, h), body)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return "", http.StatusRequestEntityTooLarge, fmt.Errorf("the binary is larger than %d bytes", maxBinarySize)
+	case err != nil:
+		return "", http.StatusBadRequest, fmt.Errorf("reading the binary: %w", err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		return "", http.StatusBadRequest, fmt.Errorf("checksum mismatch: the body's SHA-256 is %s, X-Binary-SHA256 says %s", got, want)
+	}
+	if code, err := sameMachine(f.Name(), u.exe); err != nil {
+		return "", code, err
+	}
+	if err := os.Chmod(f.Name(), 0o755); err != nil {
+		return "", http.StatusInternalServerError, err
+	}
+	out, ws, err := runChild(u.start, []string{f.Name(), "version"}, dir, 10*time.Second)
+	fields := strings.Fields(out)
+	switch {
+	case err != nil:
+		return "", http.StatusUnprocessableEntity, fmt.Errorf("the new binary fails its self-check: %w", err)
+	case !ws.Exited() || ws.ExitStatus() != 0:
+		return "", http.StatusUnprocessableEntity, fmt.Errorf("the new binary fails its self-check: `version` ended with %s", describeExit(ws))
+	case len(fields) < 2 || fields[0] != "redis-operator":
+		return "", http.StatusUnprocessableEntity, fmt.Errorf("the new binary fails its self-check: `version` printed %q", lastLine(out))
+	}
+	if u.ctx.Err() != nil {
+		return "", http.StatusConflict, errors.New("the manager is stopping")
+	}
+	if err := os.Rename(f.Name(), u.exe); err != nil {
+		return "", http.StatusInternalServerError, fmt.Errorf("cannot put the new binary in place: %w", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return fields[1], 0, nil
+}
+
+// sameMachine checks that the new binary is an executable for this one's
+// ELF class and machine: a binary for another architecture would fail at
+// the exec, when there is no going back.
+func sameMachine(path, self string) (int, error) {
+	nf, err := elf.Open(path)
+	if err != nil {
+		return http.StatusUnprocessableEntity, fmt.Errorf("not an executable for this machine: %w", err)
+	}
+	defer nf.Close()
+	sf, err := elf.Open(self)
+	if err != nil {
+		return http.StatusInternalServerError, fmt.Errorf("cannot read this binary: %w", err)
+	}
+	defer sf.Close()
+	switch {
+	case nf.Type != elf.ET_EXEC && nf.Type != elf.ET_DYN:
+		return http.StatusUnprocessableEntity, fmt.Errorf("not an executable: ELF type %s", nf.Type)
+	case nf.Class != sf.Class || nf.Machine != sf.Machine:
+		return http.StatusUnprocessableEntity, fmt.Errorf("built for %s %s, this machine runs %s %s", nf.Class, nf.Machine, sf.Class, sf.Machine)
+	}
+	return 0, nil
+}
+
+// errStopping ends an upgrade that a stop overtook.
+var errStopping = errors.New("a stop came before the exec")
+
+// execUpgrade execs the new binary, with everything the new manager needs
+// inherited. It returns only when the exec did not happen: with errStopping
+// when a stop came first; otherwise the manager serves on, on the listener
+// it returns (a new one when HTTP had stopped already), and the caller has
+// its answer.
+func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, rec *reconciler, sup *supervisor, reaper *reaper, srv *httpServer, ln net.Listener) (net.Listener, error) {
+	refuse := func(code int, msg string) (net.Listener, error) {
+		replyRaw(req.conn, code, map[string]any{"error": msg})
+		return ln, errors.New(msg)
+	}
+	// The two owners of state hold still while it is written down: no start
+	// or stop of redis-server, no role change. Neither is waited for long:
+	// a stop or a handover in progress makes the upgrade wait for a retry.
+	st, resumeSup, ok := sup.pause(ctx, 2*time.Second)
+	if !ok {
+		return refuse(http.StatusConflict, "redis-server is being stopped, started or restarted; try again")
+	}
+	defer resumeSup()
+	resumeRec, ok := rec.pause(ctx, 2*time.Second)
+	if !ok {
+		return refuse(http.StatusConflict, "the manager is busy with a role change; try again")
+	}
+	defer resumeRec()
+	// From here no exit of redis-server is reaped by this process: the next
+	// one must see it.
+	defer reaper.hold()()
+	logR, logW, resumeLog := sup.releaseLog()
+	defer resumeLog()
+
+	// The descriptors to inherit are duplicates made without close-on-exec,
+	// under ForkLock so that no other child inherits them meanwhile.
+	syscall.ForkLock.Lock()
+	var dups []int
+	closeDups := func() {
+		for _, fd := range dups {
+			syscall.Close(fd)
+		}
+		syscall.ForkLock.Unlock()
+	}
+	dup := func(c syscall.Conn) int {
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return -1
+		}
+		fd := -1
+		raw.Control(func(f uintptr) { fd, _ = syscall.Dup(int(f)) })
+		if fd >= 0 {
+			dups = append(dups, fd)
+		}
+		return fd
+	}
+	h := handoff{Version: handoffVersion, From: version, Restarts: st.restarts, NewHash: req.sha256, Fenced: rec.fenced,
+		Listener: dup(ln.(*net.TCPListener)), LogR: dup(logR), LogW: dup(logW), Reply: -1}
+	if c, ok := req.conn.(*net.TCPConn); ok {
+		h.Reply = dup(c)
+	}
+	if h.Listener < 0 || h.LogR < 0 || h.LogW < 0 || req.conn != nil && h.Reply < 0 {
+		closeDups()
+		return refuse(http.StatusInternalServerError, "cannot keep the listener, the log pipe or this connection across the exec")
+	}
+	if rec.haveView { // read while the reconciler is paused
+		h.View = &handoffView{Cluster: rec.view.cluster, Fragment: rec.view.fragment, Password: rec.view.password}
+	}
+	if st.running {
+		h.RedisPID, h.StartedAt, h.StartedConf = st.pid, st.startedAt, st.startedConf
+	}
+	// Written while HTTP still serves: a full disk refuses the upgrade and
+	// changes nothing else.
+	path := filepath.Join(dataDir, handoffFile)
+	h.ExecAt = time.Now()
+	data, _ := json.Marshal(h)
+	if err := writeFileAtomic(path, data, 0o600); err != nil {
+		closeDups()
+		return refuse(http.StatusInternalServerError, "cannot write the handoff: "+err.Error())
+	}
+	// Requests in flight are answered; new connections wait in the listen
+	// queue for the next manager.
+	srv.quiesce(2 * time.Second)
+	err := errStopping
+	if ctx.Err() == nil {
+		err = syscall.Exec(exe, os.Args, append(os.Environ(), handoffEnv+"="+path))
+	}
+	// Still here: the exec did not happen.
+	os.Remove(path)
+	if errors.Is(err, errStopping) {
+		closeDups()
+		replyRaw(req.conn, http.StatusConflict, map[string]any{"error": "the manager is stopping; the new binary runs at its next start"})
+		return nil, err
+	}
+	// Serve again, on the listener's duplicate: Serve closed the original.
+	dups = slices.DeleteFunc(dups, func(fd int) bool { return fd == h.Listener })
+	closeDups()
+	syscall.CloseOnExec(h.Listener)
+	f := os.NewFile(uintptr(h.Listener), "http-listener")
+	next, lerr := net.FileListener(f)
+	f.Close()
+	replyRaw(req.conn, http.StatusInternalServerError, map[string]any{"error": "exec of the new binary failed: " + err.Error()})
+	if lerr != nil {
+		return nil, fmt.Errorf("exec %s: %w; and the listener is lost: %v", exe, err, lerr)
+	}
+	return next, fmt.Errorf("exec %s: %w", exe, err)
+}
+
+// takeHandoff reads what the previous manager left, if this process is the
+// product of an upgrade, and removes it so that no child inherits it.
+func takeHandoff() (*handoff, error) {
+	path := os.Getenv(handoffEnv)
+	if path == "" {
+		return nil, nil
+	}
+	os.Unsetenv(handoffEnv)
+	data, err := os.ReadFile(path)
+	os.Remove(path)
+	if err != nil {
+		return nil, fmt.Errorf("handoff: %w", err)
+	}
+	var h handoff
+	if err := json.Unmarshal(data, &h); err != nil {
+		return nil, fmt.Errorf("handoff: %w", err)
+	}
+	// No child this manager starts may inherit them.
+	for _, fd := range []int{h.Listener, h.LogR, h.LogW, h.Reply} {
+		if fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
+	if h.Version != handoffVersion || h.Listener <= 2 || h.LogR <= 2 || h.LogW <= 2 {
+		return nil, fmt.Errorf("handoff: version %d with descriptors %d, %d, %d is not one this manager reads", h.Version, h.Listener, h.LogR, h.LogW)
+	}
+	return &h, nil
+}
+
+// inheritedFile makes an inherited descriptor a File again. The listener,
+// the log's read end and the request's connection were non-blocking in the
+// old manager and still are: reads on them honour deadlines, which the next
+// upgrade needs. The log's write end stays blocking, as redis-server wants
+// its stdout.
+func inheritedFile(fd int, name string) *os.File {
+	return os.NewFile(uintptr(fd), name)
+}
+
+// answerUpgrade is the new manager's answer to the request that started it.
+func answerUpgrade(h *handoff, exeHash string, log *slog.Logger) {
+	gap := time.Since(h.ExecAt)
+	log.Info("upgraded in place", "from", h.From, "to", version, "redisPid", h.RedisPID, "handover", gap.Round(time.Microsecond).String())
+	if h.Reply < 0 {
+		return
+	}
+	f := inheritedFile(h.Reply, "upgrade-request")
+	defer f.Close()
+	conn, err := net.FileConn(f)
+	if err != nil {
+		return
+	}
+	replyRaw(conn, http.StatusOK, map[string]any{"updated": true, "from": h.From, "version": version,
+		"executableHash": exeHash, "redisPid": h.RedisPID, "handoverMs": float64(gap.Microseconds()) / 1000})
+}
+
+// replyRaw answers on a hijacked connection and closes it.
+func replyRaw(conn net.Conn, code int, body any) {
+	if conn == nil {
+		return
+	}
+	defer conn.Close()
+	b, _ := json.MarshalIndent(body, "", "  ")
+	b = append(b, '\n')
+	conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(conn, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
+		code, http.StatusText(code), len(b), b)
+}
+
+// stopAdopted stops an inherited redis-server gracefully when the new
+// manager cannot run after all: SHUTDOWN (SIGTERM if it cannot be asked),
+// and SIGKILL only when the shutdown budget is spent.
+func stopAdopted(h *handoff, port int, budget time.Duration, log *slog.Logger) {
+	log.Error("cannot run after the upgrade; stopping the inherited redis-server", "pid", h.RedisPID)
+	deadline := time.Now().Add(budget)
+	err := withRedis(localAddr(port), []string{confPassword(h.StartedConf)}, time.Second, func(c redis.Conn) error {
+		_, err := c.Do("SHUTDOWN")
+		return err
+	})
+	if err != nil && !errors.Is(err, io.EOF) {
+		syscall.Kill(h.RedisPID, syscall.SIGTERM)
+	}
+	for time.Now().Before(deadline) {
+		var ws syscall.WaitStatus
+		if pid, err := syscall.Wait4(h.RedisPID, &ws, syscall.WNOHANG, nil); pid == h.RedisPID || err != nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	syscall.Kill(h.RedisPID, syscall.SIGKILL)
+	syscall.Wait4(h.RedisPID, nil, 0, nil)
+}

@@ -1,0 +1,385 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	v2Once   sync.Once
+	v2Binary string
+	v2Err    error
+)
+
+// binaryV2 is the manager built again with another version string (and
+// -race when the tests run with it), once per test run.
+func binaryV2(t testing.TB) []byte {
+	t.Helper()
+	v2Once.Do(func() {
+		v2Binary = filepath.Join(filepath.Dir(binary), "redis-operator-v2")
+		args := []string{"build", "-o", v2Binary, "-ldflags", "-X main.version=test-v2 -X main.commit=testcommit"}
+		if raceBuild {
+			args = append(args, "-race")
+		}
+		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
+		if err != nil {
+			v2Err = fmt.Errorf("building v2: %v: %s", err, out)
+		}
+	})
+	if v2Err != nil {
+		t.Fatal(v2Err)
+	}
+	b, err := os.ReadFile(v2Binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func sha(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+// upgradable starts a primary whose binary is a copy of its own, in a
+// directory of its own, as the install command puts it in a pod, with an
+// operator token.
+func upgradable(t testing.TB, extraArgs ...string) (*instance, string) {
+	t.Helper()
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "bin", "redis-operator")
+	os.MkdirAll(filepath.Dir(exe), 0o755)
+	b, err := os.ReadFile(binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(exe, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "token"), "up-token")
+	cf := filepath.Join(dir, "cluster.yaml")
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", "s3cret-pw"))
+	in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw", binary: exe,
+		extraArgs: append([]string{"--operator-token-file", filepath.Join(dir, "token")}, extraArgs...)})
+	if len(extraArgs) == 0 {
+		in.waitReady(20 * time.Second)
+	}
+	return in, exe
+}
+
+// put sends PUT /v1/update and returns the status code and the body.
+func (in *instance) put(body io.Reader, sum, token string) (int, map[string]any) {
+	in.t.Helper()
+	req, _ := http.NewRequest("PUT", fmt.Sprintf("http://127.0.0.1:%d/v1/update", in.httpPort), body)
+	if sum != "" {
+		req.Header.Set("X-Binary-SHA256", sum)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+	if err != nil {
+		in.t.Fatalf("PUT /v1/update: %v", err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	b, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(b, &out); err != nil {
+		in.t.Fatalf("PUT /v1/update: %d %q", resp.StatusCode, b)
+	}
+	return resp.StatusCode, out
+}
+
+// While the manager replaces itself, probes see no failure, a client
+// writing to Redis sees no error, redis-server keeps its PID, its log keeps
+// coming, and the status names the new build. Then back again.
+func TestUpgradeInPlaceKeepsRedisServing(t *testing.T) {
+	v2 := binaryV2(t)
+	in, exe := upgradable(t)
+	v1 := func() []byte { b, _ := os.ReadFile(binary); return b }()
+	pid := in.redisPID()
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var probes, probeFailures, writes, writeErrors atomic.Int64
+	var firstFailure atomic.Value
+	wg.Go(func() {
+		// As the kubelet probes: a new connection each time. (A kept-alive
+		// connection can be closed by the server as a request goes out on
+		// it, upgrade or not.)
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			probes.Add(1)
+			resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", in.httpPort))
+			if err == nil {
+				resp.Body.Close()
+			}
+			if err != nil || resp.StatusCode != 200 {
+				probeFailures.Add(1)
+				firstFailure.CompareAndSwap(nil, fmt.Sprint(err, resp))
+			}
+		}
+	})
+	wg.Go(func() {
+		c := in.redis()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := c.Do("INCR", "counter"); err != nil {
+				writeErrors.Add(1)
+			} else {
+				writes.Add(1)
+			}
+		}
+	})
+	time.Sleep(200 * time.Millisecond)
+	for _, to := range []struct {
+		bin     []byte
+		version string
+	}{{v2, "test-v2"}, {v1, "test"}} {
+		code, body := in.put(bytes.NewReader(to.bin), sha(to.bin), "up-token")
+		if code != 200 || body["version"] != to.version || body["redisPid"] != float64(pid) {
+			t.Fatalf("upgrade to %s: %d %v", to.version, code, body)
+		}
+		eventually(t, 5*time.Second, "the status to name "+to.version+", ready", func() bool {
+			st := in.status()
+			return st.ManagerVersion == to.version && st.ExecutableHash == sha(to.bin) && st.Ready && st.LastError == ""
+		})
+		time.Sleep(200 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if n := probeFailures.Load(); n > 0 {
+		t.Errorf("%d of %d probes failed during the upgrades; the first: %v", n, probes.Load(), firstFailure.Load())
+	}
+	if writeErrors.Load() > 0 || writes.Load() == 0 {
+		t.Errorf("%d writes failed, %d succeeded", writeErrors.Load(), writes.Load())
+	}
+	if got := in.redisPID(); got != pid {
+		t.Fatalf("redis-server's PID went from %d to %d", pid, got)
+	}
+	if b, _ := os.ReadFile(exe); !bytes.Equal(b, v1) {
+		t.Error("the binary in place is not the last one uploaded")
+	}
+	// redis-server's log still reaches the manager's output.
+	before := len(in.logRecords())
+	if _, err := in.redis().Do("BGSAVE"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "redis-server's log of the BGSAVE", func() bool {
+		for _, r := range in.logRecords()[before:] {
+			if r["logger"] == "redis" && strings.Contains(fmt.Sprint(r["msg"]), "Background saving terminated with success") {
+				return true
+			}
+		}
+		return false
+	})
+	if code := in.stop(); code != 0 || !in.hasLog("Redis is now ready to exit, bye bye...") {
+		t.Fatalf("exit %d; redis-server stopped gracefully: %v", code, in.hasLog("Redis is now ready to exit, bye bye..."))
+	}
+}
+
+// Every bad upload is refused with its own status, and changes nothing: the
+// old manager serves on, redis-server keeps its PID, no file is left.
+func TestUpgradeRejections(t *testing.T) {
+	v2 := binaryV2(t)
+	in, exe := upgradable(t)
+	pid := in.redisPID()
+	script := []byte("#!/bin/sh\necho redis-operator fake\n")
+	otherArch := bytes.Clone(v2)
+	otherArch[18], otherArch[19] = 183, 0 // e_machine: EM_AARCH64
+	falseBin, err := os.ReadFile("/bin/false")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		body  []byte
+		sum   string
+		token string
+		code  int
+		want  string
+	}{
+		{"no token", v2, sha(v2), "", 401, "bearer token"},
+		{"wrong token", v2, sha(v2), "nope", 401, "bearer token"},
+		{"no checksum", v2, "", "up-token", 400, "X-Binary-SHA256"},
+		{"wrong checksum", v2, sha(script), "up-token", 400, "checksum mismatch"},
+		{"truncated", v2[:len(v2)/2], sha(v2[:len(v2)/2]), "up-token", 422, ""},
+		{"not ELF", script, sha(script), "up-token", 422, "not an executable"},
+		{"other architecture", otherArch, sha(otherArch), "up-token", 422, "EM_AARCH64"},
+		{"version fails", falseBin, sha(falseBin), "up-token", 422, "self-check"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			code, body := in.put(bytes.NewReader(c.body), c.sum, c.token)
+			if code != c.code || !strings.Contains(fmt.Sprint(body["error"]), c.want) {
+				t.Errorf("%d %v; want %d saying %q", code, body, c.code, c.want)
+			}
+			if st := in.status(); st.ManagerVersion != "test" || !st.Ready {
+				t.Errorf("after a refused upgrade: %+v", st)
+			}
+			if entries, _ := os.ReadDir(filepath.Dir(exe)); len(entries) != 1 {
+				t.Errorf("%d files beside the binary; want it alone", len(entries))
+			}
+		})
+	}
+	// A second upgrade while one is on its way in is refused.
+	pr, pw := io.Pipe()
+	first := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest("PUT", fmt.Sprintf("http://127.0.0.1:%d/v1/update", in.httpPort), pr)
+		req.Header.Set("X-Binary-SHA256", sha(v2))
+		req.Header.Set("Authorization", "Bearer up-token")
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				err = fmt.Errorf("the interrupted upload was taken")
+			}
+		}
+		first <- err
+	}()
+	pw.Write(v2[:1<<20])
+	eventually(t, 5*time.Second, "a second upload to be refused as concurrent", func() bool {
+		code, _ := in.put(bytes.NewReader(v2), sha(v2), "up-token")
+		return code == http.StatusConflict
+	})
+	pw.CloseWithError(io.ErrUnexpectedEOF) // the client gives up half-way
+	if err := <-first; err != nil && strings.Contains(err.Error(), "was taken") {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the interrupted upload to leave no file", func() bool {
+		entries, _ := os.ReadDir(filepath.Dir(exe))
+		return len(entries) == 1
+	})
+	if in.redisPID() != pid || in.status().ManagerVersion != "test" {
+		t.Fatal("a refused upgrade changed the instance")
+	}
+}
+
+// A SIGTERM right after the upgrade answers reaches the new manager, which
+// stops redis-server gracefully.
+func TestSIGTERMRightAfterAnUpgrade(t *testing.T) {
+	v2 := binaryV2(t)
+	in, _ := upgradable(t)
+	if code, body := in.put(bytes.NewReader(v2), sha(v2), "up-token"); code != 200 {
+		t.Fatalf("upgrade: %d %v", code, body)
+	}
+	in.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-in.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no stop within 30s of SIGTERM")
+	}
+	if in.exitErr != nil || !in.hasLog("Redis is now ready to exit, bye bye...") || in.hasLog("redis-server killed") {
+		t.Fatalf("exit %v; not a graceful stop", in.exitErr)
+	}
+}
+
+// BenchmarkUpgradeHandover upgrades b.N times, to the other build each
+// time, under a probe load, and reports the handover gap: from the exec
+// to the new manager serving, as the new manager measures it.
+func BenchmarkUpgradeHandover(b *testing.B) {
+	v2 := binaryV2(b)
+	v1, _ := os.ReadFile(binary)
+	in, _ := upgradable(b)
+	pid := in.redisPID()
+	var gaps, puts []time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		bin := [2][]byte{v2, v1}[i%2]
+		start := time.Now()
+		code, body := in.put(bytes.NewReader(bin), sha(bin), "up-token")
+		puts = append(puts, time.Since(start))
+		ms, _ := body["handoverMs"].(float64)
+		if code != 200 || ms == 0 {
+			b.Fatalf("upgrade %d: %d %v", i, code, body)
+		}
+		gaps = append(gaps, time.Duration(ms*float64(time.Millisecond)))
+	}
+	b.StopTimer()
+	if in.redisPID() != pid {
+		b.Fatal("redis-server was restarted")
+	}
+	b.ReportMetric(percentileMS(gaps, 0.50), "gap-p50-ms")
+	b.ReportMetric(percentileMS(gaps, 0.99), "gap-p99-ms")
+	b.ReportMetric(percentileMS(puts, 0.50), "request-p50-ms")
+	b.ReportMetric(0, "ns/op")
+}
+
+// Over HTTPS the TLS session cannot cross the exec: the old manager
+// accepts the upgrade (202), and the new one serves the same certificate on
+// the inherited listener.
+func TestUpgradeOverHTTPS(t *testing.T) {
+	v2 := binaryV2(t)
+	dir := t.TempDir()
+	ca := newTestCA(t, "operator-ca")
+	certFile, keyFile, caFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), filepath.Join(dir, "ca.crt")
+	c, k := ca.issue(t, 100, true)
+	writeFile(t, certFile, string(c))
+	writeFile(t, keyFile, string(k))
+	writeFile(t, caFile, string(ca.pem))
+	in, _ := upgradable(t, "--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-client-ca-file", caFile)
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.cert)
+	cp, kp := ca.issue(t, 101, false)
+	pair, err := tls.X509KeyPair(cp, kp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{pair}}, DisableKeepAlives: true}}
+	url := fmt.Sprintf("https://127.0.0.1:%d", in.httpPort)
+	status := func() instanceStatus {
+		var st instanceStatus
+		if resp, err := client.Get(url + "/v1/status"); err == nil {
+			json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+		}
+		return st
+	}
+	eventually(t, 20*time.Second, "the instance to be ready over HTTPS", func() bool { return status().Ready })
+	pid := in.redisPID()
+	req, _ := http.NewRequest("PUT", url+"/v1/update", bytes.NewReader(v2))
+	req.Header.Set("X-Binary-SHA256", sha(v2))
+	resp, err := client.Do(req) // the client certificate is the authorisation
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body map[string]any
+	json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted || body["version"] != "test-v2" {
+		t.Fatalf("upgrade over HTTPS: %d %v; want 202, the old manager cannot answer for the exec", resp.StatusCode, body)
+	}
+	eventually(t, 10*time.Second, "the new manager to serve over HTTPS", func() bool {
+		st := status()
+		return st.ManagerVersion == "test-v2" && st.Ready
+	})
+	if in.redisPID() != pid {
+		t.Fatal("redis-server was restarted")
+	}
+}
