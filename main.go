@@ -83,7 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return install(args[1])
 	case "instance":
 		s, err := parseSettings(args[1:], stderr)
-		if err != nil {
+		if err != nil || s.checkOnly {
 			return err
 		}
 		return runInstance(ctx, s, stdout)
@@ -120,6 +120,7 @@ type settings struct {
 	shutdownTimeout             time.Duration
 	failoverTimeout             time.Duration
 	rotationWindow              time.Duration
+	checkOnly                   bool
 	logFormat                   string
 }
 
@@ -159,6 +160,7 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	env["failover-timeout"] = "FAILOVER_TIMEOUT"
 	fs.DurationVar(&s.rotationWindow, "password-rotation-window", 5*time.Minute, "how long the old password keeps working after the Secret changes, for clients to move to the new one (env PASSWORD_ROTATION_WINDOW)")
 	env["password-rotation-window"] = "PASSWORD_ROTATION_WINDOW"
+	fs.BoolVar(&s.checkOnly, "check-settings", false, "check the flags and environment, then exit: how a new binary is vetted before an in-place upgrade")
 
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		fs.SetOutput(stderr)

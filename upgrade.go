@@ -2,7 +2,8 @@ package main
 
 // The manager replaces itself in place. PUT /v1/update brings a new binary,
 // which is checked (its checksum, its ELF class and machine, its own
-// `version`) and renamed over this one; then the manager execs it. The PID
+// `version`, its acceptance of this instance's settings) and renamed over
+// this one; then the manager execs it. The PID
 // stays, so redis-server stays its child and keeps serving. The HTTP
 // listener and the pipe of redis-server's log are inherited: probes wait in
 // the listen queue for the few milliseconds of the exec instead of being
@@ -186,6 +187,15 @@ func (u *updater) receive(body io.Reader, want string) (string, int, error) {
 		return "", http.StatusUnprocessableEntity, fmt.Errorf("the new binary fails its self-check: `version` ended with %s", describeExit(ws))
 	case len(fields) < 2 || fields[0] != "redis-operator":
 		return "", http.StatusUnprocessableEntity, fmt.Errorf("the new binary fails its self-check: `version` printed %q", lastLine(out))
+	}
+	// It must also take this instance's flags and environment: one that
+	// refused them would fail after the exec, with no way back.
+	out, ws, err = runChild(u.start, append([]string{f.Name(), "instance"}, append(slices.Clone(os.Args[2:]), "--check-settings")...), dir, 10*time.Second)
+	switch {
+	case err != nil:
+		return "", http.StatusUnprocessableEntity, fmt.Errorf("the new binary fails its self-check: %w", err)
+	case !ws.Exited() || ws.ExitStatus() != 0:
+		return "", http.StatusUnprocessableEntity, fmt.Errorf("the new binary refuses this instance's settings: %s", lastLine(out))
 	}
 	if u.ctx.Err() != nil {
 		return "", http.StatusConflict, errors.New("the manager is stopping")

@@ -216,6 +216,15 @@ func TestUpgradeRejections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A binary whose version is fine but which takes none of the flags
+	// this instance runs with.
+	src := filepath.Join(t.TempDir(), "main.go")
+	writeFile(t, src, "package main\n\nimport (\n\t\"fmt\"\n\t\"os\"\n)\n\nfunc main() {\n\tif len(os.Args) > 1 && os.Args[1] == \"version\" {\n\t\tfmt.Println(\"redis-operator picky\")\n\t\treturn\n\t}\n\tfmt.Fprintln(os.Stderr, \"redis-operator: flag provided but not defined: -cluster\")\n\tos.Exit(2)\n}\n")
+	picky := filepath.Join(filepath.Dir(src), "picky")
+	if out, err := exec.Command("go", "build", "-o", picky, src).CombinedOutput(); err != nil {
+		t.Fatalf("building a picky binary: %v: %s", err, out)
+	}
+	pickyBin, _ := os.ReadFile(picky)
 	for _, c := range []struct {
 		name  string
 		body  []byte
@@ -232,6 +241,7 @@ func TestUpgradeRejections(t *testing.T) {
 		{"not ELF", script, sha(script), "up-token", 422, "not an executable"},
 		{"other architecture", otherArch, sha(otherArch), "up-token", 422, "EM_AARCH64"},
 		{"version fails", falseBin, sha(falseBin), "up-token", 422, "self-check"},
+		{"settings refused", pickyBin, sha(pickyBin), "up-token", 422, "refuses this instance's settings: redis-operator: flag provided but not defined"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			code, body := in.put(bytes.NewReader(c.body), c.sum, c.token)
@@ -381,5 +391,57 @@ func TestUpgradeOverHTTPS(t *testing.T) {
 	})
 	if in.redisPID() != pid {
 		t.Fatal("redis-server was restarted")
+	}
+}
+
+// An upgrade is refused once a stop is pending: an upload that completes
+// after SIGTERM is answered 409, the binary stays as it was, and the stop
+// is the usual graceful one.
+func TestUpgradeRefusedOnceAStopIsPending(t *testing.T) {
+	v2 := binaryV2(t)
+	in, exe := upgradable(t)
+	before, _ := os.ReadFile(exe)
+	pr, pw := io.Pipe()
+	type result struct {
+		code int
+		body string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		req, _ := http.NewRequest("PUT", fmt.Sprintf("http://127.0.0.1:%d/v1/update", in.httpPort), pr)
+		req.Header.Set("X-Binary-SHA256", sha(v2))
+		req.Header.Set("Authorization", "Bearer up-token")
+		resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- result{code: resp.StatusCode, body: string(b)}
+	}()
+	pw.Write(v2[:len(v2)/2])
+	in.cmd.Process.Signal(syscall.SIGTERM)
+	eventually(t, 5*time.Second, "the stop to begin", func() bool { return in.hasLog("stop requested") })
+	pw.Write(v2[len(v2)/2:])
+	pw.Close()
+	r := <-done
+	if r.err != nil || r.code != http.StatusConflict || !strings.Contains(r.body, "stopping") {
+		t.Fatalf("an upload finished during a stop: %d %q %v; want 409", r.code, r.body, r.err)
+	}
+	select {
+	case <-in.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no stop within 30s of SIGTERM")
+	}
+	if in.exitErr != nil || !in.hasLog("Redis is now ready to exit, bye bye...") {
+		t.Fatalf("exit %v; not a graceful stop", in.exitErr)
+	}
+	if after, _ := os.ReadFile(exe); !bytes.Equal(before, after) {
+		t.Fatal("the binary was replaced during a stop")
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(exe)); len(entries) != 1 {
+		t.Errorf("%d files beside the binary; want it alone", len(entries))
 	}
 }
