@@ -17,7 +17,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -406,21 +405,7 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	}
 	rec.sup = sup
 	if inherited != nil {
-		rec.adopted, rec.fenced, rec.fenceKnown = true, inherited.Fenced, true
-		// The observer's first look must not wait for the view to bring
-		// the password: the one redis-server started with works.
-		creds := []string{confPassword(inherited.StartedConf)}
-		if inherited.View != nil && inherited.View.Password != creds[0] {
-			creds = append(creds, inherited.View.Password)
-		}
-		rec.creds.Store(&creds)
-		// The old manager checked the fragment it wrote; a view that still
-		// holds it needs no new check by redis-server.
-		if v := inherited.View; v != nil && rec.fragmentOK {
-			if frag, err := parseFragment(v.Fragment); err == nil && reflect.DeepEqual(valuesOf(frag), rec.wantedValues) {
-				rec.fragmentText = v.Fragment
-			}
-		}
+		inherited.seed(rec)
 	}
 	obsCh := make(chan *observation, 1)
 	rec.poke = make(chan struct{}, 1)

@@ -68,8 +68,6 @@ func (r *reaper) start(startProcess func() (*os.Process, error)) (*os.Process, <
 	return p, ch, nil
 }
 
-// run reaps children until ctx ends. A periodic sweep covers a SIGCHLD that
-// arrived while nothing listened (coalesced signals, a child adopted late).
 // adopt registers a child this process did not start: the redis-server of
 // the manager it replaced. One that exited meanwhile is reported at once;
 // false when pid is not a child of this process (none was running, or the
@@ -101,6 +99,8 @@ func (r *reaper) hold() func() {
 	return r.mu.Unlock
 }
 
+// run reaps children until ctx ends. A periodic sweep covers a SIGCHLD that
+// arrived while nothing listened (coalesced signals, a child adopted late).
 func (r *reaper) run(ctx context.Context) {
 	defer signal.Stop(r.sigchld)
 	sweep := time.NewTicker(5 * time.Second)

@@ -25,6 +25,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -366,6 +367,25 @@ func takeHandoff() (*handoff, error) {
 		return nil, fmt.Errorf("handoff: version %d with descriptors %d, %d, %d is not one this manager reads", h.Version, h.Listener, h.LogR, h.LogW)
 	}
 	return &h, nil
+}
+
+// seed gives a new reconciler what the old one knew, before it runs: it
+// owns redis-server already, holds its fencing as it was, and offers the
+// password redis-server started with, so that the first look at Redis does
+// not wait for the view to bring it. A fragment the old manager checked
+// needs no new check by redis-server.
+func (h *handoff) seed(rec *reconciler) {
+	rec.adopted, rec.fenced, rec.fenceKnown = true, h.Fenced, true
+	creds := []string{confPassword(h.StartedConf)}
+	if h.View != nil && h.View.Password != creds[0] {
+		creds = append(creds, h.View.Password)
+	}
+	rec.creds.Store(&creds)
+	if v := h.View; v != nil && rec.fragmentOK {
+		if frag, err := parseFragment(v.Fragment); err == nil && reflect.DeepEqual(valuesOf(frag), rec.wantedValues) {
+			rec.fragmentText = v.Fragment
+		}
+	}
 }
 
 // inheritedFile makes an inherited descriptor a File again. The listener,
