@@ -7,6 +7,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -259,42 +260,96 @@ func fragmentOf(conf string) ([]directive, bool) {
 	return ds, err == nil
 }
 
-// datasetKeys is how many keys the dataset in the data directory holds,
-// as far as the files tell: 0 for none (no file, or a file of an empty
-// dataset), at least 1 for a dataset whose count cannot be read cheaply (an
-// AOF with commands in it). Redis reads the AOF when appendonly is on, the
-// RDB otherwise; the names come from the fragment.
-func datasetKeys(dir string, frag []directive) int64 {
-	rdb, aofDir, aof := "dump.rdb", "appendonlydir", false
+// dataFiles names the dataset's files in the data directory, as the
+// fragment sets them: Redis reads the AOF when appendonly is on, the RDB
+// otherwise.
+type dataFiles struct {
+	rdb, aofDir, aofName string
+	aof                  bool
+}
+
+func dataFilesOf(frag []directive) dataFiles {
+	df := dataFiles{rdb: "dump.rdb", aofDir: "appendonlydir", aofName: "appendonly.aof"}
 	for _, d := range frag {
 		if len(d.args) != 1 {
 			continue
 		}
 		switch d.name {
 		case "dbfilename":
-			rdb = d.args[0]
+			df.rdb = d.args[0]
 		case "appenddirname":
-			aofDir = d.args[0]
+			df.aofDir = d.args[0]
+		case "appendfilename":
+			df.aofName = d.args[0]
 		case "appendonly":
-			aof = strings.EqualFold(d.args[0], "yes")
+			df.aof = strings.EqualFold(d.args[0], "yes")
 		}
 	}
-	if !aof {
-		return rdbFileKeys(filepath.Join(dir, rdb))
+	return df
+}
+
+// datasetFound names a file of a dataset in dir, or "": the RDB, the AOF
+// directory, or an AOF of Redis before 7.0, whether Redis would read it or
+// not: a dataset found is never written over.
+func datasetFound(dir string, frag []directive) string {
+	df := dataFilesOf(frag)
+	if _, err := os.Lstat(filepath.Join(dir, df.rdb)); err == nil {
+		return df.rdb
 	}
-	files, _ := os.ReadDir(filepath.Join(dir, aofDir))
+	if files, err := os.ReadDir(filepath.Join(dir, df.aofDir)); err == nil && len(files) > 0 {
+		return df.aofDir + "/"
+	}
+	if _, err := os.Lstat(filepath.Join(dir, df.aofName)); err == nil {
+		return df.aofName
+	}
+	return ""
+}
+
+// datasetKeys is how many keys the dataset in the data directory holds,
+// as far as the files tell: 0 for none (no file, or a file of an empty
+// dataset), at least 1 for a dataset whose count cannot be read cheaply (an
+// AOF with commands in it).
+func datasetKeys(dir string, frag []directive) int64 {
+	df := dataFilesOf(frag)
+	if !df.aof {
+		return rdbFileKeys(filepath.Join(dir, df.rdb))
+	}
+	return aofKeys(dir, df)
+}
+
+// aofKeys is datasetKeys for the AOF directory.
+func aofKeys(dir string, df dataFiles) int64 {
+	files, _ := os.ReadDir(filepath.Join(dir, df.aofDir))
 	var keys int64
 	for _, f := range files {
 		info, err := f.Info()
 		switch {
 		case err != nil || info.Size() == 0 || strings.HasSuffix(f.Name(), ".manifest"):
 		case strings.HasSuffix(f.Name(), ".rdb"):
-			keys += rdbFileKeys(filepath.Join(dir, aofDir, f.Name()))
+			keys += rdbFileKeys(filepath.Join(dir, df.aofDir, f.Name()))
 		default: // commands: the count is not worth replaying them for
 			keys++
 		}
 	}
 	return keys
+}
+
+// unreadDataset says why redis-server must not start on dir, or "": it
+// would start empty beside a dataset it does not read. With appendonly on,
+// Redis reads the AOF alone, and with it off the RDB alone, so turning
+// appendonly on in the file over a dataset kept in an RDB, the classic way
+// to lose one, would start an empty primary whose first save, and whose
+// replicas, make the loss final.
+func unreadDataset(dir string, frag []directive) string {
+	df := dataFilesOf(frag)
+	rdb, aof := rdbFileKeys(filepath.Join(dir, df.rdb)), aofKeys(dir, df)
+	switch {
+	case df.aof && aof == 0 && rdb > 0:
+		return fmt.Sprintf("refusing to start: appendonly is on and %s/ holds no AOF, so redis-server would start empty beside %s, which holds %d keys and which Redis does not read with appendonly on; start with appendonly off, then turn it on (Redis writes the AOF from the dataset, live)", df.aofDir, df.rdb, rdb)
+	case !df.aof && rdb == 0 && aof > 0:
+		return fmt.Sprintf("refusing to start: appendonly is off and %s holds no keys, so redis-server would start empty beside the AOF in %s/ (%d keys or more), which Redis does not read with appendonly off; turn appendonly on", df.rdb, df.aofDir, aof)
+	}
+	return ""
 }
 
 // rdbFileKeys reads an RDB file's header up to its first database, whose
@@ -500,11 +555,16 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	syncDir(dir)
+	return nil
+}
+
+// syncDir makes a rename, link or creation in dir durable.
+func syncDir(dir string) {
 	if d, err := os.Open(dir); err == nil {
-		d.Sync() // make the rename itself durable
+		d.Sync()
 		d.Close()
 	}
-	return nil
 }
 
 // The configuration redis-server runs is brought to the wanted one without a
@@ -684,7 +744,7 @@ func checkFragment(redisServer, dataDir string, frag []directive, start startFun
 		return fmt.Errorf("check the fragment: %w", err)
 	}
 	// It exits at once; one that does not is killed, for it is not the server.
-	out, _, err := runChild(start, []string{redisServer, path}, dir, 5*time.Second)
+	out, _, err := runChild(context.Background(), start, []string{redisServer, path}, dir, 5*time.Second)
 	if err != nil {
 		return fmt.Errorf("check the fragment with %s: %w", redisServer, err)
 	}
@@ -1028,6 +1088,9 @@ func replicasBehind(info redisInfo, want string) string {
 		for _, kv := range strings.Split(line, ",") {
 			k, v, _ := strings.Cut(kv, "=")
 			fields[k] = v
+		}
+		if fields["port"] == "0" {
+			continue // a backup's sync, not a replica: it announces no port
 		}
 		addr := joinHostPort(fields["ip"], fields["port"])
 		var got []string

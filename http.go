@@ -15,11 +15,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,6 +38,10 @@ const (
 	sourceStale = 2 * time.Minute
 	redisHung   = 30 * time.Second
 )
+
+// errBusy refuses an operator command while another holds the instance:
+// a backup, a restart and an upgrade each need it to themselves.
+const errBusy = "a backup, a restart or an upgrade is in progress"
 
 type health struct {
 	rec    *reconciler
@@ -122,7 +128,7 @@ func newHTTPServer(s *settings, log *slog.Logger, h *health, tf *tlsFiles, upd *
 	mux.HandleFunc("PUT /v1/update", op.authorize(upd.handle))
 	mux.HandleFunc("POST /v1/restart", op.authorize(func(w http.ResponseWriter, r *http.Request) {
 		if !upd.busy.TryLock() {
-			writeJSON(w, http.StatusConflict, map[string]any{"error": "a restart or an upgrade is in progress"})
+			writeJSON(w, http.StatusConflict, map[string]any{"error": errBusy})
 			return
 		}
 		defer upd.busy.Unlock()
@@ -147,6 +153,26 @@ func newHTTPServer(s *settings, log *slog.Logger, h *health, tf *tlsFiles, upd *
 			answered := h.awaitAnswer(r.Context())
 			writeJSON(w, http.StatusOK, map[string]any{"restarted": true, "oldPid": before, "pid": pid, "answering": answered})
 		}
+	}))
+	mux.HandleFunc("GET /v1/backup", op.authorize(func(w http.ResponseWriter, r *http.Request) {
+		// One at a time, and not under a restart or an upgrade, which would
+		// cut it: each backup costs Redis a fork.
+		if !upd.busy.TryLock() {
+			writeJSON(w, http.StatusConflict, map[string]any{"error": errBusy})
+			return
+		}
+		defer upd.busy.Unlock()
+		// HTTP/1.0 ends a body by closing the connection, so a backup cut
+		// short would look whole; chunked encoding tells them apart.
+		if !r.ProtoAtLeast(1, 1) {
+			writeJSON(w, http.StatusHTTPVersionNotSupported, map[string]any{"error": "a backup needs HTTP/1.1 or later"})
+			return
+		}
+		if sup := h.sup.snapshot(); !sup.running {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": "redis-server is not running"})
+			return
+		}
+		h.backup(w, r, log)
 	}))
 	srv := &http.Server{
 		// Only an upload has a body worth the name; the update handler
@@ -199,6 +225,57 @@ func (h *health) awaitAnswer(ctx context.Context) bool {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// backup streams a snapshot of this instance's dataset. Its length and
+// SHA-256 come as trailers, known only once it has all gone by: Redis
+// streams a diskless snapshot without announcing its length. A snapshot
+// cut short ends the response without its last chunk, so that no client
+// takes a part for the whole.
+func (h *health) backup(w http.ResponseWriter, r *http.Request, log *slog.Logger) {
+	began := time.Now()
+	rc := http.NewResponseController(w)
+	started := false
+	res, err := streamSnapshot(r.Context(), localAddr(h.rec.settings.redisPort), h.rec.credentials(), func(m snapshotMeta) io.Writer {
+		started = true
+		hd := w.Header()
+		hd.Set("Content-Type", "application/octet-stream")
+		hd.Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", fmt.Sprintf("%s-%s.rdb", h.rec.settings.podName, began.UTC().Format("20060102T150405Z"))))
+		hd.Set("X-Redis-Replication-Id", m.replID)
+		hd.Set("X-Redis-Replication-Offset", strconv.FormatInt(m.offset, 10))
+		if m.size >= 0 {
+			hd.Set("X-Backup-Length", strconv.FormatInt(m.size, 10))
+		}
+		hd.Set("Trailer", "X-Backup-Sha256, X-Backup-Length")
+		w.WriteHeader(http.StatusOK)
+		return deadlineWriter{w, rc}
+	})
+	switch {
+	case err != nil && r.Context().Err() != nil:
+		log.Info("backup abandoned by the client", "bytes", res.size, "remote", r.RemoteAddr)
+	case err != nil && !started:
+		log.Warn("backup refused", "error", err, "remote", r.RemoteAddr)
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": err.Error()})
+	case err != nil:
+		log.Error("backup cut short", "error", err, "bytes", res.size, "remote", r.RemoteAddr)
+		panic(http.ErrAbortHandler)
+	default:
+		w.Header().Set("X-Backup-Sha256", res.sha256)
+		w.Header().Set("X-Backup-Length", strconv.FormatInt(res.size, 10))
+		log.Info("backup streamed", "bytes", res.size, "sha256", res.sha256, "seconds", time.Since(began).Seconds(), "remote", r.RemoteAddr)
+	}
+}
+
+// deadlineWriter gives each write a minute: a backup may take long, but a
+// client that stops reading must not hold Redis's fork for ever.
+type deadlineWriter struct {
+	w  io.Writer
+	rc *http.ResponseController
+}
+
+func (d deadlineWriter) Write(p []byte) (int, error) {
+	d.rc.SetWriteDeadline(time.Now().Add(time.Minute))
+	return d.w.Write(p)
 }
 
 // restartLoses says why a restart of the primary would lose its dataset,

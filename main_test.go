@@ -7,18 +7,24 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -123,6 +129,7 @@ type instanceOpts struct {
 	redisServer string
 	extraArgs   []string
 	binary      string // the manager to run; the test build when empty
+	env         []string
 }
 
 func startInstance(t testing.TB, o instanceOpts) *instance {
@@ -150,7 +157,7 @@ func startInstance(t testing.TB, o instanceOpts) *instance {
 	args = append(args, o.extraArgs...)
 	in.cmd = exec.Command(args[0], args[1:]...)
 	in.cmd.Stdout, in.cmd.Stderr = in.out, in.out
-	in.cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1")
+	in.cmd.Env = append(append(os.Environ(), "GORACE=halt_on_error=1"), o.env...)
 	in.cmd.WaitDelay = 5 * time.Second // a stray grandchild must not hold the test on its pipe
 	if err := in.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -415,4 +422,343 @@ func percentileMS(d []time.Duration, p float64) float64 {
 	d = slices.Clone(d)
 	slices.Sort(d)
 	return float64(d[min(len(d)-1, int(p*float64(len(d))))].Microseconds()) / 1000
+}
+
+// rdbFixture is the RDB file of a redis-server that fill wrote to.
+func rdbFixture(t *testing.T, fill func(redis.Conn)) []byte {
+	t.Helper()
+	dir, port := t.TempDir(), freePort(t)
+	cmd := exec.Command(requireRedis(t), "--port", fmt.Sprint(port), "--dir", dir, "--save", "")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	var c redis.Conn
+	eventually(t, 5*time.Second, "redis-server to answer", func() bool {
+		var err error
+		c, err = dialRedis(localAddr(port), []string{""}, time.Second)
+		return err == nil
+	})
+	defer c.Close()
+	fill(c)
+	if _, err := c.Do("SAVE"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "dump.rdb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// fillTypes writes n keys of each type Redis has, some with a TTL.
+func fillTypes(t testing.TB, c redis.Conn, prefix string, n int) {
+	t.Helper()
+	for i := range n {
+		k := fmt.Sprintf("%s:%d", prefix, i)
+		c.Send("SET", k+":s", fmt.Sprintf("value %d", i))
+		c.Send("HSET", k+":h", "a", i, "b", "two")
+		c.Send("RPUSH", k+":l", "x", "y", i)
+		c.Send("SADD", k+":set", "m1", "m2", i)
+		c.Send("ZADD", k+":z", 1.5, "one", i, "n")
+		c.Send("XADD", k+":x", "*", "f", i)
+		if i%10 == 0 {
+			c.Send("PEXPIRE", k+":s", 3_600_000)
+		}
+	}
+	if _, err := c.Do(""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// dataset is every key of the connection's database 0 with its type, its
+// value in a canonical form, and whether it expires.
+func dataset(t testing.TB, c redis.Conn) map[string]string {
+	t.Helper()
+	keys, err := redis.Strings(c.Do("KEYS", "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, k := range keys {
+		typ, _ := redis.String(c.Do("TYPE", k))
+		var v []string
+		switch typ {
+		case "string":
+			s, _ := redis.String(c.Do("GET", k))
+			v = []string{s}
+		case "hash":
+			v, _ = redis.Strings(c.Do("HGETALL", k))
+		case "list":
+			v, _ = redis.Strings(c.Do("LRANGE", k, 0, -1))
+		case "set":
+			v, _ = redis.Strings(c.Do("SMEMBERS", k))
+			slices.Sort(v)
+		case "zset":
+			v, _ = redis.Strings(c.Do("ZRANGE", k, 0, -1, "WITHSCORES"))
+		case "stream":
+			entries, _ := redis.Values(c.Do("XRANGE", k, "-", "+"))
+			v = []string{fmt.Sprint(entries...)}
+		}
+		if typ == "hash" { // pairs in the order of the table
+			pairs := []string{}
+			for i := 0; i+1 < len(v); i += 2 {
+				pairs = append(pairs, v[i]+"="+v[i+1])
+			}
+			slices.Sort(pairs)
+			v = pairs
+		}
+		ttl, _ := redis.Int64(c.Do("PTTL", k))
+		out[k] = fmt.Sprintf("%s %q expires=%v", typ, v, ttl > 0)
+	}
+	return out
+}
+
+// withRestore adds spec.bootstrap.restore to a cluster file.
+func withRestore(clusterFile, url, sum string) string {
+	return strings.Replace(clusterFile, "spec:\n", fmt.Sprintf("spec:\n  bootstrap:\n    restore: {url: %q, sha256: %q}\n", url, sum), 1)
+}
+
+func sha256Of(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+// leftovers are the restore's temp files in a data directory.
+func leftovers(t testing.TB, dir string) []string {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(dir, restoreTemp+"*"))
+	return m
+}
+
+// A new primary starts from a backup served over HTTP or from a file: the
+// keys of the source are there, the URL's password and signature are in no
+// log line, and nothing is left beside the dataset. With appendonly on,
+// the backup becomes the base of the AOF Redis reads.
+func TestRestoreFromBackup(t *testing.T) {
+	var want map[string]string
+	rdb := rdbFixture(t, func(c redis.Conn) {
+		fillTypes(t, c, "src", 200)
+		want = dataset(t, c)
+	})
+	sum := sha256Of(rdb)
+	var gotAuth atomic.Value
+	var fetches atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		if _, pw, ok := r.BasicAuth(); ok {
+			gotAuth.Store(pw)
+		}
+		http.ServeContent(w, r, "dump.rdb", time.Time{}, bytes.NewReader(rdb))
+	}))
+	defer srv.Close()
+	tlsSrv := httptest.NewTLSServer(srv.Config.Handler)
+	defer tlsSrv.Close()
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw}), 0o600)
+	fileSrc := filepath.Join(t.TempDir(), "backup.rdb")
+	os.WriteFile(fileSrc, rdb, 0o600)
+	httpURL := strings.Replace(srv.URL, "http://", "http://backup:hunter2-pw@", 1) + "/b/dump.rdb?X-Amz-Signature=sig-hunter3"
+
+	for _, tc := range []struct{ name, url, fragment string }{
+		{"http", httpURL, "appendonly no"},
+		{"https", tlsSrv.URL + "/dump.rdb", "appendonly no"}, // trusting the CA of SSL_CERT_FILE
+		{"file", "file://" + fileSrc, "appendonly no"},
+		{"file into an AOF", "file://" + fileSrc, "appendonly yes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cf := filepath.Join(dir, "cluster.yaml")
+			writeFile(t, cf, withRestore(clusterYAML("cache", "cache-0", tc.fragment, "s3cret-pw"), tc.url, sum))
+			in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw", env: []string{"SSL_CERT_FILE=" + caFile}})
+			in.waitReady(30 * time.Second)
+			if got := dataset(t, in.redis()); !maps.Equal(got, want) {
+				t.Fatalf("after the restore: %d keys, want the source's %d", len(got), len(want))
+			}
+			if !in.hasLog("restored the dataset from backup") {
+				t.Error("no log of the restore")
+			}
+			if l := leftovers(t, in.dataDir); len(l) > 0 {
+				t.Errorf("left behind: %v", l)
+			}
+			if strings.Contains(tc.fragment, "appendonly yes") {
+				if _, err := os.Stat(filepath.Join(in.dataDir, "dump.rdb")); err == nil {
+					t.Error("with appendonly on, the backup went to dump.rdb, which Redis does not read")
+				}
+			}
+			if tc.name == "http" {
+				if gotAuth.Load() != "hunter2-pw" {
+					t.Errorf("the URL's user info was not sent as basic auth")
+				}
+				if out := in.out.String(); strings.Contains(out, "hunter2") || strings.Contains(out, "sig-hunter3") {
+					t.Error("the URL's password or signature is in the log")
+				}
+			}
+		})
+	}
+
+	// Only the primary fetches the backup; a replica copies the primary.
+	t.Run("a replica", func(t *testing.T) {
+		fetches.Store(0)
+		dir := t.TempDir()
+		cf := filepath.Join(dir, "cluster.yaml")
+		writeFile(t, cf, withRestore(clusterYAML("cache", "cache-0", "appendonly no", "s3cret-pw"), httpURL, sum))
+		replica := startInstance(t, instanceOpts{pod: "cache-1", clusterFile: cf, password: "s3cret-pw"})
+		primary := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw"})
+		primary.waitReady(30 * time.Second)
+		replica.waitReady(30 * time.Second)
+		if got := dataset(t, replica.redis()); !maps.Equal(got, want) {
+			t.Fatalf("the replica holds %d keys, want the backup's %d", len(got), len(want))
+		}
+		if n := fetches.Load(); n != 1 {
+			t.Errorf("the backup was fetched %d times, want once, by the primary", n)
+		}
+	})
+}
+
+// A backup that is wrong in any way is refused with a message saying why,
+// leaves nothing behind, and redis-server does not start: an empty primary
+// would have its replicas copy the emptiness. A good backup then starts it.
+func TestRestoreRefusesBadBackups(t *testing.T) {
+	var want map[string]string
+	rdb := rdbFixture(t, func(c redis.Conn) {
+		fillTypes(t, c, "src", 100)
+		want = dataset(t, c)
+	})
+	corrupt := slices.Clone(rdb)
+	corrupt[len(corrupt)/2] ^= 0xff
+	stop := make(chan struct{})
+	defer close(stop)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/good", "/wrongsum":
+			w.Write(rdb)
+		case "/corrupt":
+			w.Write(corrupt)
+		case "/truncated": // says how long it is, sends half, and hangs up
+			w.Header().Set("Content-Length", fmt.Sprint(len(rdb)))
+			w.Write(rdb[:len(rdb)/2])
+			w.(http.Flusher).Flush()
+			conn, _, _ := http.NewResponseController(w).Hijack()
+			conn.Close()
+		case "/stall": // sends a little, then nothing
+			w.Header().Set("Content-Length", fmt.Sprint(len(rdb)))
+			w.Write(rdb[:100])
+			w.(http.Flusher).Flush()
+			select {
+			case <-stop:
+			case <-r.Context().Done():
+			}
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	defer srv.CloseClientConnections()
+
+	dir := t.TempDir()
+	cf := filepath.Join(dir, "cluster.yaml")
+	base := clusterYAML("cache", "cache-0", "appendonly no", "s3cret-pw")
+	// Every URL carries a password and a signature, which no error may show.
+	secretURL := func(path string) string {
+		return strings.Replace(srv.URL, "http://", "http://backup:hunter2-pw@", 1) + path + "?X-Amz-Signature=sig-hunter3"
+	}
+	writeFile(t, cf, withRestore(base, secretURL("/good"), ""))
+	in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw",
+		extraArgs: []string{"--restore-stall-timeout", "1s"}})
+
+	cases := []struct{ path, sum, says string }{
+		{"/good", "", "sha256 is required"},
+		{"/wrongsum", strings.Repeat("ab", 32), "has SHA-256 " + sha256Of(rdb)},
+		{"/truncated", sha256Of(rdb), "truncated"},
+		{"/missing", sha256Of(rdb), "404 Not Found"},
+		{"/stall", sha256Of(rdb), "stalled"},
+	}
+	if _, err := exec.LookPath("redis-check-rdb"); err == nil {
+		cases = append(cases, struct{ path, sum, says string }{"/corrupt", sha256Of(corrupt), "redis-check-rdb refuses it"})
+	} else {
+		t.Log("redis-check-rdb is not installed: the corrupt backup whose checksum matches is not tried")
+	}
+	for _, tc := range cases {
+		writeFile(t, cf, withRestore(base, secretURL(tc.path), tc.sum))
+		eventually(t, 20*time.Second, tc.path+": lastError saying "+tc.says, func() bool {
+			return strings.Contains(in.status().LastError, tc.says)
+		})
+		if code, body := in.get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(string(body), tc.says) {
+			t.Errorf("%s: /readyz %d %s", tc.path, code, body)
+		}
+		if c, err := net.Dial("tcp", localAddr(in.port)); err == nil {
+			c.Close()
+			t.Fatalf("%s: redis-server started without its dataset", tc.path)
+		}
+		if l := leftovers(t, in.dataDir); len(l) > 0 {
+			t.Errorf("%s: left behind: %v", tc.path, l)
+		}
+		if _, err := os.Stat(filepath.Join(in.dataDir, "dump.rdb")); err == nil {
+			t.Fatalf("%s: a refused backup is in place", tc.path)
+		}
+		_, ready := in.get("/readyz")
+		if seen := in.out.String() + in.status().LastError + string(ready); strings.Contains(seen, "hunter") {
+			t.Fatalf("%s: the URL's password or signature is in the log, the status or /readyz", tc.path)
+		}
+	}
+	writeFile(t, cf, withRestore(base, secretURL("/good"), sha256Of(rdb)))
+	in.waitReady(30 * time.Second)
+	if got := dataset(t, in.redis()); !maps.Equal(got, want) {
+		t.Fatalf("after the good backup: %d keys, want %d", len(got), len(want))
+	}
+	if st := in.status(); st.LastError != "" {
+		t.Errorf("lastError stays: %s", st.LastError)
+	}
+}
+
+// A data directory that holds a dataset is never touched by a restore: the
+// backup is not even fetched, and the files stay byte for byte.
+func TestRestoreNeverTouchesADataset(t *testing.T) {
+	mine := rdbFixture(t, func(c redis.Conn) { c.Do("SET", "mine", "kept") })
+	other := rdbFixture(t, func(c redis.Conn) { fillTypes(t, c, "other", 10) })
+	var fetched atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetched.Add(1)
+		w.Write(other)
+	}))
+	defer srv.Close()
+	for _, fragment := range []string{"appendonly no", "appendonly yes"} {
+		t.Run(fragment, func(t *testing.T) {
+			dir := t.TempDir()
+			data := filepath.Join(dir, "data")
+			os.MkdirAll(data, 0o750)
+			os.WriteFile(filepath.Join(data, "dump.rdb"), mine, 0o600)
+			cf := filepath.Join(dir, "cluster.yaml")
+			writeFile(t, cf, withRestore(clusterYAML("cache", "cache-0", fragment, "s3cret-pw"), srv.URL+"/dump.rdb", sha256Of(other)))
+			in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw", dataDir: data})
+			if fragment == "appendonly yes" {
+				// Redis would not read dump.rdb, and would save an empty
+				// dataset over it: it is not started.
+				eventually(t, 20*time.Second, "a refusal to start beside an RDB Redis would not read", func() bool {
+					return strings.Contains(in.status().LastError, "appendonly is on and appendonlydir/ holds no AOF")
+				})
+				if c, err := net.Dial("tcp", localAddr(in.port)); err == nil {
+					c.Close()
+					t.Fatal("redis-server started, empty, beside dump.rdb")
+				}
+			} else {
+				in.waitReady(20 * time.Second)
+			}
+			if got, _ := os.ReadFile(filepath.Join(data, "dump.rdb")); !bytes.Equal(got, mine) {
+				t.Error("dump.rdb changed")
+			}
+			if n := fetched.Load(); n > 0 {
+				t.Errorf("the backup was fetched %d times", n)
+			}
+			if fragment == "appendonly no" && !in.hasLog("not restoring from backup: the data directory holds a dataset, which is kept as it is") {
+				t.Error("no log saying why the restore was skipped")
+			}
+			if fragment == "appendonly no" {
+				if v, _ := redis.String(in.redis().Do("GET", "mine")); v != "kept" {
+					t.Errorf("GET mine = %q", v)
+				}
+			}
+		})
+	}
 }

@@ -1,18 +1,23 @@
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -722,4 +727,34 @@ func TestPrimaryDemotesASecondMaster(t *testing.T) {
 	eventually(t, 10*time.Second, "the stray master to be made a replica of the primary", func() bool {
 		return masterPort(t, stray) == fmt.Sprint(nodes[0].port)
 	})
+}
+
+// A diskless snapshot ends with the mark it was announced with; however the
+// reads split the stream, what comes before the mark is copied whole and
+// the mark is not, and a stream cut before its mark is an error.
+func TestCopyUntilMark(t *testing.T) {
+	mark := []byte(strings.Repeat("0123456789", 4))
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, size := range []int{0, 1, 39, 40, 41, 1000, 200_000} {
+		payload := make([]byte, size)
+		for i := range payload {
+			payload[i] = byte(rng.IntN(256))
+		}
+		if size >= 39 { // ends in all but the last byte of the mark
+			copy(payload[size-39:], mark)
+		}
+		stream := append(slices.Clone(payload), mark...)
+		for _, r := range []io.Reader{bytes.NewReader(stream), iotest.OneByteReader(bytes.NewReader(stream)), iotest.HalfReader(bytes.NewReader(stream))} {
+			var out bytes.Buffer
+			if err := copyUntilMark(&out, r, mark); err != nil {
+				t.Fatalf("size %d: %v", size, err)
+			}
+			if !bytes.Equal(out.Bytes(), payload) {
+				t.Fatalf("size %d: copied %d bytes, want the %d before the mark", size, out.Len(), size)
+			}
+		}
+		if err := copyUntilMark(io.Discard, bytes.NewReader(stream[:len(stream)-1]), mark); !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("size %d: a stream without its whole mark: %v, want unexpected EOF", size, err)
+		}
+	}
 }

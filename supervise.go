@@ -156,8 +156,8 @@ type startFunc func(func() (*os.Process, error)) (*os.Process, <-chan syscall.Wa
 
 // runChild runs a short-lived helper (redis-server checking a
 // configuration, a new binary checking itself) and returns what it printed
-// and how it ended; one that outlives timeout is killed.
-func runChild(start startFunc, argv []string, dir string, timeout time.Duration) (string, syscall.WaitStatus, error) {
+// and how it ended; one that outlives timeout, or ctx, is killed.
+func runChild(ctx context.Context, start startFunc, argv []string, dir string, timeout time.Duration) (string, syscall.WaitStatus, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return "", 0, err
@@ -198,6 +198,10 @@ func runChild(start startFunc, argv []string, dir string, timeout time.Duration)
 		p.Kill()
 		<-exited
 		return "", 0, fmt.Errorf("it did not exit within %s", timeout)
+	case <-ctx.Done():
+		p.Kill()
+		<-exited
+		return "", 0, ctx.Err()
 	}
 	// What it wrote is in the pipe by now; a descendant (of a wrapper
 	// script, say) may hold the pipe open, so its end is not waited for.
@@ -618,12 +622,12 @@ var (
 // works ("" for none), with a deadline on every step. The manager offers
 // every password the server may answer to: during a rotation it accepts
 // two, and a restarted server may already have the new one only.
-func dialRedis(addr string, passwords []string, timeout time.Duration) (redis.Conn, error) {
+func dialRedis(addr string, passwords []string, timeout time.Duration, opts ...redis.DialOption) (redis.Conn, error) {
 	timeout = max(timeout, 10*time.Millisecond)
-	c, err := redis.Dial("tcp", addr,
+	c, err := redis.Dial("tcp", addr, append([]redis.DialOption{
 		redis.DialConnectTimeout(timeout),
 		redis.DialReadTimeout(timeout),
-		redis.DialWriteTimeout(timeout))
+		redis.DialWriteTimeout(timeout)}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to redis at %s: %w", addr, err)
 	}

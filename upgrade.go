@@ -93,7 +93,7 @@ type upgradeRequest struct {
 
 func (u *updater) handle(w http.ResponseWriter, r *http.Request) {
 	if !u.busy.TryLock() {
-		writeJSON(w, http.StatusConflict, map[string]any{"error": "an upgrade or a restart is in progress"})
+		writeJSON(w, http.StatusConflict, map[string]any{"error": errBusy})
 		return
 	}
 	handedOver := false
@@ -179,7 +179,7 @@ func (u *updater) receive(body io.Reader, want string) (string, int, error) {
 	if err := os.Chmod(f.Name(), 0o755); err != nil {
 		return "", http.StatusInternalServerError, err
 	}
-	out, ws, err := runChild(u.start, []string{f.Name(), "version"}, dir, 10*time.Second)
+	out, ws, err := runChild(context.Background(), u.start, []string{f.Name(), "version"}, dir, 10*time.Second)
 	fields := strings.Fields(out)
 	switch {
 	case err != nil:
@@ -191,7 +191,7 @@ func (u *updater) receive(body io.Reader, want string) (string, int, error) {
 	}
 	// It must also take this instance's flags and environment: one that
 	// refused them would fail after the exec, with no way back.
-	out, ws, err = runChild(u.start, append([]string{f.Name(), "instance"}, append(slices.Clone(os.Args[2:]), "--check-settings")...), dir, 10*time.Second)
+	out, ws, err = runChild(context.Background(), u.start, append([]string{f.Name(), "instance"}, append(slices.Clone(os.Args[2:]), "--check-settings")...), dir, 10*time.Second)
 	switch {
 	case err != nil:
 		return "", http.StatusUnprocessableEntity, fmt.Errorf("the new binary fails its self-check: %w", err)
@@ -204,10 +204,7 @@ func (u *updater) receive(body io.Reader, want string) (string, int, error) {
 	if err := os.Rename(f.Name(), u.exe); err != nil {
 		return "", http.StatusInternalServerError, fmt.Errorf("cannot put the new binary in place: %w", err)
 	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
+	syncDir(dir)
 	return fields[1], 0, nil
 }
 

@@ -59,6 +59,9 @@ type clusterSpec struct {
 	Replication   struct {
 		MaxLagBytes int64 `json:"maxLagBytes"`
 	} `json:"replication"`
+	Bootstrap struct {
+		Restore *restoreSpec `json:"restore"`
+	} `json:"bootstrap"`
 }
 
 type keyRef struct {
@@ -613,15 +616,23 @@ type reconciler struct {
 	fenced        bool
 	wanted        bool // redis-server should run
 	role          desiredRole
-	conf          string        // redis.conf as last written
-	viewErr       string        // the source's latest complaint
-	viewSeq       uint64        // of the latest view applied
-	errSeq        uint64        // of the latest complaint
-	confErr       string        // why the latest fragment was refused
-	writeErr      string        // why redis.conf could not be written
-	fenceErr      string        // why the latest fence annotation was refused
-	roleErr       string        // why the role could not be made right
-	guardErr      string        // why redis-server may not start
+	conf          string // redis.conf as last written
+	viewErr       string // the source's latest complaint
+	viewSeq       uint64 // of the latest view applied
+	errSeq        uint64 // of the latest complaint
+	confErr       string // why the latest fragment was refused
+	writeErr      string // why redis.conf could not be written
+	fenceErr      string // why the latest fence annotation was refused
+	roleErr       string // why the role could not be made right
+	guardErr      string // why redis-server may not start
+	restorer      *restorer
+	restores      chan restoreResult
+	restoreJob    *restoreJob // the restore under way, or abandoned and not yet ended
+	restoreDone   restoreSpec // the backup restored, or found not needed
+	restoreErr    string      // why the last attempt failed
+	restoreFailed restoreSpec // the backup it failed for
+	restoreFails  int
+	restoreRetry  time.Time
 	heldKeys      int64         // keys this instance last held: seen, or from its entry of before
 	lostSince     time.Time     // when the old primary was first found gone
 	demoteSince   time.Time     // when this master first found it is not the target
@@ -645,6 +656,7 @@ func newReconciler(r *reconciler) *reconciler {
 	r.pauses = make(chan chan struct{})
 	r.began = time.Now()
 	r.observed = make(chan struct{})
+	r.restores = make(chan restoreResult, 1)
 	r.fragment, r.fragmentOK = previousFragment(r.settings.confPath())
 	r.wantedValues, r.restartOnly = valuesOf(r.fragment), map[string]bool{}
 	r.creds.Store(&[]string{})
@@ -662,8 +674,13 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 		r.publish()
 		select {
 		case <-ctx.Done():
+			if r.restoreJob != nil {
+				r.restoreJob.cancel() // what it leaves, the next attempt removes
+			}
 			r.stopped("stopping")
 			return
+		case res := <-r.restores:
+			r.restoreEnded(res)
 		case resume := <-r.pauses:
 			<-resume
 		case v := <-f.views:
@@ -701,6 +718,9 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 			r.syncLive()
 			r.rotateAuth()
 		case <-tick.C:
+			if r.restoreJob == nil && !r.fenced && !r.restoreRetry.IsZero() && time.Now().After(r.restoreRetry) {
+				r.applyView(r.view) // the restore's backoff is over
+			}
 		}
 	}
 }
@@ -769,16 +789,101 @@ func (r *reconciler) applyView(v clusterView) {
 	}
 	// The guard decides a start only: a running server has the run-time
 	// guards of enforceRole.
-	guard := ""
+	guard, restoring := "", false
 	if !r.sup.snapshot().running {
 		guard = r.startGuard()
+		if guard == "" {
+			restoring = r.bootstrap()
+		} else if job := r.restoreJob; job != nil || r.restoreErr != "" {
+			if job != nil && !job.abandoned { // no restore while the guard holds
+				job.cancel()
+				job.abandoned = true
+			}
+			r.restoreErr, r.restoreRetry = "", time.Time{}
+		}
 	}
 	if guard != "" && guard != r.guardErr {
 		r.log.Error("not starting redis-server", "reason", guard)
 	}
 	r.guardErr = guard
-	r.setWanted(!r.fenced && !waiting && guard == "")
+	r.setWanted(!r.fenced && !waiting && guard == "" && !restoring)
 }
+
+// bootstrap restores spec.bootstrap.restore for the primary when its data
+// directory holds no dataset, and says whether redis-server must wait for
+// it. Replicas copy the primary instead. It is called only while
+// redis-server does not run, after startGuard: a cluster whose status shows
+// data gets no old backup in its place.
+func (r *reconciler) bootstrap() bool {
+	spec := r.view.cluster.Spec.Bootstrap.Restore
+	if job := r.restoreJob; job != nil && !job.abandoned &&
+		(spec == nil || *spec != job.spec || !r.role.primary || dataFilesOf(r.fragment) != job.files) {
+		r.log.Info("abandoning the restore: the spec, the role or the names of the data files changed", "url", redactURL(job.spec.URL))
+		job.cancel()
+		job.abandoned = true
+	}
+	if spec == nil || !r.role.primary || *spec == r.restoreDone {
+		r.restoreErr, r.restoreRetry = "", time.Time{}
+		return r.restoreJob != nil // an abandoned one may still be writing
+	}
+	if r.restoreJob != nil {
+		return true // the next waits for it to end
+	}
+	if found := datasetFound(r.settings.dataDir, r.fragment); found != "" {
+		r.log.Info("not restoring from backup: the data directory holds a dataset, which is kept as it is",
+			"found", found, "url", redactURL(spec.URL))
+		r.restoreDone, r.restoreErr, r.restoreRetry = *spec, "", time.Time{}
+		return false
+	}
+	if *spec != r.restoreFailed {
+		r.restoreFails, r.restoreRetry = 0, time.Time{} // a new backup is tried at once
+	}
+	if err := spec.check(); err != nil {
+		if err.Error() != r.restoreErr {
+			r.log.Error("cannot restore from backup; redis-server stays stopped", "error", err)
+		}
+		r.restoreErr, r.restoreFailed, r.restoreRetry = err.Error(), *spec, time.Time{}
+		return true
+	}
+	if r.fenced || time.Now().Before(r.restoreRetry) {
+		return true
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	job := &restoreJob{spec: *spec, files: dataFilesOf(r.fragment), cancel: cancel, began: time.Now()}
+	job.total.Store(-1)
+	r.restoreJob = job
+	r.log.Info("restoring the dataset from backup", "url", redactURL(spec.URL), "sha256", spec.SHA256)
+	go func() {
+		keys, err := r.restorer.run(ctx, job)
+		cancel()
+		r.restores <- restoreResult{job: job, keys: keys, err: err}
+	}()
+	return true
+}
+
+// restoreEnded takes a restore's outcome: the dataset is in place and
+// redis-server may start, or the attempt is retried with backoff.
+func (r *reconciler) restoreEnded(res restoreResult) {
+	r.restoreJob = nil
+	switch {
+	case res.job.abandoned:
+	case res.err == nil:
+		r.restoreDone, r.restoreErr, r.restoreFails, r.restoreRetry = res.job.spec, "", 0, time.Time{}
+		r.log.Info("restored the dataset from backup", "url", redactURL(res.job.spec.URL), "bytes", res.job.got.Load(),
+			"keys", res.keys, "seconds", time.Since(res.job.began).Seconds())
+	default:
+		r.restoreFails++
+		wait := min(restoreBackoff<<min(r.restoreFails-1, 10), 5*time.Minute)
+		r.restoreFailed, r.restoreRetry = res.job.spec, time.Now().Add(wait)
+		r.restoreErr = fmt.Sprintf("restoring from backup failed (attempt %d; the next in %s): %v", r.restoreFails, wait, res.err)
+		r.log.Error("restoring from backup failed; redis-server stays stopped", "error", res.err, "attempt", r.restoreFails, "retryIn", wait.String())
+	}
+	r.applyView(r.view)
+}
+
+// restoreBackoff is the wait after a first failed restore, doubled after
+// each further one.
+const restoreBackoff = 5 * time.Second
 
 // startGuard says why redis-server must not start now, or "": as the
 // primary on an empty data directory while the status shows the cluster held
@@ -788,6 +893,9 @@ func (r *reconciler) startGuard() string {
 	entries := r.view.cluster.Status.InstancesStatus
 	onDisk := datasetKeys(r.settings.dataDir, r.fragment)
 	if r.role.primary {
+		if why := unreadDataset(r.settings.dataDir, r.fragment); why != "" {
+			return why
+		}
 		if onDisk > 0 {
 			return ""
 		}
@@ -1049,7 +1157,7 @@ func (r *reconciler) publish() {
 		ExecutableHash:     r.exeHash,
 		Restarts:           sup.restarts,
 		ObservedGeneration: r.view.cluster.Metadata.Generation,
-		LastError:          firstNonEmpty(r.viewErr, r.confErr, r.writeErr, r.fenceErr, r.guardErr, sup.refused, r.roleErr, r.authErr, r.liveErr),
+		LastError:          firstNonEmpty(r.viewErr, r.confErr, r.writeErr, r.fenceErr, r.guardErr, r.restoreErr, sup.refused, r.roleErr, r.authErr, r.liveErr),
 		PendingRestart:     []string{},
 	}
 	if sup.running {
@@ -1084,6 +1192,12 @@ func (r *reconciler) publish() {
 		ps.startupReason = ps.reason
 	case r.fenced:
 		ps.reason = "fenced by the " + fencedAnnotation + " annotation"
+		ps.started = true
+	case !r.wanted && r.restoreJob != nil:
+		ps.reason = "restoring the dataset from backup: " + r.restoreJob.progress()
+		ps.startupReason = ps.reason
+	case !r.wanted && r.restoreErr != "":
+		ps.reason = r.restoreErr
 		ps.started = true
 	case !r.wanted && r.guardErr != "":
 		ps.reason = r.guardErr
