@@ -1,5 +1,11 @@
 // Command redis-operator is the instance manager of a Redis pod: it runs as
 // PID 1, supervises redis-server, and follows the pod's RedisCluster.
+
+// GOMAXPROCS still follows the container's CPU limit at start; re-reading
+// the cgroup every second for a limit that seldom changes would be a large
+// part of what an idle manager costs.
+//
+//go:debug updatemaxprocs=0
 package main
 
 import (

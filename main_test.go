@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -761,4 +762,145 @@ func TestRestoreNeverTouchesADataset(t *testing.T) {
 			}
 		})
 	}
+}
+
+// buildStatic builds the manager as `make build` and the Dockerfile do:
+// no cgo, no local paths, stripped.
+func buildStatic(t testing.TB) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "redis-operator")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=static", "-o", out, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, b)
+	}
+	return out
+}
+
+// copyInto copies the file at path to the same path under root.
+func copyInto(t testing.TB, root, path string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := filepath.Join(root, path)
+	os.MkdirAll(filepath.Dir(dest), 0o755)
+	if err := os.WriteFile(dest, b, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The shipped binary is static, so a scratch image is enough: it has no
+// interpreter and links no library, and it runs as PID 1 of a fresh PID
+// namespace in a root directory that holds nothing else. There version
+// prints, install copies it, and instance runs a redis-server copied in
+// with the libraries it needs, and serves its probes.
+func TestStaticBinaryRunsAsPID1InAnEmptyRoot(t *testing.T) {
+	redisServer := requireRedis(t)
+	exe := buildStatic(t)
+	f, err := elf.Open(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP || p.Type == elf.PT_DYNAMIC {
+			t.Fatalf("the binary is not static: it has a %s program header", p.Type)
+		}
+	}
+	if libs, _ := f.ImportedLibraries(); len(libs) > 0 {
+		t.Fatalf("the binary links %v", libs)
+	}
+	f.Close()
+
+	root := t.TempDir()
+	os.Chmod(root, 0o755)
+	copyInto(t, root, exe, 0o755)
+	os.Rename(filepath.Join(root, exe), filepath.Join(root, "redis-operator"))
+	os.MkdirAll(filepath.Join(root, "proc"), 0o755)
+	os.MkdirAll(filepath.Join(root, "out"), 0o755)
+	ns := []string{"unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc=/proc", "--root=" + root}
+	if os.Geteuid() != 0 {
+		ns = append(ns[:1], append([]string{"--user", "--map-root-user"}, ns[1:]...)...)
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(ns[0], append(ns[1:], args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if out := run("/redis-operator", "version"); !strings.HasPrefix(out, "redis-operator static ") {
+		t.Errorf("version in the empty root: %q", out)
+	}
+	run("/redis-operator", "install", "/out/redis-operator")
+	if a, b := sha256File(t, exe), sha256File(t, filepath.Join(root, "out", "redis-operator")); a != b {
+		t.Error("install wrote another file than itself")
+	}
+
+	// redis-server and what it links, at the same paths.
+	copyInto(t, root, redisServer, 0o755)
+	ldd, err := exec.Command("ldd", redisServer).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(ldd), "\n") {
+		for _, field := range strings.Fields(line) {
+			if strings.HasPrefix(field, "/") {
+				real, _ := filepath.EvalSymlinks(field)
+				copyInto(t, root, real, 0o755)
+				if real != field {
+					link := filepath.Join(root, field)
+					os.MkdirAll(filepath.Dir(link), 0o755)
+					os.Symlink(real, link)
+				}
+			}
+		}
+	}
+	// What every container runtime gives a scratch image: /dev/null, which
+	// redis-server gets for its standard input.
+	os.MkdirAll(filepath.Join(root, "dev"), 0o755)
+	if err := syscall.Mknod(filepath.Join(root, "dev", "null"), syscall.S_IFCHR|0o666, 1<<8|3); err != nil {
+		t.Skipf("cannot make /dev/null in the root (not root?): %v", err)
+	}
+	writeFile(t, filepath.Join(root, "cluster.yaml"), clusterYAML("cache", "cache-0", "appendonly no", ""))
+	in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: "/cluster.yaml", dataDir: "/data",
+		redisServer: redisServer, binary: "/redis-operator", prefix: ns})
+	in.waitReady(20 * time.Second)
+	if code, body := in.get("/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz: %d %s", code, body)
+	}
+	if _, err := in.redis().Do("SET", "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range in.logRecords() {
+		if r["msg"] == "starting" && r["pid"] != float64(1) {
+			t.Errorf("the manager runs as PID %v, not 1", r["pid"])
+		}
+	}
+	// SIGTERM to the manager, as the kubelet's runtime sends it to PID 1.
+	if err := syscall.Kill(childrenOf(in.cmd.Process.Pid, "")[0], syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-in.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the manager did not stop on SIGTERM")
+	}
+	if in.exitErr != nil {
+		t.Errorf("exit after SIGTERM: %v", in.exitErr)
+	}
+	if _, err := os.Stat(filepath.Join(root, "data", "dump.rdb")); err != nil {
+		t.Errorf("redis-server did not save on the way out: %v", err)
+	}
+}
+
+func sha256File(t testing.TB, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256Of(b)
 }

@@ -379,7 +379,7 @@ func (s *supervisor) run(ctx context.Context) {
 		backoff time.Duration
 		retry   *time.Timer
 		retryC  <-chan time.Time
-		beat    = time.NewTicker(time.Second)
+		beat    = time.NewTicker(5 * time.Second) // well inside loopStale; an idle pod should sleep
 	)
 	defer beat.Stop()
 	retryLater := func() {

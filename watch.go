@@ -668,7 +668,10 @@ func newReconciler(r *reconciler) *reconciler {
 // run reacts to the source, to Redis, and to time until ctx ends. Nothing
 // starts before the first view of the cluster: nothing starts on a guess.
 func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *observation) {
-	tick := time.NewTicker(time.Second)
+	// The observer's looks, at least one a second, are what moves the
+	// reconciler; the tick is for the rare timer of its own (a restore's
+	// backoff) and costs an idle pod a wakeup each time.
+	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
 		r.publish()

@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -85,7 +86,7 @@ type controlPlane struct {
 	proxy *cutProxy
 }
 
-func startControlPlane(t *testing.T) *controlPlane {
+func startControlPlane(t testing.TB) *controlPlane {
 	t.Helper()
 	etcd := testserver.NewTestConfig(t)
 	testserver.RunEtcd(t, etcd)
@@ -95,32 +96,54 @@ func startControlPlane(t *testing.T) *controlPlane {
 		[]string{"--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount"}, storage)
 	t.Cleanup(srv.TearDownFn)
 	host := strings.TrimPrefix(srv.ClientConfig.Host, "https://")
+	admin := kubernetes.NewForConfigOrDie(srv.ClientConfig)
+	if _, err := admin.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	return &controlPlane{admin: srv.ClientConfig, proxy: newCutProxy(t, host)}
+}
+
+// awaitCRD waits until the RedisCluster resource is served.
+func (cp *controlPlane) awaitCRD(t testing.TB) {
+	t.Helper()
+	dyn := dynamic.NewForConfigOrDie(cp.admin)
+	eventually(t, 30*time.Second, "the CRD to be served", func() bool {
+		_, err := dyn.Resource(redisCluster).Namespace(ns).List(context.Background(), metav1.ListOptions{})
+		return err == nil
+	})
 }
 
 // apply server-side-applies every document of a YAML file, as kubectl
 // apply --server-side would, with the mapping read from discovery.
-func (cp *controlPlane) apply(t *testing.T, file, namespace string) {
+func (cp *controlPlane) apply(t testing.TB, file, namespace string) {
 	t.Helper()
+	if _, err := cp.tryApply(file, namespace); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tryApply is apply returning the first error, and the objects applied.
+func (cp *controlPlane) tryApply(file, namespace string) ([]*unstructured.Unstructured, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	dc := discovery.NewDiscoveryClientForConfigOrDie(cp.admin)
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
 	dyn := dynamic.NewForConfigOrDie(cp.admin)
 	docs := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	var applied []*unstructured.Unstructured
 	for {
 		doc, err := docs.Read()
 		if errors.Is(err, io.EOF) {
-			return
+			return applied, nil
 		}
 		if err != nil {
-			t.Fatal(err)
+			return applied, err
 		}
 		obj := &unstructured.Unstructured{}
 		if err := yaml.Unmarshal(doc, &obj.Object); err != nil {
-			t.Fatal(err)
+			return applied, fmt.Errorf("%s: %w", file, err)
 		}
 		if len(obj.Object) == 0 {
 			continue
@@ -128,21 +151,23 @@ func (cp *controlPlane) apply(t *testing.T, file, namespace string) {
 		gvk := obj.GroupVersionKind()
 		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 		if err != nil {
-			t.Fatalf("%s: %v", gvk, err)
+			return applied, fmt.Errorf("%s: %w", gvk, err)
 		}
 		var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
 		if m.Scope.Name() == "namespace" {
 			ri = dyn.Resource(m.Resource).Namespace(namespace)
 		}
-		if _, err := ri.Apply(context.Background(), obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "e2e", Force: true}); err != nil {
-			t.Fatalf("apply %s %s: %v", gvk.Kind, obj.GetName(), err)
+		out, err := ri.Apply(context.Background(), obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "e2e", Force: true})
+		if err != nil {
+			return applied, fmt.Errorf("apply %s %s: %w", gvk.Kind, obj.GetName(), err)
 		}
+		applied = append(applied, out)
 	}
 }
 
 // kubeconfig writes a kubeconfig that holds only a token of the
 // ServiceAccount deploy/rbac.yaml ships, pointing at the proxy.
-func (cp *controlPlane) kubeconfig(t *testing.T, token string) string {
+func (cp *controlPlane) kubeconfig(t testing.TB, token string) string {
 	t.Helper()
 	tls := cp.admin.TLSClientConfig
 	cfg := map[string]any{
@@ -171,7 +196,7 @@ func (cp *controlPlane) tokenClient(token string) *rest.Config {
 
 // cutProxy forwards TCP to the API server until cut, and again once restored.
 type cutProxy struct {
-	t      *testing.T
+	t      testing.TB
 	target string
 	addr   string
 	mu     sync.Mutex
@@ -180,7 +205,7 @@ type cutProxy struct {
 	conns  map[net.Conn]bool
 }
 
-func newCutProxy(t *testing.T, target string) *cutProxy {
+func newCutProxy(t testing.TB, target string) *cutProxy {
 	p := &cutProxy{t: t, target: target, conns: map[net.Conn]bool{}}
 	p.listen("127.0.0.1:0")
 	p.addr = p.ln.Addr().String()
@@ -250,7 +275,7 @@ type instance struct {
 	out            *syncBuffer
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -259,11 +284,11 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func startInstance(t *testing.T, pod, kubeconfig string) *instance {
+func startInstance(t testing.TB, pod, kubeconfig string) *instance {
 	return startInstanceAt(t, pod, kubeconfig, filepath.Join(t.TempDir(), pod), freePort(t))
 }
 
-func startInstanceAt(t *testing.T, pod, kubeconfig, dataDir string, port int) *instance {
+func startInstanceAt(t testing.TB, pod, kubeconfig, dataDir string, port int) *instance {
 	t.Helper()
 	in := &instance{pod: pod, dataDir: dataDir, port: port, httpPort: freePort(t), out: &syncBuffer{}}
 	in.cmd = exec.Command(binary, "instance", "--kubeconfig", kubeconfig, "--namespace", ns,
@@ -313,7 +338,7 @@ func (in *instance) redis(args ...string) (string, error) {
 	return s, err
 }
 
-func (in *instance) redisPID(t *testing.T) int {
+func (in *instance) redisPID(t testing.TB) int {
 	t.Helper()
 	out, err := in.redis("INFO", "server")
 	if err != nil {
@@ -349,7 +374,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -372,7 +397,7 @@ type writer struct {
 	stop, done      chan struct{}
 }
 
-func startWriter(t *testing.T, oldPort, newPort int) *writer {
+func startWriter(t testing.TB, oldPort, newPort int) *writer {
 	w := &writer{stop: make(chan struct{}), done: make(chan struct{})}
 	dial := func(port int) (net.Conn, *bufio.Reader) {
 		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
@@ -444,7 +469,7 @@ func (w *writer) finish() int64 {
 }
 
 // entries reads status.instancesStatus with the admin client.
-func entries(t *testing.T, dyn dynamic.Interface) (map[string]map[string]any, string) {
+func entries(t testing.TB, dyn dynamic.Interface) (map[string]map[string]any, string) {
 	t.Helper()
 	u, err := dyn.Resource(redisCluster).Namespace(ns).Get(context.Background(), "cache", metav1.GetOptions{})
 	if err != nil {
@@ -459,7 +484,7 @@ func entries(t *testing.T, dyn dynamic.Interface) (map[string]map[string]any, st
 	return out, current
 }
 
-func fence(t *testing.T, dyn dynamic.Interface, value string) {
+func fence(t testing.TB, dyn dynamic.Interface, value string) {
 	t.Helper()
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{"redisoperator.io/fencedInstances": value}}})
 	if _, err := dyn.Resource(redisCluster).Namespace(ns).Patch(context.Background(), "cache", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
@@ -475,14 +500,8 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 	ctx := context.Background()
 	admin := kubernetes.NewForConfigOrDie(cp.admin)
 	dyn := dynamic.NewForConfigOrDie(cp.admin)
-	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	cp.apply(t, "../deploy/crd.yaml", ns)
-	eventually(t, 30*time.Second, "the CRD to be served", func() bool {
-		_, err := dyn.Resource(redisCluster).Namespace(ns).List(ctx, metav1.ListOptions{})
-		return err == nil
-	})
+	cp.awaitCRD(t)
 	cp.apply(t, "../deploy/rbac.yaml", ns)
 
 	for _, obj := range []string{
@@ -766,4 +785,216 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 			t.Errorf("%s logged the password", n.pod)
 		}
 	}
+}
+
+// Every manifest deploy/kustomization.yaml lists is accepted by the real
+// API server as shipped, server-side applied in the listed order; the
+// RedisCluster example passes the CRD's schema and a wrong one does not;
+// and the StatefulSet keeps the promises the manager depends on.
+func TestDeployManifests(t *testing.T) {
+	cp := startControlPlane(t)
+	var kust struct {
+		Resources []string `json:"resources"`
+		Images    []struct{ Name string }
+	}
+	b, err := os.ReadFile("../deploy/kustomization.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(b, &kust); err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{"kustomization.yaml": true}
+	kinds := map[string]*unstructured.Unstructured{}
+	for _, f := range kust.Resources {
+		listed[f] = true
+		objs, err := cp.tryApply(filepath.Join("../deploy", f), ns)
+		if err != nil {
+			t.Fatalf("deploy/%s: %v", f, err)
+		}
+		for _, o := range objs {
+			kinds[o.GetKind()+"/"+o.GetName()] = o
+		}
+		if f == "crd.yaml" {
+			cp.awaitCRD(t)
+		}
+	}
+	files, _ := filepath.Glob("../deploy/*.yaml")
+	for _, f := range files {
+		if !listed[filepath.Base(f)] {
+			t.Errorf("deploy/%s is not in kustomization.yaml", filepath.Base(f))
+		}
+	}
+	for _, want := range []string{"CustomResourceDefinition/redisclusters.redisoperator.io", "ServiceAccount/cache-instance", "Role/cache-instance",
+		"RoleBinding/cache-instance", "RedisCluster/cache", "ConfigMap/cache-config", "Secret/cache-auth", "Secret/cache-operator-token",
+		"Service/cache", "StatefulSet/cache", "PodDisruptionBudget/cache"} {
+		if kinds[want] == nil {
+			t.Errorf("deploy/ holds no %s", want)
+		}
+	}
+
+	// The schema refuses what the manager would refuse later, at apply.
+	for name, spec := range map[string]string{
+		"no-instances": "instances: 0",
+		"bad-sha":      "instances: 1\n  bootstrap: {restore: {url: 'https://b.example/x.rdb', sha256: 'not-hex'}}",
+		"bad-scheme":   "instances: 1\n  bootstrap: {restore: {url: 'ftp://b.example/x.rdb', sha256: '" + strings.Repeat("a", 64) + "'}}",
+		"no-sha":       "instances: 1\n  bootstrap: {restore: {url: 'https://b.example/x.rdb'}}",
+	} {
+		f := filepath.Join(t.TempDir(), "bad.yaml")
+		os.WriteFile(f, []byte("apiVersion: redisoperator.io/v1\nkind: RedisCluster\nmetadata: {name: "+name+"}\nspec:\n  "+spec+"\n"), 0o600)
+		if _, err := cp.tryApply(f, ns); !apierrors.IsInvalid(errors.Unwrap(err)) {
+			t.Errorf("RedisCluster %s: %v, want it refused as invalid", name, err)
+		}
+	}
+
+	// The StatefulSet as the API server stored it.
+	var sts struct {
+		Spec struct {
+			Template struct {
+				Spec struct {
+					TerminationGracePeriodSeconds int64 `json:"terminationGracePeriodSeconds"`
+					ServiceAccountName            string
+					SecurityContext               struct{ RunAsNonRoot bool }
+					InitContainers                []container
+					Containers                    []container
+				}
+			}
+		}
+	}
+	raw, _ := kinds["StatefulSet/cache"].MarshalJSON()
+	if err := json.Unmarshal(raw, &sts); err != nil {
+		t.Fatal(err)
+	}
+	pod := sts.Spec.Template.Spec
+	if pod.ServiceAccountName != "cache-instance" || !pod.SecurityContext.RunAsNonRoot {
+		t.Errorf("pod: serviceAccountName %q, runAsNonRoot %v", pod.ServiceAccountName, pod.SecurityContext.RunAsNonRoot)
+	}
+	if len(pod.InitContainers) != 1 || strings.Join(pod.InitContainers[0].Command, " ") != "/redis-operator install /controller/redis-operator" {
+		t.Fatalf("init containers: %+v", pod.InitContainers)
+	}
+	if image, _, _ := strings.Cut(pod.InitContainers[0].Image, ":"); len(kust.Images) != 1 || kust.Images[0].Name != image {
+		t.Errorf("kustomization.yaml's images (%+v) do not name the manager's image %s", kust.Images, image)
+	}
+	if len(pod.Containers) != 1 {
+		t.Fatalf("containers: %+v", pod.Containers)
+	}
+	c := pod.Containers[0]
+	env := map[string]string{}
+	fieldRefs := map[string]string{}
+	for _, e := range c.Env {
+		env[e.Name] = e.Value
+		if e.ValueFrom != nil {
+			fieldRefs[e.Name] = e.ValueFrom.FieldRef.FieldPath
+		}
+	}
+	if strings.Join(c.Command, " ") != "/controller/redis-operator instance" {
+		t.Errorf("the Redis container runs %q, not the manager", c.Command)
+	}
+	if fieldRefs["POD_NAME"] != "metadata.name" || fieldRefs["POD_NAMESPACE"] != "metadata.namespace" || fieldRefs["POD_IP"] != "status.podIP" {
+		t.Errorf("downward API env: %v", fieldRefs)
+	}
+	shutdown, err := time.ParseDuration(env["SHUTDOWN_TIMEOUT"])
+	if err != nil || time.Duration(pod.TerminationGracePeriodSeconds)*time.Second <= shutdown+5*time.Second {
+		t.Errorf("terminationGracePeriodSeconds %d is not well above SHUTDOWN_TIMEOUT %q", pod.TerminationGracePeriodSeconds, env["SHUTDOWN_TIMEOUT"])
+	}
+	for probe, path := range map[string]*probe{"/startupz": c.StartupProbe, "/readyz": c.ReadinessProbe, "/healthz": c.LivenessProbe} {
+		if path == nil || path.HTTPGet.Path != probe {
+			t.Errorf("no probe on %s", probe)
+		}
+	}
+	sc := c.SecurityContext
+	if sc == nil || !sc.ReadOnlyRootFilesystem || sc.AllowPrivilegeEscalation || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
+		t.Errorf("the Redis container's security context: %+v", sc)
+	}
+}
+
+// container is the part of a pod's container the test reads.
+type container struct {
+	Image   string
+	Command []string
+	Env     []struct {
+		Name      string
+		Value     string
+		ValueFrom *struct{ FieldRef struct{ FieldPath string } }
+	}
+	StartupProbe, ReadinessProbe, LivenessProbe *probe
+	SecurityContext                             *struct {
+		ReadOnlyRootFilesystem   bool
+		AllowPrivilegeEscalation bool
+		Capabilities             struct{ Drop []string }
+	}
+}
+
+type probe struct{ HTTPGet struct{ Path string } }
+
+// BenchmarkIdleFootprint measures what the manager costs a pod when nothing
+// happens: the size of the binary as shipped (static, stripped), and the
+// resident memory and CPU of that binary managing a primary on the real API
+// server through a quiet minute, beside redis-server's own CPU.
+func BenchmarkIdleFootprint(b *testing.B) {
+	shipped := filepath.Join(b.TempDir(), "redis-operator")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=bench", "-o", shipped, ".")
+	build.Dir, build.Env = "..", append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	st, _ := os.Stat(shipped)
+
+	cp := startControlPlane(b)
+	ctx := context.Background()
+	admin := kubernetes.NewForConfigOrDie(cp.admin)
+	cp.apply(b, "../deploy/crd.yaml", ns)
+	cp.awaitCRD(b)
+	cp.apply(b, "../deploy/rbac.yaml", ns)
+	f := filepath.Join(b.TempDir(), "cluster.yaml")
+	os.WriteFile(f, []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cache-config}\ndata:\n  redis.conf: |\n    appendonly yes\n---\n"+
+		"apiVersion: v1\nkind: Secret\nmetadata: {name: cache-auth}\nstringData: {password: "+password+"}\n---\n"+
+		"apiVersion: redisoperator.io/v1\nkind: RedisCluster\nmetadata: {name: cache}\nspec:\n  instances: 1\n  targetPrimary: cache-0\n  configMapRef: {name: cache-config, key: redis.conf}\n  authSecretRef: {name: cache-auth, key: password}\n"), 0o600)
+	cp.apply(b, f, ns)
+	tr, err := admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "cache-instance", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	built := binary
+	binary = shipped
+	in := startInstance(b, "cache-0", cp.kubeconfig(b, tr.Status.Token))
+	binary = built
+	eventually(b, 30*time.Second, "cache-0 to be ready", func() bool { return in.get("/readyz") == http.StatusOK })
+	redisPID := in.redisPID(b)
+	time.Sleep(10 * time.Second) // past the start's own work
+
+	ticks := func(pid int) int64 {
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
+		u, _ := strconv.ParseInt(f[11], 10, 64) // utime, then stime, in 1/100 s
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		return u + s
+	}
+	rss := func(key string) float64 {
+		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", in.cmd.Process.Pid))
+		for _, line := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(line, key+":"); ok {
+				kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+				return kb / 1024
+			}
+		}
+		return 0
+	}
+	const window = time.Minute
+	var managerTicks, redisTicks int64
+	b.ResetTimer()
+	for range b.N {
+		m0, r0 := ticks(in.cmd.Process.Pid), ticks(redisPID)
+		time.Sleep(window)
+		managerTicks += ticks(in.cmd.Process.Pid) - m0
+		redisTicks += ticks(redisPID) - r0
+	}
+	b.StopTimer()
+	seconds := window.Seconds() * float64(b.N)
+	b.ReportMetric(float64(st.Size())/(1<<20), "binary-MiB")
+	b.ReportMetric(rss("VmRSS"), "rss-MiB")
+	b.ReportMetric(rss("VmHWM"), "peak-rss-MiB")
+	b.ReportMetric(rss("RssAnon"), "rss-anon-MiB")                   // the rest is the binary's pages, shared with the page cache
+	b.ReportMetric(float64(managerTicks)/seconds, "cpu-%-of-a-core") // ticks of 10 ms per second = percent
+	b.ReportMetric(float64(redisTicks)/seconds, "redis-cpu-%-of-a-core")
 }
