@@ -3,7 +3,7 @@
 # the binary into a volume shared with the stock Redis container, which runs
 # it as its command, so the manager is PID 1 beside redis-server:
 #
-#   initContainers: [{image: <this>, command: [/redis-operator, install, /controller/redis-operator]}]
+#   initContainers: [{image: <this>, command: [/redis-operator, install, --keep-existing, /controller/redis-operator]}]
 #   containers:     [{image: redis:7, command: [/controller/redis-operator, instance]}]
 #
 # deploy/statefulset.yaml does exactly that. Build with

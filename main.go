@@ -1,11 +1,11 @@
-// Command redis-operator is the instance manager of a Redis pod: it runs as
-// PID 1, supervises redis-server, and follows the pod's RedisCluster.
-
 // GOMAXPROCS still follows the container's CPU limit at start; re-reading
 // the cgroup every second for a limit that seldom changes would be a large
 // part of what an idle manager costs.
 //
 //go:debug updatemaxprocs=0
+
+// Command redis-operator is the instance manager of a Redis pod: it runs as
+// PID 1, supervises redis-server, and follows the pod's RedisCluster.
 package main
 
 import (
@@ -85,10 +85,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "redis-operator %s (commit %s, %s, %s/%s)\n", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return nil
 	case "install":
-		if len(args) != 2 {
-			return configErrorf("usage: redis-operator install DEST")
+		switch {
+		case len(args) == 2:
+			return install(args[1], false)
+		case len(args) == 3 && args[1] == "--keep-existing":
+			return install(args[2], true)
 		}
-		return install(args[1])
+		return configErrorf("usage: redis-operator install [--keep-existing] DEST")
 	case "instance":
 		s, err := parseSettings(args[1:], stderr)
 		if err != nil || s.checkOnly {
@@ -101,7 +104,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // install copies this binary to dest so that a reader of dest never sees a
 // partial file, as an init container does into a volume shared with Redis.
-func install(dest string) error {
+// With keep, a binary already at dest stays: an init container that runs
+// again in the same pod (its sandbox recreated after a node restart) must
+// not put back the image's binary over one an in-place upgrade installed.
+// Only a vetted binary is ever at dest, for both write it whole.
+func install(dest string, keep bool) error {
+	if _, err := os.Stat(dest); keep && err == nil {
+		return nil
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("install: find this binary: %w", err)

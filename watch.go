@@ -669,8 +669,8 @@ func newReconciler(r *reconciler) *reconciler {
 // starts before the first view of the cluster: nothing starts on a guess.
 func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *observation) {
 	// The observer's looks, at least one a second, are what moves the
-	// reconciler; the tick is for the rare timer of its own (a restore's
-	// backoff) and costs an idle pod a wakeup each time.
+	// reconciler; the tick only keeps it beating should they stop, and
+	// costs an idle pod a wakeup each time.
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
@@ -717,13 +717,12 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 			if r.retryFragment && time.Since(r.checkedAt) >= probeEvery {
 				r.applyView(r.view) // its fragment could not be checked
 			}
+			r.retryRestore()
 			r.enforceRole()
 			r.syncLive()
 			r.rotateAuth()
 		case <-tick.C:
-			if r.restoreJob == nil && !r.fenced && !r.restoreRetry.IsZero() && time.Now().After(r.restoreRetry) {
-				r.applyView(r.view) // the restore's backoff is over
-			}
+			r.retryRestore()
 		}
 	}
 }
@@ -882,6 +881,13 @@ func (r *reconciler) restoreEnded(res restoreResult) {
 		r.log.Error("restoring from backup failed; redis-server stays stopped", "error", res.err, "attempt", r.restoreFails, "retryIn", wait.String())
 	}
 	r.applyView(r.view)
+}
+
+// retryRestore tries a failed restore again once its backoff is over.
+func (r *reconciler) retryRestore() {
+	if r.restoreJob == nil && !r.fenced && !r.restoreRetry.IsZero() && time.Now().After(r.restoreRetry) {
+		r.applyView(r.view)
+	}
 }
 
 // restoreBackoff is the wait after a first failed restore, doubled after

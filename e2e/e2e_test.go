@@ -861,6 +861,9 @@ func TestDeployManifests(t *testing.T) {
 			}
 		}
 	}
+	if kinds["StatefulSet/cache"] == nil {
+		t.FailNow()
+	}
 	raw, _ := kinds["StatefulSet/cache"].MarshalJSON()
 	if err := json.Unmarshal(raw, &sts); err != nil {
 		t.Fatal(err)
@@ -869,7 +872,7 @@ func TestDeployManifests(t *testing.T) {
 	if pod.ServiceAccountName != "cache-instance" || !pod.SecurityContext.RunAsNonRoot {
 		t.Errorf("pod: serviceAccountName %q, runAsNonRoot %v", pod.ServiceAccountName, pod.SecurityContext.RunAsNonRoot)
 	}
-	if len(pod.InitContainers) != 1 || strings.Join(pod.InitContainers[0].Command, " ") != "/redis-operator install /controller/redis-operator" {
+	if len(pod.InitContainers) != 1 || strings.Join(pod.InitContainers[0].Command, " ") != "/redis-operator install --keep-existing /controller/redis-operator" {
 		t.Fatalf("init containers: %+v", pod.InitContainers)
 	}
 	if image, _, _ := strings.Cut(pod.InitContainers[0].Image, ":"); len(kust.Images) != 1 || kust.Images[0].Name != image {
@@ -902,6 +905,20 @@ func TestDeployManifests(t *testing.T) {
 			t.Errorf("no probe on %s", probe)
 		}
 	}
+	// With a read-only root, the manager writes only where volumes are: its
+	// data directory, beside its binary (an upgrade), and reads its token.
+	mounts := map[string]string{}
+	for _, m := range c.VolumeMounts {
+		mounts[m.MountPath] = m.Name
+	}
+	for what, path := range map[string]string{"REDIS_DATA_DIR": env["REDIS_DATA_DIR"], "the manager binary": c.Command[0], "OPERATOR_TOKEN_FILE": env["OPERATOR_TOKEN_FILE"]} {
+		if what != "REDIS_DATA_DIR" {
+			path = filepath.Dir(path)
+		}
+		if mounts[path] == "" {
+			t.Errorf("%s (%s) is on no volume: %v", what, path, mounts)
+		}
+	}
 	sc := c.SecurityContext
 	if sc == nil || !sc.ReadOnlyRootFilesystem || sc.AllowPrivilegeEscalation || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
 		t.Errorf("the Redis container's security context: %+v", sc)
@@ -910,9 +927,10 @@ func TestDeployManifests(t *testing.T) {
 
 // container is the part of a pod's container the test reads.
 type container struct {
-	Image   string
-	Command []string
-	Env     []struct {
+	Image        string
+	Command      []string
+	VolumeMounts []struct{ Name, MountPath string }
+	Env          []struct {
 		Name      string
 		Value     string
 		ValueFrom *struct{ FieldRef struct{ FieldPath string } }
