@@ -772,7 +772,6 @@ func (rs *restorer) run(ctx context.Context, job *restoreJob) (int64, error) {
 // it. Reads are counted into job.got, and report progress every 10 s.
 func (rs *restorer) open(ctx context.Context, job *restoreJob) (io.ReadCloser, error) {
 	u, _ := url.Parse(job.spec.URL) // checked
-	job.total.Store(-1)
 	if u.Scheme == "file" {
 		f, err := os.Open(u.Path)
 		if err != nil {

@@ -906,20 +906,27 @@ func TestStaticBinaryRunsAsPID1InAnEmptyRoot(t *testing.T) {
 	if manager <= 0 {
 		t.Fatal("no manager under unshare")
 	}
-	if err := syscall.Kill(manager, syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-in.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the manager did not stop on SIGTERM")
-	}
-	if in.exitErr != nil {
-		t.Errorf("exit after SIGTERM: %v", in.exitErr)
+	if err := in.stopPID1(manager); err != nil {
+		t.Errorf("exit after SIGTERM: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(root, "data", "dump.rdb")); err != nil {
 		t.Errorf("redis-server did not save on the way out: %v", err)
 	}
+}
+
+// stopPID1 sends SIGTERM to the manager running as PID 1 under unshare (which
+// passes no signal on) and returns how it exited.
+func (in *instance) stopPID1(manager int) error {
+	in.t.Helper()
+	if err := syscall.Kill(manager, syscall.SIGTERM); err != nil {
+		in.t.Fatal(err)
+	}
+	select {
+	case <-in.done:
+	case <-time.After(30 * time.Second):
+		in.t.Fatal("the manager did not stop on SIGTERM as PID 1")
+	}
+	return in.exitErr
 }
 
 func sha256File(t testing.TB, path string) string {

@@ -140,16 +140,8 @@ func TestPID1ReapsOrphansAndStopsCleanly(t *testing.T) {
 		_, err := os.Stat(fmt.Sprintf("/proc/%d", orphan))
 		return os.IsNotExist(err)
 	})
-	if err := syscall.Kill(manager, syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-in.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the manager did not stop on SIGTERM as PID 1")
-	}
-	if in.exitErr != nil {
-		t.Fatalf("exit: %v", in.exitErr)
+	if err := in.stopPID1(manager); err != nil {
+		t.Fatalf("exit: %v", err)
 	}
 	if !in.hasLog("Redis is now ready to exit, bye bye...") || in.hasLog("redis-server killed") {
 		t.Fatal("redis-server did not shut down gracefully")
