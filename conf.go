@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc64"
 	"io"
 	"os"
 	"path/filepath"
@@ -19,6 +20,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -348,6 +351,116 @@ func unreadDataset(dir string, frag []directive) string {
 		return fmt.Sprintf("refusing to start: appendonly is on and %s/ holds no AOF, so redis-server would start empty beside %s, which holds %d keys and which Redis does not read with appendonly on; start with appendonly off, then turn it on (Redis writes the AOF from the dataset, live)", df.aofDir, df.rdb, rdb)
 	case !df.aof && rdb == 0 && aof > 0:
 		return fmt.Sprintf("refusing to start: appendonly is off and %s holds no keys, so redis-server would start empty beside the AOF in %s/ (%d keys or more), which Redis does not read with appendonly off; turn appendonly on", df.rdb, df.aofDir, aof)
+	}
+	// Redis refuses such a file and exits; restarted, it refuses it again,
+	// and all anyone would see is an exit status. Said once, here, the
+	// reason is in lastError and /readyz, and nothing is started.
+	if !df.aof {
+		if damage := rdbDamage(filepath.Join(dir, df.rdb)); damage != "" {
+			return fmt.Sprintf("refusing to start: %s %s; redis-server would refuse to load it. The file is kept as it is: put a good copy in its place, or move targetPrimary to an instance that holds the data and remove it here", df.rdb, damage)
+		}
+	}
+	return ""
+}
+
+// rdbCheckBudget bounds the reading of an RDB file before a start: on the
+// reconciler's time, and ahead of Redis's own reading of it (which it
+// leaves in the page cache). A file too large to read within it is left to
+// Redis's judgement.
+const rdbCheckBudget = 5 * time.Second
+
+// rdbVerdict is the last file rdbDamage read, so that it is read once
+// however often the guard asks: Redis replaces the file by renaming a new
+// one over it, which changes the inode.
+var rdbVerdict struct {
+	sync.Mutex
+	id  [5]int64 // device, inode, size, modification and change times
+	why string
+}
+
+// rdbDamage says what makes the RDB file at path one Redis cannot load, or
+// "": it is empty, is no RDB, lacks the end mark its format ends with, or
+// fails its CRC64, which Redis checks after loading all of it. A file saved
+// without a checksum (rdbchecksum no), or of a format before version 5,
+// which has none, passes what it can be checked for.
+func rdbDamage(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return ""
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	id := [5]int64{int64(st.Dev), int64(st.Ino), fi.Size(), fi.ModTime().UnixNano(), st.Ctim.Nano()}
+	rdbVerdict.Lock()
+	defer rdbVerdict.Unlock()
+	if rdbVerdict.id == id {
+		return rdbVerdict.why
+	}
+	why := readRDBDamage(f, fi.Size())
+	rdbVerdict.id, rdbVerdict.why = id, why
+	return why
+}
+
+// redisCRC64 is the table of Redis's CRC-64 (Jones, reflected), the
+// checksum of an RDB file's every byte but the last 8, which hold it.
+var redisCRC64 = crc64.MakeTable(0x95ac9329ac4bc9b5)
+
+func readRDBDamage(f *os.File, size int64) string {
+	if size == 0 {
+		return "is empty"
+	}
+	head := make([]byte, 9) // "REDIS" and the format version
+	if _, err := io.ReadFull(f, head); err != nil || string(head[:5]) != "REDIS" {
+		return "is not an RDB file"
+	}
+	version, err := strconv.Atoi(string(head[5:]))
+	if err != nil {
+		return "is not an RDB file"
+	}
+	if version < 5 {
+		return ""
+	}
+	if size < 9+9 {
+		return "is truncated"
+	}
+	tail := make([]byte, 9)
+	if _, err := f.ReadAt(tail, size-9); err != nil {
+		return ""
+	}
+	if tail[0] != 0xFF { // the EOF opcode, before the checksum
+		return "is truncated: it does not end with the end-of-file mark"
+	}
+	var want uint64 // little-endian
+	for i := 8; i >= 1; i-- {
+		want = want<<8 | uint64(tail[i])
+	}
+	if want == 0 {
+		return "" // saved without a checksum
+	}
+	// crc64.Update inverts the checksum before and after; Redis's does not.
+	crc, deadline := ^uint64(0), time.Now().Add(rdbCheckBudget)
+	crc = crc64.Update(crc, redisCRC64, head)
+	buf := make([]byte, 1<<20)
+	for left := size - 8 - 9; left > 0; {
+		if time.Now().After(deadline) {
+			return "" // too large to tell in time: Redis will
+		}
+		n, err := f.Read(buf[:min(int64(len(buf)), left)])
+		crc = crc64.Update(crc, redisCRC64, buf[:n])
+		left -= int64(n)
+		if err != nil && left > 0 {
+			return ""
+		}
+	}
+	if got := ^crc; got != want {
+		return fmt.Sprintf("is damaged: its CRC64 is %016x, and the file says %016x", got, want)
 	}
 	return ""
 }

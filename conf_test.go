@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	crand "crypto/rand"
 	"fmt"
 	"io"
+	"maps"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -773,4 +776,271 @@ func cutLinkAndAwaitIt(t *testing.T, replica *instance) {
 		info, _ := infoReplication(c)
 		return info["master_link_status"] == "up"
 	})
+}
+
+// A live parameter and the primary role change in one write of the object,
+// under writes: the switchover completes with no acknowledged write lost,
+// and every instance runs the new value, applied live: no redis-server
+// restarts.
+func TestFaultConfigChangeDuringSwitchover(t *testing.T) {
+	const before = "appendonly no\nrepl-diskless-sync-delay 0\nmaxmemory 100mb\nhz 10"
+	const after = "appendonly no\nrepl-diskless-sync-delay 0\nmaxmemory 150mb\nhz 20"
+	cf, nodes := cluster3(t, before)
+	pids, hash := map[string]int{}, nodes[0].status().ConfigHash
+	for _, n := range nodes {
+		pids[n.pod] = n.redisPID()
+	}
+	w := startKeyWriter(t, nodes)
+	eventually(t, 5*time.Second, "writes on cache-0", func() bool { return w.ackedOn(nodes[0], time.Now().Add(-100*time.Millisecond)) })
+	time.Sleep(300 * time.Millisecond)
+
+	changed := time.Now()
+	writeFile(t, cf, clusterYAML("cache", "cache-1", after, "s3cret-pw"))
+	eventually(t, 15*time.Second, "writes on cache-1, the new primary", func() bool { return w.ackedOn(nodes[1], changed) })
+	t.Logf("cache-1 took writes %s after the change", time.Since(changed).Round(time.Millisecond))
+	time.Sleep(300 * time.Millisecond)
+	acked := w.finish()
+	if m := missingKeys(t, nodes[1].redis(), acked); len(m) > 0 {
+		t.Fatalf("the new primary lacks %d of %d acknowledged writes, the first w:%d", len(m), len(acked), m[0])
+	}
+	for _, n := range nodes {
+		if n != nodes[1] {
+			eventually(t, 10*time.Second, n.pod+" to follow cache-1", func() bool { return masterPort(t, n) == fmt.Sprint(nodes[1].port) })
+		}
+		c := n.redis()
+		eventually(t, 10*time.Second, n.pod+" to hold every acknowledged write", func() bool {
+			return len(missingKeys(t, c, acked)) == 0
+		})
+		for name, want := range map[string]string{"maxmemory": fmt.Sprint(150 << 20), "hz": "20"} {
+			if got, _ := redis.Strings(n.redis().Do("CONFIG", "GET", name)); len(got) != 2 || got[1] != want {
+				t.Errorf("%s: %s is %v, want %s", n.pod, name, got, want)
+			}
+		}
+		if pid := n.redisPID(); pid != pids[n.pod] {
+			t.Errorf("%s: redis-server restarted (pid %d, was %d)", n.pod, pid, pids[n.pod])
+		}
+		eventually(t, 5*time.Second, n.pod+"'s status to show the new configuration", func() bool {
+			st := n.status()
+			return st.ConfigHash != hash && st.ConfigHash != "" && len(st.PendingRestart) == 0 && st.LastError == "" && st.Restarts == 0
+		})
+	}
+}
+
+// The data directory fills up under a primary (a 16 MiB tmpfs here) and its
+// background save fails. Redis keeps serving reads and refuses writes with
+// MISCONF (stop-writes-on-bgsave-error) rather than acknowledge what it
+// cannot persist; the manager runs on and says why in /readyz and the
+// status; the last good dump.rdb stays whole (Redis writes a temp file and
+// renames it only once it is complete). Once space is freed, Redis saves
+// again by itself and takes writes, and every acknowledged key is there
+// after a restart.
+func TestFaultFullDiskDuringSave(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	if err := os.MkdirAll(data, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=16m,mode=0750", "tmpfs", data).CombinedOutput(); err != nil {
+		t.Skipf("the test needs a small filesystem, and mounting a tmpfs is not permitted here: %v: %s", err, bytes.TrimSpace(out))
+	}
+	t.Cleanup(func() { // after the manager's own cleanup, which stops it
+		if out, err := exec.Command("umount", data).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", data, err, out)
+		}
+	})
+	cf := filepath.Join(dir, "cluster.yaml")
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no\nsave 1 1", "s3cret-pw"))
+	in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw", dataDir: data})
+	in.waitReady(20 * time.Second)
+	c := in.redis()
+	writeKeys(t, c, "k", 1000)
+	if _, err := c.Do("SAVE"); err != nil {
+		t.Fatal(err)
+	}
+	persistence := func() redisInfo {
+		text, err := redis.String(c.Do("INFO", "persistence"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return parseInfo(text)
+	}
+
+	// 2 MiB left, then 3 MiB of values that do not compress.
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(data, &fs); err != nil {
+		t.Fatal(err)
+	}
+	filler := filepath.Join(data, "filler")
+	if err := os.WriteFile(filler, make([]byte, int64(fs.Bavail)*fs.Bsize-2<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	acked := map[string][]byte{}
+	for i := range 3000 {
+		v := make([]byte, 1024)
+		crand.Read(v)
+		k := fmt.Sprintf("big:%d", i)
+		if _, err := c.Do("SET", k, v); err != nil {
+			if !strings.HasPrefix(err.Error(), "MISCONF") {
+				t.Fatalf("SET %s: %v", k, err)
+			}
+			break // a save failed already
+		}
+		acked[k] = v
+	}
+	eventually(t, 10*time.Second, "a background save to fail for lack of space", func() bool {
+		return persistence()["rdb_last_bgsave_status"] == "err"
+	})
+	rdbPath := filepath.Join(data, "dump.rdb")
+	lastGood, err := os.ReadFile(rdbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if damage := rdbDamage(rdbPath); damage != "" || rdbFileKeys(rdbPath) < 1000 {
+		t.Fatalf("the last good dump.rdb is not whole: %s, %d keys", damage, rdbFileKeys(rdbPath))
+	}
+
+	if _, err := c.Do("SET", "refused", "x"); err == nil || !strings.HasPrefix(err.Error(), "MISCONF") {
+		t.Fatalf("a write on a full disk: %v, want MISCONF", err)
+	}
+	if v, err := redis.String(c.Do("GET", "k:5")); err != nil || v != "value-5" {
+		t.Fatalf("a read on a full disk: %q, %v", v, err)
+	}
+	eventually(t, 5*time.Second, "/readyz and the status to say that Redis cannot persist", func() bool {
+		code, body := in.get("/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(string(body), "MISCONF") && strings.Contains(in.status().NotReadyReason, "MISCONF")
+	})
+	if code, body := in.get("/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz %d %s: the manager is to run on", code, body)
+	}
+	select {
+	case <-in.done:
+		t.Fatalf("the manager exited: %v", in.exitErr)
+	default:
+	}
+	if got, _ := os.ReadFile(rdbPath); !bytes.Equal(got, lastGood) {
+		t.Error("dump.rdb changed after the failed save")
+	}
+	// Redis tries the save again every 5 s, and a try in progress has its
+	// temp file: what must not stay is one between tries.
+	eventually(t, 15*time.Second, "no temp file left between failed saves", func() bool {
+		temps, _ := filepath.Glob(filepath.Join(data, "temp-*.rdb"))
+		return len(temps) == 0 && persistence()["rdb_bgsave_in_progress"] == "0"
+	})
+	t.Logf("%d writes acknowledged before the disk filled; %s", len(acked), persistence()["rdb_last_bgsave_status"])
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	freed := time.Now()
+	eventually(t, 15*time.Second, "writes to be taken again once space is freed", func() bool {
+		_, err := c.Do("SET", "after", "freed")
+		return err == nil
+	})
+	t.Logf("writes taken again %s after space was freed", time.Since(freed).Round(time.Millisecond))
+	in.waitReady(10 * time.Second)
+	if code := in.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+
+	back := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw", dataDir: data, port: in.port})
+	back.waitReady(20 * time.Second)
+	bc := back.redis()
+	checkKeys(t, bc, "k", 1000)
+	for k, v := range acked {
+		if got, err := redis.Bytes(bc.Do("GET", k)); err != nil || !bytes.Equal(got, v) {
+			t.Fatalf("after a restart, the acknowledged %s is %d bytes (%v)", k, len(got), err)
+		}
+	}
+	if v, _ := redis.String(bc.Do("GET", "after")); v != "freed" {
+		t.Fatalf("after a restart, the write taken once space was freed is %q", v)
+	}
+}
+
+// A primary whose dump.rdb is damaged (cut short, bytes changed, empty)
+// must hold on to it: redis-server is not started over it, let alone empty,
+// the file stays byte for byte, the manager runs on and says what is wrong
+// in lastError and /readyz, and nothing restarts again and again. A good
+// file put in its place is then loaded.
+func TestFaultCorruptRDBAtStart(t *testing.T) {
+	var want map[string]string
+	good := rdbFixture(t, func(c redis.Conn) {
+		fillTypes(t, c, "k", 300)
+		want = dataset(t, c)
+	})
+	cut := len(good) * 2 / 3
+	for good[cut-9] == 0xFF { // where the end mark would be: not a cut that looks whole
+		cut--
+	}
+	flipped := bytes.Clone(good)
+	flipped[len(flipped)/2] ^= 0xFF
+	for _, tc := range []struct {
+		name string
+		rdb  []byte
+		says string
+	}{
+		{"truncated", good[:cut], "dump.rdb is truncated"},
+		{"bytes flipped", flipped, "dump.rdb is damaged: its CRC64 is"},
+		{"empty", []byte{}, "dump.rdb is empty"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			data := filepath.Join(dir, "data")
+			os.MkdirAll(data, 0o750)
+			rdbPath := filepath.Join(data, "dump.rdb")
+			if err := os.WriteFile(rdbPath, tc.rdb, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cf := filepath.Join(dir, "cluster.yaml")
+			yaml := clusterYAML("cache", "cache-0", "appendonly no", "s3cret-pw")
+			writeFile(t, cf, yaml)
+			in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw", dataDir: data})
+			eventually(t, 10*time.Second, "lastError to say "+tc.says, func() bool {
+				return strings.Contains(in.status().LastError, tc.says)
+			})
+			t.Logf("lastError: %s", in.status().LastError)
+			if code, body := in.get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(string(body), tc.says) {
+				t.Errorf("/readyz %d %s", code, body)
+			}
+			// Long enough for a restart loop to show: its first retries come
+			// after 100, 200 and 400 ms.
+			time.Sleep(1500 * time.Millisecond)
+			if code, body := in.get("/healthz"); code != http.StatusOK {
+				t.Errorf("/healthz %d %s: the manager is to run on, waiting for a good file", code, body)
+			}
+			starts := 0
+			for _, r := range in.logRecords() {
+				if r["msg"] == "redis-server started" {
+					starts++
+				}
+			}
+			if st := in.status(); starts != 0 || st.Restarts > 0 {
+				t.Errorf("redis-server was started %d times (restarts %d) over a file it cannot load", starts, st.Restarts)
+			}
+			if c, err := net.Dial("tcp", localAddr(in.port)); err == nil {
+				c.Close()
+				t.Error("redis-server runs beside a dump.rdb it cannot load")
+			}
+			if got, _ := os.ReadFile(rdbPath); !bytes.Equal(got, tc.rdb) {
+				t.Fatal("dump.rdb changed")
+			}
+			select {
+			case <-in.done:
+				t.Fatalf("the manager exited: %v", in.exitErr)
+			default:
+			}
+
+			// A good copy put in its place is loaded without anything else
+			// changing: the manager looks at a refused start again.
+			if err := os.WriteFile(rdbPath, good, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			in.waitReady(20 * time.Second)
+			if got := dataset(t, in.redis()); !maps.Equal(got, want) {
+				t.Fatalf("after the good file: %d keys, want %d", len(got), len(want))
+			}
+			if st := in.status(); st.LastError != "" {
+				t.Errorf("lastError stays: %s", st.LastError)
+			}
+		})
+	}
 }

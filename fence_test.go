@@ -2,11 +2,15 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/gomodule/redigo/redis"
 )
 
 func TestIsFenced(t *testing.T) {
@@ -130,6 +134,200 @@ func TestFenceAllStopsEveryInstance(t *testing.T) {
 		eventually(t, 5*time.Second, in.pod+" to be fenced", func() bool {
 			code, _ := in.get("/readyz")
 			return code == http.StatusServiceUnavailable && in.status().Fenced
+		})
+	}
+}
+
+// keyWriter SETs w:1, w:2, ... one at a time on whichever instance runs as
+// master, and keeps the numbers acknowledged: a client that finds the
+// primary by asking each instance, and gives a write up after a second (a
+// write held back by CLIENT PAUSE may still be applied later; it is simply
+// not counted).
+type keyWriter struct {
+	mu        sync.Mutex
+	acked     []int
+	lastAckOn map[int]time.Time // by Redis port
+	stop      chan struct{}
+	done      chan struct{}
+	stopOnce  sync.Once
+}
+
+func startKeyWriter(t *testing.T, nodes []*instance) *keyWriter {
+	w := &keyWriter{lastAckOn: map[int]time.Time{}, stop: make(chan struct{}), done: make(chan struct{})}
+	t.Cleanup(func() { w.finish() }) // a test that failed half-way leaves no writer behind
+	findMaster := func() (redis.Conn, int) {
+		for _, in := range nodes {
+			c, err := dialRedis(localAddr(in.port), []string{in.password}, 200*time.Millisecond)
+			if err != nil {
+				continue
+			}
+			info, err := infoReplication(c)
+			c.Close()
+			if err == nil && info.role() == "master" {
+				if c, err := dialRedis(localAddr(in.port), []string{in.password}, time.Second); err == nil {
+					return c, in.port
+				}
+			}
+		}
+		return nil, 0
+	}
+	go func() {
+		defer close(w.done)
+		var c redis.Conn
+		var port int
+		for n := 1; ; n++ {
+			select {
+			case <-w.stop:
+				if c != nil {
+					c.Close()
+				}
+				return
+			default:
+			}
+			if c == nil {
+				if c, port = findMaster(); c == nil {
+					time.Sleep(20 * time.Millisecond)
+					continue
+				}
+			}
+			if _, err := c.Do("SET", fmt.Sprintf("w:%d", n), n); err != nil {
+				c.Close()
+				c = nil
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			w.mu.Lock()
+			w.acked, w.lastAckOn[port] = append(w.acked, n), time.Now()
+			w.mu.Unlock()
+		}
+	}()
+	return w
+}
+
+// ackedOn says whether the instance acknowledged a write after t.
+func (w *keyWriter) ackedOn(in *instance, t time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lastAckOn[in.port].After(t)
+}
+
+func (w *keyWriter) finish() []int {
+	w.stopOnce.Do(func() { close(w.stop) })
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.acked
+}
+
+// missingKeys lists the acknowledged writes the server at c does not hold.
+func missingKeys(t *testing.T, c redis.Conn, acked []int) []int {
+	t.Helper()
+	for _, n := range acked {
+		c.Send("GET", fmt.Sprintf("w:%d", n))
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var missing []int
+	for _, n := range acked {
+		if v, err := redis.Int(c.Receive()); err != nil || v != n {
+			missing = append(missing, n)
+		}
+	}
+	return missing
+}
+
+// Fencing and a switchover in one write of the object, under writes:
+//   - the new target fenced as the role moves to it: it stops, and the old
+//     primary, which may not hand over, holds writes back and says why;
+//     moving the target back makes it writable again within seconds;
+//   - the role moved to the fenced instance again as it is unfenced: it
+//     has missed the writes taken meanwhile, and must catch up before it
+//     takes the role over;
+//   - the old primary fenced as the role moves away from it: the new target
+//     takes over (fails over) within seconds, and the fenced one comes back
+//     as a replica when unfenced.
+//
+// Through all of it no acknowledged write is lost.
+func TestFaultFenceDuringSwitchover(t *testing.T) {
+	const fragment = "appendonly yes\nrepl-diskless-sync-delay 0"
+	cf, nodes := cluster3(t, fragment)
+	c0, c1, c2 := nodes[0], nodes[1], nodes[2]
+	spec := func(target, fence string) string {
+		y := clusterYAML("cache", target, fragment, "s3cret-pw")
+		if fence != "" {
+			y = withFence(y, fence)
+		}
+		return y
+	}
+	stopped := func(in *instance) bool {
+		c, err := net.DialTimeout("tcp", localAddr(in.port), 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil && in.status().Fenced
+	}
+	says := func(in *instance, what string) bool {
+		code, body := in.get("/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(string(body), what) && strings.Contains(in.status().NotReadyReason, what)
+	}
+	w := startKeyWriter(t, nodes)
+	// With data of its own: a target whose disk holds none is refused as
+	// the primary (see TestEmptyPrimaryGuard), which is not the point here.
+	eventually(t, 5*time.Second, "writes to reach cache-1", func() bool {
+		n, _ := redis.Int(c1.redis().Do("DBSIZE"))
+		return n > 100
+	})
+
+	writeFile(t, cf, spec("cache-1", `["cache-1"]`))
+	eventually(t, 10*time.Second, "the fenced target's redis-server to stop", func() bool { return stopped(c1) })
+	eventually(t, 10*time.Second, "the old primary to say why it does not take writes", func() bool {
+		return says(c0, "the primary role moves to cache-1, which is fenced")
+	})
+	eventually(t, 10*time.Second, "the other replica to say why it is not ready", func() bool {
+		return says(c2, "the target primary cache-1 is fenced")
+	})
+
+	moved := time.Now()
+	writeFile(t, cf, spec("cache-0", `["cache-1"]`))
+	eventually(t, 10*time.Second, "writes to resume on cache-0 once the target is back", func() bool { return w.ackedOn(c0, moved) })
+	t.Logf("the target moved back: cache-0 took writes again after %s", time.Since(moved).Round(time.Millisecond))
+	time.Sleep(500 * time.Millisecond) // writes the fenced cache-1 does not have
+
+	moved = time.Now()
+	writeFile(t, cf, spec("cache-1", ""))
+	eventually(t, 20*time.Second, "writes on cache-1, unfenced as the role moves to it", func() bool { return w.ackedOn(c1, moved) })
+	t.Logf("unfenced and moved: cache-1 took writes after %s", time.Since(moved).Round(time.Millisecond))
+	// Settled first: fenced, an old primary stops at once, and a target
+	// still reconnecting to it would fail over without its last writes.
+	for _, in := range []*instance{c0, c2} {
+		eventually(t, 10*time.Second, in.pod+" to replicate from cache-1", func() bool {
+			info, err := infoReplication(in.redis())
+			return err == nil && info["master_port"] == fmt.Sprint(c1.port) && info["master_link_status"] == "up"
+		})
+	}
+
+	moved = time.Now()
+	writeFile(t, cf, spec("cache-2", `["cache-1"]`))
+	eventually(t, 10*time.Second, "the fenced old primary's redis-server to stop", func() bool { return stopped(c1) })
+	eventually(t, 20*time.Second, "writes on cache-2, the old primary fenced as the role moves to it", func() bool { return w.ackedOn(c2, moved) })
+	t.Logf("old primary fenced: cache-2 took writes after %s", time.Since(moved).Round(time.Millisecond))
+	time.Sleep(300 * time.Millisecond)
+
+	writeFile(t, cf, spec("cache-2", ""))
+	c1.waitReady(30 * time.Second)
+	acked := w.finish()
+	t.Logf("%d writes acknowledged", len(acked))
+	if m := missingKeys(t, c2.redis(), acked); len(m) > 0 {
+		t.Fatalf("the primary cache-2 lacks %d of %d acknowledged writes, the first w:%d", len(m), len(acked), m[0])
+	}
+	for _, in := range []*instance{c0, c1} {
+		if got := masterPort(t, in); got != fmt.Sprint(c2.port) {
+			t.Errorf("%s follows %q, not cache-2", in.pod, got)
+		}
+		c := in.redis()
+		eventually(t, 10*time.Second, in.pod+" to hold every acknowledged write", func() bool {
+			return len(missingKeys(t, c, acked)) == 0
 		})
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -211,19 +213,59 @@ func joinHostPort(host, port string) string {
 
 // desiredRole says what this pod must be: the primary, or a replica of the
 // target primary's published address. An empty replicaOf with primary false
-// means the target has not published where to reach it yet.
+// means the target has not published where to reach it yet. The primary
+// has a replicaOf while the role is still held elsewhere: see roleFor.
 type desiredRole struct {
-	primary   bool
-	target    string
-	replicaOf string
+	primary      bool
+	target       string
+	replicaOf    string
+	targetFenced bool // the target is fenced, so no one takes the role over
 }
 
+// leads says whether this instance starts as the primary: the target,
+// unless the role is still held elsewhere and it starts as that one's
+// replica, to take the role over by the handover.
+func (d desiredRole) leads() bool { return d.primary && d.replicaOf == "" }
+
+// roleFor reads the role from the object. A target that does not hold the
+// primary role yet, while the instance that does (status.currentPrimary)
+// still runs as master, starts as that one's replica: the role moved here
+// while this instance was fenced or down, and the old primary kept taking
+// writes until it saw the move. Started as a master on what its own disk
+// held, it would be taken for the new primary by the handover, which then
+// waits for no catch-up, and those writes would be lost.
 func roleFor(rc *redisCluster, pod string) desiredRole {
 	target := rc.targetPrimary()
+	fenced, _ := isFenced(rc.Metadata.Annotations, target) // a malformed annotation says nothing
 	if target == pod {
-		return desiredRole{primary: true, target: target}
+		role := desiredRole{primary: true, target: target, targetFenced: fenced}
+		if holder := rc.Status.CurrentPrimary; holder != "" && holder != pod {
+			if e := rc.Status.InstancesStatus[holder]; e.Role == "master" && e.Address != "" {
+				role.replicaOf = e.Address
+			}
+		}
+		return role
 	}
-	return desiredRole{target: target, replicaOf: rc.Status.InstancesStatus[target].Address}
+	return desiredRole{target: target, targetFenced: fenced, replicaOf: rc.Status.InstancesStatus[target].Address}
+}
+
+// currentPrimaryFile is status.currentPrimary in local mode, beside the
+// status entries: the cluster file holds no status.
+const currentPrimaryFile = "currentPrimary"
+
+// claimCurrentPrimary records that pod holds the primary role, as the
+// primary's status patch does in the object.
+func claimCurrentPrimary(statusDir, pod string) error {
+	path := filepath.Join(statusDir, currentPrimaryFile)
+	if b, err := os.ReadFile(path); err == nil && string(b) == pod+"\n" {
+		return nil // the claim stands; each status write need not sync it again
+	}
+	return writeFileAtomic(path, []byte(pod+"\n"), 0o644)
+}
+
+func readCurrentPrimary(statusDir string) string {
+	b, _ := os.ReadFile(filepath.Join(statusDir, currentPrimaryFile))
+	return strings.TrimSpace(string(b))
 }
 
 // readiness applies the contract's /readyz rule to the latest observation.
@@ -243,6 +285,10 @@ func readiness(obs *observation, want desiredRole, maxLagBytes int64) (bool, str
 		return false, fmt.Sprintf("this instance is the target primary but runs as %s", obs.role())
 	case want.primary:
 		return true, ""
+	case want.targetFenced && obs.role() == "master":
+		return false, fmt.Sprintf("the primary role moves to %s, which is fenced: writes are held back here until it is unfenced or targetPrimary moves", want.target)
+	case want.targetFenced:
+		return false, fmt.Sprintf("the target primary %s is fenced", want.target)
 	case obs.role() != "slave":
 		return false, fmt.Sprintf("this instance must replicate from %s but runs as %s", want.target, obs.role())
 	case want.replicaOf != "" && joinHostPort(obs.info["master_host"], obs.info["master_port"]) != canonicalAddr(want.replicaOf):
@@ -351,6 +397,12 @@ func handover(old, new redisNode, passwords []string) error {
 		return fmt.Errorf("%w: %v", errUnreachable, err)
 	}
 	if oldInfo.role() == "master" {
+		// A new primary still copying the old one's dataset cannot catch up
+		// within a pause: pausing now would only hold writes back for
+		// nothing, once a second, for as long as its full sync takes.
+		if ni, err := infoReplication(nc); err == nil && ni.role() == "slave" && (ni["master_sync_in_progress"] == "1" || ni["master_link_status"] != "up") {
+			return fmt.Errorf("the new primary is still syncing from the old one; handing over once it has")
+		}
 		pausedAt := time.Now()
 		if _, err := oc.Do("CLIENT", "PAUSE", handoverPause.Milliseconds(), "WRITE"); err != nil {
 			return fmt.Errorf("pause writes on the old primary: %w", err)

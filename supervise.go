@@ -527,6 +527,13 @@ func (s *supervisor) startRedis() (*os.Process, <-chan syscall.WaitStatus, strin
 // (plain SHUTDOWN saves when persistence is on and lets lagging replicas
 // catch up), falls back to SIGTERM when it cannot be asked, and only when the
 // deadline passes kills it.
+//
+// A redis-server still loading its dataset gets the same SHUTDOWN: Redis
+// makes it SHUTDOWN NOSAVE while it loads (shutdownCommand; a SIGTERM then
+// too), so a half-loaded dataset is never saved over the whole one, and it
+// stops at once. The manager does not send NOSAVE itself: it can only know
+// Redis is loading by asking, and a load that ended between the question
+// and the SHUTDOWN would lose every write taken since.
 func (s *supervisor) stop(proc *os.Process, exited <-chan syscall.WaitStatus, deadline time.Time, shutdown ...string) {
 	s.log.Info("stopping redis-server", "pid", proc.Pid, "command", strings.Join(shutdown, " "), "budget", time.Until(deadline).Round(time.Millisecond).String())
 	asked := make(chan error, 1)

@@ -291,6 +291,7 @@ func (s *localSource) load() (clusterView, error) {
 		v.password = strings.TrimRight(string(pw), "\r\n")
 	}
 	v.cluster.Status.InstancesStatus = s.readEntries()
+	v.cluster.Status.CurrentPrimary = readCurrentPrimary(s.statusDir)
 	return v, nil
 }
 
@@ -329,6 +330,11 @@ func (s *localSource) writeStatus(_ context.Context, u statusUpdate) error {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
+	}
+	if u.primary { // before the entry, so that whoever sees the entry sees the claim
+		if err := claimCurrentPrimary(s.statusDir, s.pod); err != nil {
+			return err
+		}
 	}
 	return writeFileAtomic(filepath.Join(s.statusDir, s.pod+".json"), append(b, '\n'), 0o644)
 }
@@ -550,13 +556,14 @@ func (k *kubeSource) writeStatus(ctx context.Context, u statusUpdate) error {
 	return nil
 }
 
-// Status writes: a change that matters (role, readiness, errors) goes out at
-// once; a change in figures alone (offsets, memory) at most every
-// figuresEvery; with no change at all, a heartbeat every heartbeatEvery.
-const (
-	figuresEvery   = 10 * time.Second
-	heartbeatEvery = time.Minute
-)
+// Status writes: a change that matters (role, readiness, errors, keys
+// appearing or going) goes out at once; figures alone (offsets, memory, a
+// count of keys) ride the heartbeat, every heartbeatEvery. On an idle
+// cluster a primary's offset moves with every replication PING and its
+// memory with every INFO, so writing figures as they move would be a patch
+// per pod every few seconds, each sent to every watcher of the object,
+// for numbers /v1/status serves live anyway.
+const heartbeatEvery = time.Minute
 
 // probeState is what the HTTP handlers serve, published by the reconciler.
 type probeState struct {
@@ -723,6 +730,9 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 			r.rotateAuth()
 		case <-tick.C:
 			r.retryRestore()
+			if r.guardErr != "" {
+				r.applyView(r.view) // what the guard refused may have been put right on disk
+			}
 		}
 	}
 }
@@ -819,12 +829,12 @@ func (r *reconciler) applyView(v clusterView) {
 func (r *reconciler) bootstrap() bool {
 	spec := r.view.cluster.Spec.Bootstrap.Restore
 	if job := r.restoreJob; job != nil && !job.abandoned &&
-		(spec == nil || *spec != job.spec || !r.role.primary || dataFilesOf(r.fragment) != job.files) {
+		(spec == nil || *spec != job.spec || !r.role.leads() || dataFilesOf(r.fragment) != job.files) {
 		r.log.Info("abandoning the restore: the spec, the role or the names of the data files changed", "url", redactURL(job.spec.URL))
 		job.cancel()
 		job.abandoned = true
 	}
-	if spec == nil || !r.role.primary || *spec == r.restoreDone {
+	if spec == nil || !r.role.leads() || *spec == r.restoreDone {
 		r.restoreErr, r.restoreRetry = "", time.Time{}
 		return r.restoreJob != nil // an abandoned one may still be writing
 	}
@@ -901,7 +911,7 @@ const restoreBackoff = 5 * time.Second
 func (r *reconciler) startGuard() string {
 	entries := r.view.cluster.Status.InstancesStatus
 	onDisk := datasetKeys(r.settings.dataDir, r.fragment)
-	if r.role.primary {
+	if r.role.leads() {
 		if why := unreadDataset(r.settings.dataDir, r.fragment); why != "" {
 			return why
 		}
@@ -919,9 +929,15 @@ func (r *reconciler) startGuard() string {
 		}
 		return fmt.Sprintf("refusing to start as the primary with an empty data directory while %s reported %d keys: move targetPrimary to an instance that holds the data", holder, most)
 	}
-	// The target's entry reports what it holds even while it is stopped.
-	if target, ok := entries[r.role.target]; ok && target.Keys == 0 && onDisk > 0 {
-		return fmt.Sprintf("refusing to follow %s, which reports no key, with the dataset on disk here (%d keys or more): it stays as it is", r.role.target, onDisk)
+	// The entry of the one to follow reports what it holds even while it
+	// is stopped. A target that starts as the replica of the instance still
+	// holding the role follows that one until the handover.
+	follow := r.role.target
+	if r.role.primary {
+		follow = r.view.cluster.Status.CurrentPrimary
+	}
+	if e, ok := entries[follow]; ok && e.Keys == 0 && onDisk > 0 {
+		return fmt.Sprintf("refusing to follow %s, which reports no key, with the dataset on disk here (%d keys or more): it stays as it is", follow, onDisk)
 	}
 	return ""
 }
@@ -1251,8 +1267,7 @@ func (r *reconciler) publish() {
 	case r.adopted && !r.observedSent && time.Since(r.began) < 5*time.Second:
 		return // an upgrade's first moments: the entry of before holds until Redis is seen
 
-	case r.writtenAt.IsZero(), !sameStatus(st, r.written, false), since >= heartbeatEvery:
-	case !sameStatus(st, r.written, true) && since >= figuresEvery:
+	case r.writtenAt.IsZero(), !sameStatus(st, r.written), since >= heartbeatEvery:
 	default:
 		return
 	}
@@ -1309,14 +1324,15 @@ func runStatusWriter(ctx context.Context, log *slog.Logger, updates <-chan statu
 	}
 }
 
-// sameStatus compares two entries; with figures false, it ignores the
-// figures that move with every write (offsets, memory).
-func sameStatus(a, b instanceStatus, figures bool) bool {
-	if !figures {
-		a.ReplicationOffset, a.LagBytes, a.UsedMemoryBytes, a.Keys = b.ReplicationOffset, b.LagBytes, b.UsedMemoryBytes, b.Keys
-		if a.Ready == b.Ready {
-			a.NotReadyReason = b.NotReadyReason // it quotes loading progress and lag
-		}
+// sameStatus says whether two entries differ only in figures that move
+// with every write (offsets, memory, how many keys).
+func sameStatus(a, b instanceStatus) bool {
+	a.ReplicationOffset, a.LagBytes, a.UsedMemoryBytes = b.ReplicationOffset, b.LagBytes, b.UsedMemoryBytes
+	if (a.Keys == 0) == (b.Keys == 0) {
+		a.Keys = b.Keys // the empty-primary guards read whether an entry holds keys
+	}
+	if a.Ready == b.Ready {
+		a.NotReadyReason = b.NotReadyReason // it quotes loading progress and lag
 	}
 	a.UpdatedAt = b.UpdatedAt
 	return reflect.DeepEqual(a, b)

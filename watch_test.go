@@ -421,6 +421,35 @@ func TestKubePrimaryClaimsCurrentPrimaryAndDeletionIsReported(t *testing.T) {
 	}
 }
 
+// A busy or idle primary's figures move all the time (its offset with each
+// replication PING, memory with each INFO): they ride the minute's
+// heartbeat instead of each costing every watcher of the object an event,
+// while keys appearing, which the empty-primary guards read, go out at once.
+func TestKubeFiguresRideTheHeartbeat(t *testing.T) {
+	h := startKubeHarnessFor(t, "cache-0")
+	eventually(t, 5*time.Second, "redis-server to be wanted", h.proc.isWanted)
+	look := func(offset, memory int, keyspace string) {
+		i := redisInfo{"role": "master", "redis_version": "7.0.15", "connected_slaves": "0",
+			"master_repl_offset": fmt.Sprint(offset), "used_memory": fmt.Sprint(memory)}
+		if keyspace != "" {
+			i["db0"] = keyspace
+		}
+		h.observations <- &observation{at: time.Now(), primaryOffset: -1, info: i}
+	}
+	look(100, 1<<20, "")
+	eventually(t, 5*time.Second, "the entry of a ready primary", func() bool { return h.lastEntry()["ready"] == true })
+	n := len(h.patches())
+	for i := range 35 { // three looks a second for twelve seconds: past the 10 s figures once had
+		look(100+14*i, 1<<20+4096*i, "")
+		time.Sleep(350 * time.Millisecond)
+	}
+	if got := len(h.patches()); got != n {
+		t.Fatalf("%d patches for figures alone in 12 s; they must wait for the heartbeat", got-n)
+	}
+	look(600, 2<<20, "keys=5,expires=0,avg_ttl=0")
+	eventually(t, 2*time.Second, "keys appearing to be written at once", func() bool { return h.lastEntry()["keys"] == 5.0 })
+}
+
 // A ConfigMap edit, which the watch of the RedisCluster cannot see, is
 // read on the next resync.
 func TestKubeResyncReadsTheConfigMap(t *testing.T) {
@@ -444,22 +473,33 @@ func TestKubeResyncReadsTheConfigMap(t *testing.T) {
 	})
 }
 
-// A watch that answers 410 Gone is followed by a fresh list, and the
-// manager goes on following the object.
-func TestKubeWatchRelistsAfterGone(t *testing.T) {
+// Fault: a watch answered with 410 Gone (its resourceVersion compacted
+// away). The manager lists afresh and goes on following the object, and
+// redis-server, which the 410 says nothing about, keeps running.
+func TestFaultWatchAnsweredGone(t *testing.T) {
 	var watches atomic.Int32
+	fire := make(chan struct{})
 	gone := func(k8stesting.Action) (bool, watch.Interface, error) {
 		if watches.Add(1) > 1 {
 			return false, nil, nil // the default watch from now on
 		}
 		w := watch.NewFake()
-		go w.Error(&metav1.Status{Status: metav1.StatusFailure, Code: http.StatusGone, Reason: metav1.StatusReasonExpired, Message: "too old resource version"})
+		go func() {
+			<-fire
+			w.Error(&metav1.Status{Status: metav1.StatusFailure, Code: http.StatusGone, Reason: metav1.StatusReasonExpired, Message: "too old resource version"})
+		}()
 		return true, w, nil
 	}
 	h := startKubeHarness(t, gone)
+	eventually(t, 5*time.Second, "redis-server to be started", h.proc.isWanted)
+	started := h.proc.snapshot().startedAt
+	close(fire)
 	eventually(t, 5*time.Second, "a second list after the 410", func() bool { return h.lists.Load() >= 2 && watches.Load() >= 2 })
 	h.annotate("cache", `["cache-1"]`)
 	eventually(t, 5*time.Second, "the new watch to deliver the fence", func() bool { return !h.proc.isWanted() })
+	if now := h.proc.snapshot().startedAt; now != started {
+		t.Fatalf("the 410 restarted redis-server: started at %v, then at %v", started, now)
+	}
 }
 
 // Status writes that fail are retried with the latest entry until one
