@@ -102,17 +102,25 @@ func Run(ctx context.Context, args []string, progress io.Writer) error {
 			return err
 		}
 	}
-	rep := &report{Machine: describeMachine(*root), results: map[string][]result{}}
+	rep := &report{Machine: describeMachine(), results: map[string][]result{}}
+	var commits []string
 	for _, r := range runs {
 		raw, err := os.ReadFile(filepath.Join(rawDir, r.ID+".txt"))
 		if err != nil {
 			return fmt.Errorf("no result for %s: run it (-only %s): %w", r.ID, r.ID, err)
+		}
+		if _, c, ok := strings.Cut(string(raw), ", at commit "); ok {
+			c, _, _ = strings.Cut(c, "\n")
+			if !slices.Contains(commits, c) {
+				commits = append(commits, c)
+			}
 		}
 		rep.results[r.ID] = parse(raw)
 		if len(rep.results[r.ID]) == 0 {
 			return fmt.Errorf("%s: no benchmark result in %s", r.ID, filepath.Join(rawDir, r.ID+".txt"))
 		}
 	}
+	rep.Machine += ", commit " + strings.Join(commits, " and ")
 	return rep.render(filepath.Join(*root, "docs", "BENCHMARKS.md.tmpl"), filepath.Join(*root, "docs", "BENCHMARKS.md"))
 }
 
@@ -136,7 +144,8 @@ func execute(ctx context.Context, root string, r run, progress io.Writer) ([]byt
 		return nil, fmt.Errorf("%w\n%s", err, tail)
 	}
 	var kept bytes.Buffer
-	fmt.Fprintf(&kept, "# %s\n# ran %s, took %s\n", r.Cmd(), start.UTC().Format(time.RFC3339), time.Since(start).Round(time.Second))
+	fmt.Fprintf(&kept, "# %s\n# ran %s, took %s, at commit %s\n", r.Cmd(), start.UTC().Format(time.RFC3339), time.Since(start).Round(time.Second),
+		firstLine("git", "-C", root, "describe", "--always", "--dirty"))
 	for _, res := range parse(all.Bytes()) {
 		fmt.Fprintln(&kept, res.line())
 		fmt.Fprintln(progress, "   ", res.line())
@@ -157,7 +166,7 @@ func (r result) line() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s%s\t%d", r.Name, r.procs, r.N)
 	for _, u := range r.units {
-		fmt.Fprintf(&b, "\t%s %s", strconv.FormatFloat(r.metrics[u], 'g', 6, 64), u)
+		fmt.Fprintf(&b, "\t%s %s", strconv.FormatFloat(r.metrics[u], 'f', -1, 64), u)
 	}
 	return b.String()
 }
@@ -271,6 +280,7 @@ func (rep *report) render(tmplPath, outPath string) error {
 		},
 		"f":   figure,
 		"div": func(a, b float64) float64 { return a / b },
+		"sub": func(a, b float64) float64 { return a - b },
 		"mul": func(a, b float64) float64 { return a * b },
 		// fit is the least-squares line through (x, y) of every result of
 		// a run, evaluated at at: what the measured sizes predict.
@@ -321,7 +331,7 @@ func leastSquares(xs, ys []float64) (a, b float64) {
 }
 
 // describeMachine is what a reader needs to compare figures with their own.
-func describeMachine(root string) string {
+func describeMachine() string {
 	model := "unknown CPU"
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
@@ -338,10 +348,9 @@ func describeMachine(root string) string {
 		mem = fmt.Sprintf(", %.0f GiB", kb/(1<<20))
 	}
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	redis := firstLine("redis-server", "--version")
-	commit := firstLine("git", "-C", root, "describe", "--always", "--dirty")
-	return fmt.Sprintf("%d cores (%s)%s, Linux %s, %s, %s, commit %s",
-		runtime.NumCPU(), model, mem, strings.TrimSpace(string(kernel)), redis, runtime.Version(), commit)
+	redis := strings.Join(strings.Fields(firstLine("redis-server", "--version"))[:min(3, len(strings.Fields(firstLine("redis-server", "--version"))))], " ")
+	return fmt.Sprintf("%d cores (%s)%s, Linux %s, %s, %s",
+		runtime.NumCPU(), model, mem, strings.TrimSpace(string(kernel)), redis, runtime.Version())
 }
 
 func firstLine(name string, args ...string) string {
