@@ -624,6 +624,14 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 	// (the primary takes writes, the replicas copy them), no probe fails
 	// (a kubelet must not restart a pod for the API server's sake), and once
 	// it is back the status catches up and the watch delivers again.
+	eventually(t, 20*time.Second, "every instance ready before the outage", func() bool {
+		for _, n := range nodes {
+			if n.get("/readyz") != 200 {
+				return false
+			}
+		}
+		return true
+	})
 	cp.proxy.cut()
 	outage := time.Now()
 	outageWrites := 0
