@@ -954,6 +954,7 @@ func (r *reconciler) takeFragment(text string) {
 	}
 	if err != nil {
 		if r.confErr != err.Error() {
+			counts.configErrors.Add(1)
 			r.log.Error("refusing the new redis.conf fragment; the last good configuration stays", "error", err)
 		}
 		r.confErr, r.refusedText, r.retryFragment = err.Error(), text, !errors.As(err, new(refusal))
@@ -1036,6 +1037,7 @@ func (r *reconciler) syncLive() {
 		return
 	}
 	if err := r.setLive(r.wantedValues, time.Now()); err != nil {
+		counts.configErrors.Add(1)
 		r.liveRefused, r.liveErr = fmt.Sprint(d.set...), err.Error()+"; it applies at the next restart"
 		r.log.Error("redis-server refuses a configuration change live", "error", err)
 	}

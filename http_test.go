@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -17,13 +18,19 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // fillRedis writes n keys of size bytes through a pipeline of MSETs, the way
@@ -497,5 +504,141 @@ func BenchmarkBackup(b *testing.B) {
 		if r["msg"] == "restored the dataset from backup" {
 			b.ReportMetric(mib/r["seconds"].(float64), "restore-MiB/s")
 		}
+	}
+}
+
+// scrape reads /metrics as Prometheus would and checks it is well formed:
+// it parses, and no series appears twice.
+func scrape(t *testing.T, in *instance) map[string]*dto.MetricFamily {
+	t.Helper()
+	code, body := in.get("/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics %d %s", code, body)
+	}
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v\n%s", err, body)
+	}
+	for name, f := range families {
+		seen := map[string]bool{}
+		for _, m := range f.GetMetric() {
+			key := fmt.Sprint(m.GetLabel())
+			if seen[key] {
+				t.Fatalf("/metrics has %s%s twice", name, key)
+			}
+			seen[key] = true
+		}
+	}
+	if strings.Contains(string(body), in.password) {
+		t.Fatal("/metrics shows the password")
+	}
+	return families
+}
+
+// metric is the value of a series; -1 when /metrics has no such series.
+func metric(families map[string]*dto.MetricFamily, name string, labels ...string) float64 {
+	f := families[name]
+	if f == nil {
+		return -1
+	}
+next:
+	for _, m := range f.GetMetric() {
+		for i := 0; i+1 < len(labels); i += 2 {
+			if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == labels[i] && l.GetValue() == labels[i+1] }) {
+				continue next
+			}
+		}
+		switch {
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		}
+	}
+	return -1
+}
+
+// /metrics follows Redis and the manager: keys written move the keyspace
+// figures, a fence shows, a crash counts, and a hung redis-server does not
+// hold a scrape up.
+func TestMetricsFollowRedis(t *testing.T) {
+	const fragment = "appendonly yes\nmaxmemory 64mb"
+	in := oneInstance(t, fragment)
+	in.waitReady(20 * time.Second)
+	f := scrape(t, in)
+	for name, want := range map[string]float64{"redis_up": 1, "redis_operator_fenced": 0, "redis_operator_ready": 1, "redis_maxmemory_bytes": 64 << 20, "redis_db_keys": 0} {
+		if got := metric(f, name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	if metric(f, "redis_operator_role", "role", "master") != 1 || metric(f, "redis_operator_role", "role", "replica") != 0 {
+		t.Errorf("role series: master %v, replica %v", metric(f, "redis_operator_role", "role", "master"), metric(f, "redis_operator_role", "role", "replica"))
+	}
+	if metric(f, "redis_operator_build_info", "version", version) != 1 && metric(f, "redis_operator_build_info") != 1 {
+		t.Error("no build info")
+	}
+	hits0, cmds0 := metric(f, "redis_keyspace_hits_total"), metric(f, "redis_commands_processed_total")
+
+	c := in.redis()
+	writeKeys(t, c, "k", 100)
+	for i := range 50 {
+		c.Do("GET", fmt.Sprintf("k:%d", i))
+	}
+	c.Do("GET", "no-such-key")
+	eventually(t, 5*time.Second, "the keyspace figures to follow the writes and reads", func() bool {
+		f := scrape(t, in)
+		return metric(f, "redis_db_keys") == 100 && metric(f, "redis_keyspace_hits_total") >= hits0+50 &&
+			metric(f, "redis_keyspace_misses_total") >= 1 && metric(f, "redis_commands_processed_total") > cmds0+150
+	})
+
+	syscall.Kill(in.redisPID(), syscall.SIGKILL)
+	eventually(t, 10*time.Second, "the restart to be counted", func() bool {
+		f := scrape(t, in)
+		return metric(f, "redis_operator_redis_restarts_total") == 1 && metric(f, "redis_up") == 1
+	})
+
+	// Hung: every scrape answers at once, from what was last seen, and
+	// redis_up turns 0 once that is old.
+	pid := in.redisPID()
+	syscall.Kill(pid, syscall.SIGSTOP)
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+	stopped := time.Now()
+	eventually(t, 15*time.Second, "redis_up 0 while redis-server hangs", func() bool {
+		began := time.Now()
+		f := scrape(t, in)
+		if took := time.Since(began); took > 500*time.Millisecond {
+			t.Fatalf("a scrape took %s while redis-server hung", took)
+		}
+		return metric(f, "redis_up") == 0 && metric(f, "redis_used_memory_bytes") == -1
+	})
+	t.Logf("redis_up 0 after %s of a hang", time.Since(stopped).Round(time.Millisecond))
+	syscall.Kill(pid, syscall.SIGCONT)
+
+	writeFile(t, in.clusterFile, withFence(clusterYAML("cache", "cache-0", fragment, in.password), `["cache-0"]`))
+	eventually(t, 10*time.Second, "the fence to show", func() bool {
+		f := scrape(t, in)
+		return metric(f, "redis_operator_fenced") == 1 && metric(f, "redis_up") == 0 && metric(f, "redis_operator_role", "role", "none") == 1
+	})
+}
+
+// The status command prints this instance's /v1/status for a human.
+func TestStatusCommandPrintsATable(t *testing.T) {
+	in := oneInstance(t, "appendonly no")
+	in.waitReady(20 * time.Second)
+	writeKeys(t, in.redis(), "k", 7)
+	eventually(t, 5*time.Second, "the keys in the status", func() bool { return in.status().Keys == 7 })
+	out, err := exec.Command(binary, "status", "--addr", fmt.Sprintf("127.0.0.1:%d", in.httpPort)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	for _, want := range []string{`(?m)^role +master, ready$`, `(?m)^keys +7$`, `(?m)^fenced +no$`, `(?m)^last error +-$`, `(?m)^replication +0 replicas connected`} {
+		if !regexp.MustCompile(want).Match(out) {
+			t.Errorf("status output lacks %s:\n%s", want, out)
+		}
+	}
+	out, err = exec.Command(binary, "status", "--addr", fmt.Sprintf("127.0.0.1:%d", freePort(t))).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "connection refused") {
+		t.Errorf("status against nothing: %v\n%s", err, out)
 	}
 }

@@ -78,7 +78,7 @@ func exitCode(err error, stderr io.Writer) int {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return configErrorf("usage: redis-operator instance|install DEST|version")
+		return configErrorf("usage: redis-operator instance|status|install DEST|version")
 	}
 	switch args[0] {
 	case "version":
@@ -98,8 +98,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return runInstance(ctx, s, stdout)
+	case "status":
+		return statusCommand(ctx, args[1:], stdout, stderr)
 	}
-	return configErrorf("unknown command %q: want instance, install or version", args[0])
+	return configErrorf("unknown command %q: want instance, status, install or version", args[0])
 }
 
 // install copies this binary to dest so that a reader of dest never sees a
@@ -339,6 +341,8 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	}
 	if inherited == nil {
 		os.Remove(filepath.Join(s.dataDir, handoffFile)) // of an upgrade that failed; it holds a password
+	} else {
+		counts.upgrades.Store(inherited.Upgrades)
 	}
 	removeStaleRestores(s.dataDir)
 	// Until its loops run, a manager that adopted a redis-server must not

@@ -63,6 +63,7 @@ type handoff struct {
 	Restarts    int       `json:"restarts"`
 	NewHash     string    `json:"executableHash"` // of the new binary, checked on upload: not hashed again
 	Fenced      bool      `json:"fenced"`         // as the old manager held it, a malformed annotation notwithstanding
+	Upgrades    int64     `json:"upgrades"`       // in-place upgrades of this pod's manager, this one included
 	// The last view of the cluster, so that the new manager is ready at
 	// once rather than after its first read of the API server.
 	View *handoffView `json:"view,omitempty"`
@@ -285,7 +286,7 @@ func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, r
 		}
 		return fd
 	}
-	h := handoff{Version: handoffVersion, From: version, Restarts: st.restarts, NewHash: req.sha256, Fenced: rec.fenced,
+	h := handoff{Version: handoffVersion, From: version, Restarts: st.restarts, NewHash: req.sha256, Fenced: rec.fenced, Upgrades: counts.upgrades.Load() + 1,
 		Listener: dup(ln.(*net.TCPListener)), LogR: dup(logR), LogW: dup(logW), Reply: -1}
 	if c, ok := req.conn.(*net.TCPConn); ok {
 		h.Reply = dup(c)

@@ -185,6 +185,10 @@ func TestUpgradeInPlaceKeepsRedisServing(t *testing.T) {
 	if b, _ := os.ReadFile(exe); !bytes.Equal(b, v1) {
 		t.Error("the binary in place is not the last one uploaded")
 	}
+	// The count of upgrades outlives the managers that made them.
+	if n := metric(scrape(t, in), "redis_operator_upgrades_total"); n != 2 {
+		t.Errorf("redis_operator_upgrades_total %v after two upgrades", n)
+	}
 	// redis-server's log still reaches the manager's output.
 	before := len(in.logRecords())
 	if _, err := in.redis().Do("BGSAVE"); err != nil {

@@ -388,6 +388,7 @@ func (k *kubeSource) run(ctx context.Context, f *feed) {
 			backoff = 0
 		}
 		backoff = nextBackoff(backoff)
+		counts.watchRestarts.Add(1)
 		k.log.Warn("watch of the RedisCluster ended; listing again", "error", err, "retryIn", backoff.String())
 		k.beat.Store(time.Now().UnixNano())
 		select {
@@ -575,6 +576,8 @@ type probeState struct {
 	loadedPercent float64
 	etaSeconds    int64
 	lastAnswer    time.Time // redis-server last answered INFO
+	info          redisInfo // its last INFO, of the process running now
+	infoAt        time.Time
 }
 
 // redisProcess is the supervisor as the reconciler sees it.
@@ -1254,6 +1257,9 @@ func (r *reconciler) publish() {
 	st.Ready, st.NotReadyReason = ps.ready, ps.reason
 	ps.status = st
 	ps.status.UpdatedAt = time.Now().UTC()
+	if obs != nil && obs.err == nil {
+		ps.info, ps.infoAt = obs.info, obs.at // for /metrics: no INFO of its own
+	}
 	r.published.Store(ps)
 	if !r.observedSent && r.haveView && r.obs != nil && r.obs.err == nil {
 		r.observedSent = true
@@ -1315,9 +1321,11 @@ func runStatusWriter(ctx context.Context, log *slog.Logger, updates <-chan statu
 		err := write(wctx, *pending)
 		cancel()
 		if err == nil {
+			counts.statusPatches.Add(1)
 			pending, backoff, retry = nil, 0, nil
 			continue
 		}
+		counts.statusPatchErrors.Add(1)
 		backoff = min(max(2*backoff, backoffMin), backoffMax)
 		log.Warn("cannot write status; retrying", "error", err, "retryIn", backoff.String())
 		retry = time.After(backoff)
