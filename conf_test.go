@@ -1007,12 +1007,7 @@ func TestFaultCorruptRDBAtStart(t *testing.T) {
 			if code, body := in.get("/healthz"); code != http.StatusOK {
 				t.Errorf("/healthz %d %s: the manager is to run on, waiting for a good file", code, body)
 			}
-			starts := 0
-			for _, r := range in.logRecords() {
-				if r["msg"] == "redis-server started" {
-					starts++
-				}
-			}
+			starts := in.logCount("redis-server started")
 			if st := in.status(); starts != 0 || st.Restarts > 0 {
 				t.Errorf("redis-server was started %d times (restarts %d) over a file it cannot load", starts, st.Restarts)
 			}

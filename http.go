@@ -47,6 +47,10 @@ const (
 // a backup, a restart and an upgrade each need it to themselves.
 const errBusy = "a backup, a restart or an upgrade is in progress"
 
+// defaultHTTPAddr is where the manager serves unless told otherwise, and
+// where the status command looks.
+const defaultHTTPAddr = ":8000"
+
 type health struct {
 	rec    *reconciler
 	sup    *supervisor
@@ -660,7 +664,7 @@ func renderMetrics(ps *probeState, now time.Time) []byte {
 func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("addr", cmp.Or(os.Getenv("HTTP_ADDR"), ":8000"), "the manager's HTTP address: host:port, or a URL (https://...)")
+	addr := fs.String("addr", cmp.Or(os.Getenv("HTTP_ADDR"), defaultHTTPAddr), "the manager's HTTP address: host:port, or a URL (https://...)")
 	caFile := fs.String("ca-file", "", "over HTTPS, trust this CA (default: the system's)")
 	if err := fs.Parse(args); err != nil {
 		return configErrorf("%v", err)

@@ -167,7 +167,7 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	str(&s.dataDir, "data-dir", "REDIS_DATA_DIR", "/data", "Redis working directory; redis.conf is generated here")
 	str(&s.redisServer, "redis-server", "REDIS_SERVER", "redis-server", "redis-server binary, a path or a name on PATH")
 	str(&s.announceHost, "announce-host", "POD_IP", "", "host other instances use to reach this one (default: first non-loopback address)")
-	str(&s.httpAddr, "http-addr", "HTTP_ADDR", ":8000", "address for probes and operator commands")
+	str(&s.httpAddr, "http-addr", "HTTP_ADDR", defaultHTTPAddr, "address for probes and operator commands")
 	str(&s.operatorTokenFile, "operator-token-file", "OPERATOR_TOKEN_FILE", "", "bearer token operator commands must present; re-read on change")
 	str(&s.tlsCert, "tls-cert-file", "", "", "serve HTTPS with this certificate")
 	str(&s.tlsKey, "tls-key-file", "", "", "the key of --tls-cert-file")

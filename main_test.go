@@ -193,10 +193,17 @@ func startInstance(t testing.TB, o instanceOpts) *instance {
 func (in *instance) stop() int {
 	in.t.Helper()
 	in.cmd.Process.Signal(syscall.SIGTERM)
+	return in.awaitExit(40 * time.Second)
+}
+
+// awaitExit waits up to timeout for the manager to exit and returns its
+// exit code.
+func (in *instance) awaitExit(timeout time.Duration) int {
+	in.t.Helper()
 	select {
 	case <-in.done:
-	case <-time.After(40 * time.Second):
-		in.t.Fatalf("%s did not stop within 40s of SIGTERM", in.pod)
+	case <-time.After(timeout):
+		in.t.Fatalf("%s did not exit within %s", in.pod, timeout)
 	}
 	var ee *exec.ExitError
 	if errors.As(in.exitErr, &ee) {
@@ -283,13 +290,17 @@ func (in *instance) logRecords() []map[string]any {
 	return recs
 }
 
-func (in *instance) hasLog(msg string) bool {
+func (in *instance) hasLog(msg string) bool { return in.logCount(msg) > 0 }
+
+// logCount counts the manager's log records with message msg.
+func (in *instance) logCount(msg string) int {
+	n := 0
 	for _, r := range in.logRecords() {
 		if r["msg"] == msg {
-			return true
+			n++
 		}
 	}
-	return false
+	return n
 }
 
 type syncBuffer struct {

@@ -643,9 +643,6 @@ func startSentinels(b *testing.B, port int) []int {
 		b.Cleanup(func() {
 			cmd.Process.Kill()
 			cmd.Wait()
-			if dir := os.Getenv("TEST_LOGS"); dir != "" {
-				os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-sentinel-%d.log", b.Name(), p)), []byte(out.String()), 0o644)
-			}
 			if b.Failed() {
 				b.Logf("log of the sentinel on %d:\n%s", p, out.String())
 			}

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -520,31 +519,18 @@ func sampleHolds(t *testing.T, c redis.Conn, n int, sample map[string]string) {
 	}
 }
 
-// countLogs counts the manager's log records with message msg.
-func countLogs(in *instance, msg string) int {
-	n := 0
-	for _, r := range in.logRecords() {
-		if r["msg"] == msg {
-			n++
-		}
-	}
-	return n
-}
-
-// awaitExit waits up to timeout for the manager to exit on its own and
-// returns its exit code.
-func (in *instance) awaitExit(timeout time.Duration) int {
-	in.t.Helper()
-	select {
-	case <-in.done:
-	case <-time.After(timeout):
-		in.t.Fatalf("%s did not exit within %s", in.pod, timeout)
-	}
-	var ee *exec.ExitError
-	if errors.As(in.exitErr, &ee) {
-		return ee.ExitCode()
-	}
-	return 0
+// populatedInstance runs a primary filled with n keys by DEBUG POPULATE,
+// whose save points none of these tests lasts long enough to meet: its
+// dataset reaches the disk only through the save of a stop. It returns the
+// options to start it again with, and a sample of the keys.
+func populatedInstance(t *testing.T, n int) (*instance, instanceOpts, map[string]string) {
+	dir := t.TempDir()
+	cf := filepath.Join(dir, "cluster.yaml")
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no\nsave 3600 1\nenable-debug-command local", "s3cret-pw"))
+	opts := instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw", dataDir: filepath.Join(dir, "data")}
+	in := startInstance(t, opts)
+	in.waitReady(20 * time.Second)
+	return in, opts, populate(t, in.redis(), n)
 }
 
 // A kubelet and a user (or two layers of tooling) each send SIGTERM, the
@@ -553,20 +539,11 @@ func (in *instance) awaitExit(timeout time.Duration) int {
 // SIGTERM or killed, the manager stops once and exits 0, and every key is
 // there after a restart.
 func TestFaultTwoSIGTERMs(t *testing.T) {
-	dir := t.TempDir()
-	cf := filepath.Join(dir, "cluster.yaml")
-	// Save points, none due within the test: the dataset reaches the disk
-	// only through the save of SHUTDOWN.
-	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no\nsave 3600 1\nenable-debug-command local", "s3cret-pw"))
-	opts := instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw", dataDir: filepath.Join(dir, "data")}
-	in := startInstance(t, opts)
-	in.waitReady(20 * time.Second)
 	// Big enough that the final save takes a while: the second signal
 	// lands in it.
 	const keys = 1_000_000
-	c := in.redis()
-	sample := populate(t, c, keys)
-	writeKeys(t, c, "k", 5000) // and some the way a client writes them
+	in, opts, sample := populatedInstance(t, keys)
+	writeKeys(t, in.redis(), "k", 5000) // and some the way a client writes them
 
 	in.cmd.Process.Signal(syscall.SIGTERM)
 	eventually(t, 10*time.Second, "the manager to begin stopping redis-server", func() bool {
@@ -581,7 +558,7 @@ func TestFaultTwoSIGTERMs(t *testing.T) {
 	}
 	for _, msg := range []string{"stop requested", "stopping redis-server", "stopped",
 		"Saving the final RDB snapshot before exiting.", "DB saved on disk"} {
-		if n := countLogs(in, msg); n != 1 {
+		if n := in.logCount(msg); n != 1 {
 			t.Errorf("%d log records %q, want 1", n, msg)
 		}
 	}
@@ -622,15 +599,9 @@ func TestFaultTwoSIGTERMs(t *testing.T) {
 // SHUTDOWN NOSAVE (shutdownCommand), as is a SIGTERM then. The manager
 // sends the plain SHUTDOWN of any stop, on purpose: see stop.
 func TestFaultSIGTERMWhileLoading(t *testing.T) {
-	dir := t.TempDir()
-	cf := filepath.Join(dir, "cluster.yaml")
-	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no\nsave 3600 1\nenable-debug-command local", "s3cret-pw"))
-	opts := instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw", dataDir: filepath.Join(dir, "data")}
-	in := startInstance(t, opts)
-	in.waitReady(20 * time.Second)
 	// About 3 s to load here.
 	const keys = 2_000_000
-	sample := populate(t, in.redis(), keys)
+	in, opts, sample := populatedInstance(t, keys)
 	if code := in.stop(); code != 0 {
 		t.Fatalf("exit status %d, want 0", code)
 	}

@@ -348,9 +348,10 @@ func describeMachine() string {
 		mem = fmt.Sprintf(", %.0f GiB", kb/(1<<20))
 	}
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	redis := strings.Join(strings.Fields(firstLine("redis-server", "--version"))[:min(3, len(strings.Fields(firstLine("redis-server", "--version"))))], " ")
+	redis := strings.Fields(firstLine("redis-server", "--version"))
+	redis = redis[:min(3, len(redis))] // "Redis server v=7.0.15", without the build's hashes
 	return fmt.Sprintf("%d cores (%s)%s, Linux %s, %s, %s",
-		runtime.NumCPU(), model, mem, strings.TrimSpace(string(kernel)), redis, runtime.Version())
+		runtime.NumCPU(), model, mem, strings.TrimSpace(string(kernel)), strings.Join(redis, " "), runtime.Version())
 }
 
 func firstLine(name string, args ...string) string {
