@@ -58,11 +58,15 @@ var ownedDirectives = map[string]string{
 	"aclfile":               "the default user's passwords come from spec.authSecretRef, and an ACL file would replace them",
 }
 
-// managerCommands are the commands the manager itself sends; renaming one
-// away would leave the manager blind or unable to stop redis-server cleanly.
-var managerCommands = map[string]bool{
-	"acl": true, "auth": true, "client": true, "config": true, "info": true,
-	"ping": true, "replicaof": true, "shutdown": true, "slaveof": true,
+// neededCommands are the commands the manager and replication rely on,
+// and what renaming one away would break: the manager's own connections,
+// a replica's link to its primary (AUTH with masterauth, PING, REPLCONF,
+// PSYNC or SYNC), and a backup, which is a replica's sync.
+var neededCommands = map[string]string{
+	"acl": "the manager's", "auth": "the manager's and replication's", "client": "the manager's",
+	"config": "the manager's", "info": "the manager's", "ping": "the manager's and replication's",
+	"replicaof": "the manager's", "slaveof": "the manager's", "shutdown": "the manager's",
+	"replconf": "replication's and backups'", "psync": "replication's and backups'", "sync": "replication's",
 }
 
 // parseFragment reads a redis.conf fragment and refuses what the manager
@@ -76,11 +80,18 @@ func parseFragment(text string) ([]directive, error) {
 		if why, owned := ownedDirectives[d.name]; owned {
 			return nil, fmt.Errorf("redis.conf fragment line %d: %q is set by the manager and may not appear in the fragment: %s", d.line, d.name, why)
 		}
-		if d.name == "rename-command" && len(d.args) > 0 && managerCommands[strings.ToLower(d.args[0])] {
-			return nil, fmt.Errorf("redis.conf fragment line %d: renaming %s would stop the manager from supervising redis-server", d.line, strings.ToUpper(d.args[0]))
+		if d.name == "rename-command" && len(d.args) > 0 {
+			if whose, needed := neededCommands[strings.ToLower(d.args[0])]; needed {
+				return nil, fmt.Errorf("redis.conf fragment line %d: renaming %s is refused: it is one of %s commands", d.line, strings.ToUpper(d.args[0]), whose)
+			}
 		}
 		if d.name == "user" && len(d.args) > 0 && d.args[0] == "default" {
 			return nil, fmt.Errorf("redis.conf fragment line %d: the default user is the manager's: its passwords come from spec.authSecretRef", d.line)
+		}
+		if _, names := dataFileDirectives[d.name]; names && len(d.args) == 1 {
+			if err := checkDataFileName(d.name, d.args[0]); err != nil {
+				return nil, fmt.Errorf("redis.conf fragment line %d: %w", d.line, err)
+			}
 		}
 	}
 	return ds, nil
@@ -648,7 +659,7 @@ func confPassword(conf string) string {
 // the old file or the new one and never a part of either.
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	f, err := os.CreateTemp(dir, atomicTempPrefix(filepath.Base(path))+"*")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
@@ -671,6 +682,10 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	syncDir(dir)
 	return nil
 }
+
+// atomicTempPrefix starts the name of the temp file writeFileAtomic writes
+// a file named base through.
+func atomicTempPrefix(base string) string { return "." + base + ".tmp-" }
 
 // syncDir makes a rename, link or creation in dir durable.
 func syncDir(dir string) {
@@ -826,10 +841,17 @@ func configHash(v confValues) string {
 // checkFragment has redis-server itself read the fragment as it would at a
 // start: only Redis knows every directive and value it takes, those of
 // parameters it reads only at start included, which would otherwise fail
-// the next restart, long after the change. Told to listen nowhere, it exits
-// right after reading its configuration, before it touches any data.
+// the next restart, long after the change. Told to listen nowhere, it
+// exits right after reading its configuration, before it touches any
+// data. What Redis reads only after its configuration, modules and ACL
+// users, only a start shows: a fragment that has them is started on,
+// listening on a socket of its own only, saving nothing, and stopped
+// (SIGTERM) once it is ready; it reads no data either, for it runs in a
+// directory of its own in the manager's private one, where there is none.
+// The start costs a few milliseconds more, which a change of the others
+// need not pay.
 func checkFragment(redisServer, dataDir string, frag []directive, start startFunc) error {
-	dir, err := os.MkdirTemp(dataDir, ".confcheck-")
+	dir, err := privateTemp(dataDir, "confcheck-")
 	if err != nil {
 		return fmt.Errorf("check the fragment: %w", err)
 	}
@@ -844,47 +866,54 @@ func checkFragment(redisServer, dataDir string, frag []directive, start startFun
 		b.WriteByte('\n')
 		mentions[d.name] = true
 	}
-	// After the fragment, so that they win: nothing may listen.
-	b.WriteString("port 0\n")
-	if mentions["unixsocket"] {
-		b.WriteString("unixsocket \"\"\n")
+	// After the fragment, so that they win. The socket's path is relative
+	// to the check's directory, its working directory: a whole path could
+	// exceed what a socket's name may hold. Notice level, for the line
+	// that says it is ready; hz 500, for Redis acts on a SIGTERM at its
+	// next tick.
+	starts, stopOn := mentions["loadmodule"] || mentions["user"], ""
+	if starts {
+		b.WriteString("port 0\nunixsocket check.sock\nsave \"\"\nloglevel notice\nhz 500\n")
+		stopOn = redisReady
+	} else {
+		b.WriteString("port 0\nunixsocket \"\"\n")
 	}
 	if mentions["tls-port"] {
 		b.WriteString("tls-port 0\n")
 	}
-	path := filepath.Join(dir, "redis.conf")
+	path := filepath.Join(dir, confName)
 	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("check the fragment: %w", err)
 	}
-	// It exits at once; one that does not is killed, for it is not the server.
-	out, _, err := runChild(context.Background(), start, []string{redisServer, path}, dir, 5*time.Second)
+	// One that does not end is killed, for it is not the server.
+	out, _, err := runChild(context.Background(), start, []string{redisServer, path}, dir, 5*time.Second, stopOn)
 	if err != nil {
 		return fmt.Errorf("check the fragment with %s: %w", redisServer, err)
 	}
-	if m := fatalConfig.FindStringSubmatch(out); m != nil {
+	secrets := secretsIn(frag)
+	switch m := fatalConfig.FindStringSubmatch(out); {
+	case m != nil:
 		n, _ := strconv.Atoi(m[1])
 		if n < 1 || n > len(frag) {
-			return refusal{fmt.Errorf("redis-server refuses the configuration: %s", m[3])}
+			return refusal{fmt.Errorf("redis-server refuses the configuration: %s", redact(m[3], secrets))}
 		}
 		d, quoted := frag[n-1], "'"+m[2]+"'"
 		if sensitiveDirectives[d.name] {
 			quoted = d.name // its arguments hold a password
 		}
-		return refusal{fmt.Errorf("redis.conf fragment line %d: redis-server refuses %s: %s", d.line, quoted, m[3])}
-	}
-	if !strings.Contains(out, "Configured to not listen anywhere") {
+		return refusal{fmt.Errorf("redis.conf fragment line %d: redis-server refuses %s: %s", d.line, quoted, redact(m[3], secrets))}
+	case starts && !strings.Contains(strings.ToLower(out), redisReady):
+		return refusal{fmt.Errorf("redis-server cannot start with the fragment: %s", lastWords(strings.Split(out, "\n"), secrets))}
+	case !starts && !strings.Contains(out, "Configured to not listen anywhere"):
 		return fmt.Errorf("redis-server did not read the fragment as expected: %s", lastLine(out))
-	}
-	// Read only after the point where the check ends.
-	for _, d := range frag {
-		if d.name == "loadmodule" && len(d.args) > 0 {
-			if _, err := os.Stat(d.args[0]); err != nil {
-				return refusal{fmt.Errorf("redis.conf fragment line %d: loadmodule: %w", d.line, err)}
-			}
-		}
 	}
 	return nil
 }
+
+// redisReady is in the line Redis logs once it serves (7.0: "Ready to
+// accept connections", and "The server is now ready to accept connections
+// at <socket>").
+const redisReady = "ready to accept connections"
 
 // refusal is a verdict on a fragment, as opposed to a failure to reach one
 // (no disk space for the check, a check that timed out): a refused fragment
@@ -895,7 +924,43 @@ func (r refusal) Unwrap() error { return r.error }
 
 // sensitiveDirectives carry a password in their arguments: an error names
 // them, never quotes them.
-var sensitiveDirectives = map[string]bool{"user": true, "tls-key-file-pass": true, "tls-client-key-file-pass": true}
+var sensitiveDirectives = map[string]bool{"user": true, "tls-key-file-pass": true, "tls-client-key-file-pass": true,
+	"requirepass": true, "masterauth": true}
+
+// secretsIn lists what a configuration holds that no message may show: the
+// arguments of the directives that carry a password, and of a user's rules
+// those that set, remove or hash one (>, <, #, !), with and without their
+// mark. Redis quotes a rule it refuses as it was written, so it is found
+// whole.
+func secretsIn(ds []directive) []string {
+	var out []string
+	for _, d := range ds {
+		switch {
+		case d.name == "user":
+			for _, a := range d.args[min(1, len(d.args)):] {
+				if a != "" && strings.ContainsRune("><#!", rune(a[0])) {
+					out = append(out, a, a[1:])
+				}
+			}
+		case sensitiveDirectives[d.name]:
+			out = append(out, d.args...)
+		}
+	}
+	return out
+}
+
+// redact takes every secret out of text, the longest first, so that one
+// that holds another is taken out whole.
+func redact(text string, secrets []string) string {
+	secrets = slices.Clone(secrets)
+	slices.SortFunc(secrets, func(a, b string) int { return len(b) - len(a) })
+	for _, s := range secrets {
+		if s != "" {
+			text = strings.ReplaceAll(text, s, "(secret)")
+		}
+	}
+	return text
+}
 
 var fatalConfig = regexp.MustCompile(`FATAL CONFIG FILE ERROR.*\n.*at line (\d+)\n>>> '(.*)'\n(.*)`)
 
@@ -1080,6 +1145,31 @@ func (r *reconciler) publishCredentials() {
 	r.creds.Store(&list)
 }
 
+// A password is offered only to the local redis-server and to the other
+// instances at the addresses their status entries publish. An address that
+// Redis reports is a client's word: a replica announces its own (REPLCONF
+// listening-port and ip-address), and whoever holds the password can point
+// a server at any master (REPLICAOF). Dialled with the manager's
+// credentials, such an address would hand the password, during a rotation
+// the new one too, to whoever listens there.
+
+// publishPeers takes the other instances' addresses from the cluster's
+// status.
+func (r *reconciler) publishPeers(rc *redisCluster) {
+	peers := map[string]bool{}
+	for pod, e := range rc.Status.InstancesStatus {
+		if pod != r.settings.podName && e.Address != "" {
+			peers[canonicalAddr(e.Address)] = true
+		}
+	}
+	r.peers.Store(&peers)
+}
+
+// isPeer says whether addr, as Redis reports it (joinHostPort), is another
+// instance's published address: the only remote addresses the manager's
+// connections, and so its passwords, may go to. Safe from any goroutine.
+func (r *reconciler) isPeer(addr string) bool { return (*r.peers.Load())[addr] }
+
 // probeEvery spaces out the rotation's questions to other instances, which
 // the reconciler waits for.
 const probeEvery = 5 * time.Second
@@ -1126,7 +1216,8 @@ func (r *reconciler) rotateAuth() {
 	if a.masterauth != want && time.Now().After(a.nextProbe) {
 		// A replica's primary must take the new password first, or the
 		// next reconnection of the link would be refused.
-		if r.obs.role() != "slave" || passwordWorks(joinHostPort(r.obs.info["master_host"], r.obs.info["master_port"]), want) {
+		master := joinHostPort(r.obs.info["master_host"], r.obs.info["master_port"])
+		if r.obs.role() != "slave" || r.isPeer(master) && passwordWorks(master, want) {
 			err := withRedis(me, r.credentials(), redisTimeout, func(c redis.Conn) error {
 				_, err := c.Do("CONFIG", "SET", "masterauth", want)
 				return err
@@ -1149,7 +1240,7 @@ func (r *reconciler) rotateAuth() {
 		if !time.Now().After(a.nextProbe) {
 			return
 		}
-		if waiting := replicasBehind(r.obs.info, want); waiting != "" {
+		if waiting := replicasBehind(r.obs.info, want, r.isPeer); waiting != "" {
 			a.nextProbe = time.Now().Add(probeEvery)
 			r.authErr = "the old password stays until the replica at " + waiting + " authenticates with the new one"
 			return
@@ -1192,8 +1283,11 @@ func passwordWorks(addr, pw string) bool {
 }
 
 // replicasBehind names a connected replica that does not yet authenticate
-// with want, or "": each is asked, with want, for its masterauth.
-func replicasBehind(info redisInfo, want string) string {
+// with want, or "": each that is another instance of the cluster is asked,
+// with want, for its masterauth. Any other connection that calls itself a
+// replica is neither asked nor waited for: the old password goes when the
+// window ends, whoever still uses it.
+func replicasBehind(info redisInfo, want string, isPeer func(addr string) bool) string {
 	for i := 0; ; i++ {
 		line, ok := info[fmt.Sprintf("slave%d", i)]
 		if !ok {
@@ -1208,6 +1302,9 @@ func replicasBehind(info redisInfo, want string) string {
 			continue // a backup's sync, not a replica: it announces no port
 		}
 		addr := joinHostPort(fields["ip"], fields["port"])
+		if !isPeer(addr) {
+			continue
+		}
 		var got []string
 		err := withRedis(addr, []string{want}, redisTimeout, func(c redis.Conn) error {
 			var err error

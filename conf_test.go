@@ -62,8 +62,22 @@ func TestParseFragmentRefusesWhatTheManagerOwns(t *testing.T) {
 		{"requirepass hunter2", `"requirepass" is set by the manager`},
 		{"include /etc/redis/other.conf", `"include" is set by the manager`},
 		{"daemonize yes", `"daemonize" is set by the manager`},
-		{"rename-command SHUTDOWN \"\"", "renaming SHUTDOWN would stop the manager"},
-		{"rename-command acl \"\"", "renaming ACL would stop the manager"},
+		{"rename-command SHUTDOWN \"\"", "renaming SHUTDOWN is refused: it is one of the manager's commands"},
+		{"rename-command acl \"\"", "renaming ACL is refused"},
+		// Replication and backups need them: a replica sends REPLCONF and
+		// PSYNC (SYNC before 2.8), and so does a backup.
+		{"rename-command REPLCONF \"\"", "renaming REPLCONF is refused: it is one of replication's and backups' commands"},
+		{"rename-command psync psync2", "renaming PSYNC is refused"},
+		{"rename-command SYNC \"\"", "renaming SYNC is refused"},
+		// Redis's data files may not take a name the manager uses in the
+		// data directory, nor leave it.
+		{"dbfilename .handoff.json\ndbfilename redis.conf", `line 2: dbfilename "redis.conf" is a name the manager uses`},
+		{"dbfilename .redis-operator", `dbfilename ".redis-operator" is a name the manager uses`},
+		{"appendfilename .redis.conf.tmp-1", `appendfilename ".redis.conf.tmp-1" is a name the manager uses`},
+		{"appenddirname .redis-operator-x", `appenddirname ".redis-operator-x" is a name the manager uses`},
+		{"appenddirname ..", `appenddirname ".." does not name a directory in the data directory`},
+		{"dbfilename ../dump.rdb", `dbfilename "../dump.rdb" is a path`},
+		{"dbfilename \"\"", `dbfilename "" does not name a file`},
 		{"aclfile /etc/redis/users.acl", `"aclfile" is set by the manager`},
 		{"user default on >hunter2 ~* +@all", "line 1: the default user is the manager's"},
 		{"maxmemory \"100mb", "line 1: unbalanced double quotes"},
@@ -80,6 +94,11 @@ func TestParseFragmentRefusesWhatTheManagerOwns(t *testing.T) {
 	}
 	if _, err := parseFragment("rename-command FLUSHALL \"\"\nrename-command KEYS \"\""); err != nil {
 		t.Errorf("renaming commands the manager does not use was refused: %v", err)
+	}
+	// Names the manager once used, or that only look like its own, are
+	// Redis's to take.
+	if _, err := parseFragment("dbfilename .handoff.json\nappendfilename .restore-1\nappenddirname redis.confs"); err != nil {
+		t.Errorf("data file names the manager does not use were refused: %v", err)
 	}
 }
 
@@ -257,6 +276,8 @@ func testStart(sp func() (*os.Process, error)) (*os.Process, <-chan syscall.Wait
 func TestCheckFragmentAsksRedis(t *testing.T) {
 	redisServer := requireRedis(t)
 	dir := t.TempDir()
+	notAModule := filepath.Join(t.TempDir(), "module.so") // it exists, and is executable, but no module
+	os.WriteFile(notAModule, []byte("#!/bin/sh\n"), 0o755)
 	for _, c := range []struct{ text, want string }{
 		{"maxmemory 10mb\nio-threads 4\nsave \"\"\nrename-command KEYS \"\"\nunixsocket " + filepath.Join(dir, "s.sock"), ""},
 		{"# a comment\n\nmaxmemory banana", "line 3: redis-server refuses 'maxmemory banana': argument must be a memory value"},
@@ -265,7 +286,11 @@ func TestCheckFragmentAsksRedis(t *testing.T) {
 		{"rename-command NOSUCHCOMMAND X", "line 1: redis-server refuses"},
 		// The line holds a password: the error names the directive only.
 		{"maxmemory 1mb\ntls-key-file-pass hunter2 extra", "line 2: redis-server refuses tls-key-file-pass: "},
-		{"loadmodule /no/such/module.so", "line 1: loadmodule: stat /no/such/module.so: no such file"},
+		// What Redis reads only after its configuration: it must start.
+		{"loadmodule /no/such/module.so", "redis-server cannot start with the fragment: Module /no/such/module.so failed to load"},
+		{"loadmodule " + notAModule, "redis-server cannot start with the fragment: Module " + notAModule + " failed to load"},
+		{"user alice on >hunter2 ~* +nosuchcommand", "redis-server cannot start with the fragment: Error loading ACL rule '+nosuchcommand' for the user named 'alice'"},
+		{"user alice on >hunter2 ~* #hunter2hunter2", "redis-server refuses user: "},
 	} {
 		frag, err := parseFragment(c.text)
 		if err != nil {
@@ -281,7 +306,7 @@ func TestCheckFragmentAsksRedis(t *testing.T) {
 			t.Errorf("%q: the error quotes the password", c.text)
 		}
 	}
-	if left, _ := os.ReadDir(dir); len(left) != 0 {
+	if left, _ := os.ReadDir(privateDir(dir)); len(left) != 0 {
 		t.Errorf("the check left %d files behind", len(left))
 	}
 }
@@ -407,6 +432,8 @@ func TestBadFragmentKeepsTheLastGoodConfig(t *testing.T) {
 		{"appendonly no\nmaxmemory banana", "line 2: redis-server refuses 'maxmemory banana': argument must be a memory value"},
 		// Only a restart would read it: a bad value must not wait for one.
 		{"appendonly no\nmaxmemory 150mb\nio-threads banana", "line 3: redis-server refuses 'io-threads banana'"},
+		// Replication and backups need it.
+		{"appendonly no\nmaxmemory 150mb\nrename-command REPLCONF \"\"", "line 3: renaming REPLCONF is refused"},
 	} {
 		writeFile(t, in.clusterFile, clusterYAML("cache", "cache-0", bad.fragment, "s3cret-pw"))
 		eventually(t, 10*time.Second, "lastError to say "+bad.want, func() bool {
@@ -666,6 +693,145 @@ func TestPasswordRotationKeepsLinksUp(t *testing.T) {
 	}
 }
 
+// A client that holds the old password can make itself look like a
+// replica (REPLCONF listening-port, then PSYNC), announcing a listener of
+// its own. The rotation must neither send the new password there nor wait
+// for it: the old password goes when the window ends, while the cluster's
+// own replicas, switched first, keep their links.
+func TestRotationTrustsOnlyTheClustersInstances(t *testing.T) {
+	const oldPW, newPW = "s3cret-pw", "n3w-secret-pw"
+	cf, nodes := cluster3(t, "appendonly no", "--password-rotation-window", "2s")
+	primary := nodes[0]
+
+	// What would receive the password: a listener that counts its callers.
+	trap, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer trap.Close()
+	var called atomic.Int64
+	go func() {
+		for {
+			c, err := trap.Accept()
+			if err != nil {
+				return
+			}
+			called.Add(1)
+			c.Close()
+		}
+	}()
+	fake, err := dialRedis(localAddr(primary.port), []string{oldPW}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	trapPort := trap.Addr().(*net.TCPAddr).Port
+	if _, err := fake.Do("REPLCONF", "listening-port", trapPort); err != nil {
+		t.Fatal(err)
+	}
+	if err := fake.Send("PSYNC", "?", "-1"); err != nil || fake.Flush() != nil {
+		t.Fatalf("PSYNC: %v", err)
+	}
+	eventually(t, 10*time.Second, "the primary to list the fake replica", func() bool {
+		info, err := infoReplication(primary.redis())
+		return err == nil && strings.Contains(fmt.Sprint(info), fmt.Sprintf("port=%d,", trapPort))
+	})
+
+	began := time.Now()
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", newPW))
+	for _, n := range nodes {
+		eventually(t, 30*time.Second, n.pod+" to refuse the old password", func() bool {
+			c, err := dialRedis(localAddr(n.port), []string{oldPW}, time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err != nil && strings.Contains(err.Error(), "WRONGPASS")
+		})
+		n.password = newPW
+	}
+	t.Logf("the old password went %s after the Secret changed (window 2s)", time.Since(began).Round(time.Millisecond))
+	if info, _ := infoReplication(primary.redis()); !strings.Contains(fmt.Sprint(info), fmt.Sprintf("port=%d,", trapPort)) {
+		t.Error("the fake replica was gone before the old password: the test proves nothing")
+	}
+	if n := called.Load(); n > 0 {
+		t.Fatalf("the announced address was dialled %d times", n)
+	}
+	cutLinkAndAwaitIt(t, nodes[1])
+	cutLinkAndAwaitIt(t, nodes[2])
+}
+
+// A configuration redis-server cannot start with is refused before it is
+// used where it can be told (a file that is no module: Redis loads modules
+// only after its configuration), and the running server stays as it was.
+// Where it cannot (a socket's directory that is missing, which the check,
+// on a socket of its own, does not use), a restart that fails answers with
+// Redis's own reason, and so do lastError and /readyz while it keeps
+// failing, until the fragment is put right.
+func TestRedisSaysWhyItCannotStart(t *testing.T) {
+	dir := t.TempDir()
+	cf, tokenFile := filepath.Join(dir, "cluster.yaml"), filepath.Join(dir, "token")
+	writeFile(t, tokenFile, "op-token")
+	notAModule := filepath.Join(dir, "module.so")
+	os.WriteFile(notAModule, []byte("\x7fELF not really"), 0o755)
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", "s3cret-pw"))
+	in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw",
+		extraArgs: []string{"--operator-token-file", tokenFile}})
+	in.waitReady(20 * time.Second)
+	writeKeys(t, in.redis(), "k", 100)
+	pid := in.redisPID()
+	restart := func() (int, string) {
+		req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d/v1/restart", in.httpPort), nil)
+		req.Header.Set("Authorization", "Bearer op-token")
+		resp, err := (&http.Client{Timeout: 2 * time.Minute}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no\nloadmodule "+notAModule, "s3cret-pw"))
+	eventually(t, 10*time.Second, "lastError to give Redis's reason for refusing the module", func() bool {
+		return strings.Contains(in.status().LastError, "redis-server cannot start with the fragment: Module "+notAModule+" failed to load")
+	})
+	if code, body := restart(); code != http.StatusOK {
+		t.Fatalf("a restart on the last good configuration: %d %s", code, body)
+	}
+	in.waitReady(20 * time.Second)
+	checkKeys(t, in.redis(), "k", 100)
+	if b, _ := os.ReadFile(filepath.Join(in.dataDir, confName)); bytes.Contains(b, []byte("loadmodule")) {
+		t.Fatal("the refused module is in redis.conf")
+	}
+
+	// The socket's directory does not exist: only the start tells.
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no\nunixsocket "+filepath.Join(dir, "no-such-dir", "redis.sock"), "s3cret-pw"))
+	eventually(t, 10*time.Second, "unixsocket to wait for a restart", func() bool {
+		return reflect.DeepEqual(in.status().PendingRestart, []string{"unixsocket"})
+	})
+	pid = in.redisPID()
+	const why = "Failed opening Unix socket"
+	code, body := restart()
+	if code != http.StatusInternalServerError || !strings.Contains(body, why) {
+		t.Fatalf("a restart that cannot start: %d %s", code, body)
+	}
+	eventually(t, 10*time.Second, "lastError and /readyz to say "+why, func() bool {
+		_, ready := in.get("/readyz")
+		return strings.Contains(in.status().LastError, why) && strings.Contains(string(ready), why)
+	})
+	t.Logf("lastError: %s", in.status().LastError)
+	if code, body := in.get("/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz %d %s", code, body)
+	}
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", "s3cret-pw"))
+	in.waitReady(30 * time.Second)
+	if in.redisPID() == pid {
+		t.Fatal("the same redis-server serves")
+	}
+	checkKeys(t, in.redis(), "k", 100)
+	eventually(t, 5*time.Second, "lastError to clear", func() bool { return in.status().LastError == "" })
+}
+
 // BenchmarkLiveConfig changes maxmemory in the cluster file b.N times and
 // waits for each value to be live in Redis. seen-to-live is the manager's
 // own measure, from the new view reaching it (redis-server's check of the
@@ -735,6 +901,11 @@ func TestTurningAuthenticationOnAndOff(t *testing.T) {
 	replica.waitReady(30 * time.Second)
 	nodes := []*instance{primary, replica}
 
+	// Nothing is wrong, but it is open to all: the log says so, once.
+	const open = "no password from spec.authSecretRef: redis-server takes every client without one, on every interface (protected-mode no); set authSecretRef for anything but a local experiment"
+	if n := primary.logCount(open); n != 1 {
+		t.Errorf("the warning of a server open to all was logged %d times, want once", n)
+	}
 	for _, pw := range []string{"now-with-a-pw", ""} {
 		writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", pw))
 		for _, n := range nodes {
@@ -760,6 +931,9 @@ func TestTurningAuthenticationOnAndOff(t *testing.T) {
 				return st.Ready && st.LastError == ""
 			})
 		}
+	}
+	if n := primary.logCount(open); n != 2 {
+		t.Errorf("the warning of a server open to all was logged %d times, want twice: at start and when the password went", n)
 	}
 }
 

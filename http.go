@@ -150,6 +150,11 @@ func newHTTPServer(s *settings, log *slog.Logger, h *health, tf *tlsFiles, upd *
 		}
 		// A graceful stop may take the whole shutdown budget.
 		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.shutdownTimeout + 2*time.Minute))
+		if err := h.restartStarts(); err != nil {
+			log.Error("refusing to restart redis-server: the new configuration cannot start", "error", err)
+			writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"error": "refusing to restart redis-server, which keeps running as it is: " + err.Error()})
+			return
+		}
 		log.Info("restarting redis-server, as the operator asked", "remote", r.RemoteAddr)
 		before := h.sup.snapshot().pid
 		err := h.sup.restart(r.Context())
@@ -162,7 +167,11 @@ func newHTTPServer(s *settings, log *slog.Logger, h *health, tf *tlsFiles, upd *
 			// Done is when it answers again (loading its data counts): a
 			// caller must be able to go on at once.
 			pid := h.sup.snapshot().pid
-			answered := h.awaitAnswer(r.Context())
+			answered, exited := h.awaitAnswer(r.Context(), pid)
+			if exited != "" {
+				writeJSON(w, http.StatusInternalServerError, map[string]any{"error": "redis-server did not come back: " + exited, "oldPid": before, "pid": pid})
+				return
+			}
 			writeJSON(w, http.StatusOK, map[string]any{"restarted": true, "oldPid": before, "pid": pid, "answering": answered})
 		}
 	}))
@@ -215,12 +224,31 @@ func newHTTPServer(s *settings, log *slog.Logger, h *health, tf *tlsFiles, upd *
 	return hs
 }
 
-// awaitAnswer waits, within a minute, for redis-server to answer PING,
-// with PONG or with LOADING.
-func (h *health) awaitAnswer(ctx context.Context) bool {
+// restartStarts has redis-server check, as it would start, the
+// configuration a restart would start it on: the fragment in redis.conf
+// was checked when it came, but what Redis reads at start (a module's
+// file, say) may have changed since. A check that could not be made does
+// not refuse the restart.
+func (h *health) restartStarts() error {
+	frag, ok := previousFragment(h.rec.settings.confPath())
+	if !ok || h.rec.checkConfig == nil {
+		return nil
+	}
+	if err := h.rec.checkConfig(frag); errors.As(err, new(refusal)) {
+		return err
+	}
+	return nil
+}
+
+// awaitAnswer waits, within a minute, for the redis-server of pid to answer
+// PING, with PONG or with LOADING; exited says why it stopped instead.
+func (h *health) awaitAnswer(ctx context.Context, pid int) (answered bool, exited string) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	for {
+		if sup := h.sup.snapshot(); !sup.running || sup.pid != pid {
+			return false, sup.lastExit
+		}
 		err := withRedis(localAddr(h.rec.settings.redisPort), h.rec.credentials(), redisTimeout, func(c redis.Conn) error {
 			_, err := c.Do("PING")
 			if _, isReply := err.(redis.Error); isReply && strings.HasPrefix(err.Error(), "LOADING") {
@@ -229,11 +257,11 @@ func (h *health) awaitAnswer(ctx context.Context) bool {
 			return err
 		})
 		if err == nil {
-			return true
+			return true, ""
 		}
 		select {
 		case <-ctx.Done():
-			return false
+			return false, ""
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -334,6 +362,7 @@ type operator struct {
 	tokenFile string
 	clientCA  bool
 	log       *slog.Logger
+	refusals  logLimit // of the lines about refused requests
 }
 
 func (o *operator) authorize(next http.HandlerFunc) http.HandlerFunc {
@@ -360,7 +389,9 @@ func (o *operator) authorize(next http.HandlerFunc) http.HandlerFunc {
 		data, err := os.ReadFile(o.tokenFile)
 		token := strings.TrimSpace(string(data))
 		if err != nil || token == "" {
-			o.log.Error("cannot read the operator token; refusing operator commands", "file", o.tokenFile, "error", err)
+			if dropped, ok := o.refusals.allow(); ok {
+				o.log.Error("cannot read the operator token; refusing operator commands", "file", o.tokenFile, "error", err, "refusalsNotLogged", dropped)
+			}
 			writeJSON(w, http.StatusForbidden, map[string]any{"error": "operator commands are disabled: the operator token cannot be read"})
 			return
 		}
@@ -377,9 +408,35 @@ func (o *operator) authorize(next http.HandlerFunc) http.HandlerFunc {
 }
 
 func (o *operator) refuse(w http.ResponseWriter, r *http.Request) {
-	o.log.Warn("refused an operator command without valid credentials", "path", r.URL.Path, "remote", r.RemoteAddr)
+	if dropped, ok := o.refusals.allow(); ok {
+		o.log.Warn("refused an operator command without valid credentials", "path", r.URL.Path, "remote", r.RemoteAddr, "refusalsNotLogged", dropped)
+	}
 	w.Header().Set("WWW-Authenticate", `Bearer realm="redis-operator"`)
 	writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "a valid bearer token or client certificate is required"})
+}
+
+// logLimit lets one line of a kind through every logLimitEvery, and counts
+// those it holds back into the next: callers who need no credentials to be
+// refused must not be able to flood the log.
+type logLimit struct {
+	mu      sync.Mutex
+	last    time.Time
+	dropped int
+}
+
+const logLimitEvery = 10 * time.Second
+
+// allow says whether to log now, and how many lines were held back since
+// the last one logged.
+func (l *logLimit) allow() (dropped int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() && time.Since(l.last) < logLimitEvery {
+		l.dropped++
+		return 0, false
+	}
+	dropped, l.dropped, l.last = l.dropped, 0, time.Now()
+	return dropped, true
 }
 
 func (s *httpServer) serve(ln net.Listener) error {

@@ -642,3 +642,32 @@ func TestStatusCommandPrintsATable(t *testing.T) {
 		t.Errorf("status against nothing: %v\n%s", err, out)
 	}
 }
+
+// Requests refused for want of credentials cost their caller nothing, so
+// the log of them is limited: one line every 10 s, which counts those it
+// held back.
+func TestRefusedOperatorCommandsDoNotFloodTheLog(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	writeFile(t, tokenFile, "op-token")
+	cf := filepath.Join(t.TempDir(), "cluster.yaml")
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", "s3cret-pw"))
+	in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw",
+		extraArgs: []string{"--operator-token-file", tokenFile}})
+	in.waitReady(20 * time.Second)
+	for i := range 200 {
+		req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d/v1/restart", in.httpPort), nil)
+		req.Header.Set("Authorization", fmt.Sprintf("Bearer guess-%d", i))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("request %d: %d", i, resp.StatusCode)
+		}
+	}
+	const refused = "refused an operator command without valid credentials"
+	if n := in.logCount(refused); n != 1 {
+		t.Fatalf("%d log lines for 200 refused requests, want 1", n)
+	}
+}

@@ -142,7 +142,7 @@ type settings struct {
 	logFormat                   string
 }
 
-func (s *settings) confPath() string { return filepath.Join(s.dataDir, "redis.conf") }
+func (s *settings) confPath() string { return filepath.Join(s.dataDir, confName) }
 
 func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	s := &settings{}
@@ -276,21 +276,6 @@ func (s *settings) complete() error {
 	return nil
 }
 
-// checkDataDir makes the data directory if needed and proves it writable:
-// finding out when redis-server first saves would be too late.
-func checkDataDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
-	f, err := os.CreateTemp(dir, ".writable-*")
-	if err != nil {
-		return fmt.Errorf("data dir %s is not writable: %w", dir, err)
-	}
-	f.Close()
-	os.Remove(f.Name())
-	return nil
-}
-
 // firstAddress is the first non-loopback address of this host, IPv4 first;
 // loopback when there is none, which suits one machine and nothing else.
 func firstAddress() string {
@@ -336,12 +321,10 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if inherited == nil {
-		os.Remove(filepath.Join(s.dataDir, handoffFile)) // of an upgrade that failed; it holds a password
-	} else {
+	if inherited != nil {
 		counts.upgrades.Store(inherited.Upgrades)
 	}
-	removeStaleRestores(s.dataDir)
+	clearPrivateDir(s.dataDir)
 	// Until its loops run, a manager that adopted a redis-server must not
 	// just return on an error: as PID 1 its exit would kill redis-server
 	// with no chance to save. It stops it the way a stop would.
@@ -411,7 +394,7 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 
 	rec := newReconciler(&reconciler{log: log, settings: s, exeHash: exeHash,
 		checkConfig: func(frag []directive) error { return checkFragment(s.redisServer, s.dataDir, frag, reaper.start) },
-		restorer:    &restorer{dir: s.dataDir, redisServer: s.redisServer, start: reaper.start, stall: s.restoreStall, log: log},
+		restorer:    &restorer{dir: s.dataDir, redisServer: s.redisServer, start: reaper.start, stall: s.restoreStall, forbidden: ownFiles(s), log: log},
 	})
 	sup.log, sup.redisLog, sup.reaper, sup.redisServer, sup.confPath = log, base.With("logger", "redis"), reaper, s.redisServer, s.confPath()
 	sup.dataDir, sup.port, sup.shutdown, sup.credentials = s.dataDir, s.redisPort, s.shutdownTimeout, rec.credentials
@@ -437,7 +420,7 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	}
 	obsCh := make(chan *observation, 1)
 	rec.poke = make(chan struct{}, 1)
-	obs := &observer{log: log, port: s.redisPort, passwords: rec.credentials, out: obsCh, poke: rec.poke}
+	obs := &observer{log: log, port: s.redisPort, passwords: rec.credentials, isPeer: rec.isPeer, out: obsCh, poke: rec.poke}
 	obs.beat.Store(time.Now().UnixNano())
 
 	log.Info("starting", "version", version, "commit", commit, "pod", s.podName, "cluster", s.cluster,

@@ -84,6 +84,7 @@ type observer struct {
 	log       *slog.Logger
 	port      int
 	passwords func() []string
+	isPeer    func(addr string) bool // whether the manager may dial addr: see reconciler.isPeer
 	out       chan<- *observation
 	poke      chan struct{} // look now: a role just changed
 	beat      atomic.Int64  // unix nanoseconds of the last poll
@@ -163,8 +164,8 @@ func (o *observer) poll() *observation {
 		return obs
 	}
 	obs.info = parseInfo(text)
-	if obs.role() == "slave" && obs.info["master_link_status"] == "up" {
-		obs.primaryOffset = o.primaryOffset(joinHostPort(obs.info["master_host"], obs.info["master_port"]))
+	if master := joinHostPort(obs.info["master_host"], obs.info["master_port"]); obs.role() == "slave" && obs.info["master_link_status"] == "up" && o.isPeer(master) {
+		obs.primaryOffset = o.primaryOffset(master)
 	}
 	return obs
 }

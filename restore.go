@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -15,7 +17,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -77,15 +81,27 @@ func redactURL(raw string) string {
 }
 
 // restoreJob is one attempt. The reconciler owns it; the goroutine that
-// runs it writes only the progress counters.
+// runs it writes only the progress counters. An abandoned job is let go at
+// once: its goroutine may still be blocked in a read, but it can no longer
+// put anything in place, so nothing waits for it to end.
 type restoreJob struct {
-	spec      restoreSpec
-	files     dataFiles // the names it restores to
-	cancel    context.CancelFunc
-	abandoned bool
-	began     time.Time
-	got       atomic.Int64
-	total     atomic.Int64 // -1 while unknown
+	spec    restoreSpec
+	files   dataFiles // the names it restores to
+	cancel  context.CancelFunc
+	placing sync.Mutex // held while the backup is put in place, and to abandon the job
+	began   time.Time
+	got     atomic.Int64
+	total   atomic.Int64 // -1 while unknown, and until the source shows it is an RDB
+}
+
+// abandon cancels the job and returns once it cannot place anything: if it
+// is putting its backup in place just then, once that is done.
+func (j *restoreJob) abandon() {
+	j.cancel()
+	// A barrier, not a critical section: place checks the cancellation
+	// under the lock, so past it no placing is under way or to come.
+	j.placing.Lock()
+	j.placing.Unlock()
 }
 
 func (j *restoreJob) progress() string {
@@ -115,20 +131,41 @@ type restoreResult struct {
 	err  error
 }
 
+// restoreError is how an attempt failed, told twice. What the status and
+// the open endpoints say is the step that failed, and, only of a source that
+// showed itself an RDB file, how: of any other source, a spec author could
+// otherwise read there what the pod can open or reach, how large a file is,
+// or its hash. The log has the detail.
+type restoreError struct {
+	public string
+	detail error // for the log; nil when public says it all
+}
+
+func (e *restoreError) Error() string { return e.public }
+
+// errDownload is every failure to open or read a source not yet shown to
+// be an RDB file: that it failed, not why.
+func errDownload(detail error) error {
+	return &restoreError{public: "the download failed (the manager's log says why)", detail: detail}
+}
+
 // restorer fetches, checks and places backups in the data directory.
 type restorer struct {
 	dir, redisServer string
 	start            startFunc
 	stall            time.Duration // a download that receives nothing for this long is abandoned
+	forbidden        []string      // files no backup may be read from: see openFile
 	log              *slog.Logger
 }
 
-const restoreTemp = ".restore-"
+// restoreTempPrefix starts the names of a restore's temp files in the
+// private directory.
+const restoreTempPrefix = "restore-"
 
-// removeStaleRestores removes what an attempt cut short by a crash or an
-// upgrade left: a temp file may be a full copy of the backup.
-func removeStaleRestores(dir string) {
-	stale, _ := filepath.Glob(filepath.Join(dir, restoreTemp+"*"))
+// removeStaleRestores removes what an earlier attempt left, one abandoned
+// while blocked included: a temp file may be a full copy of the backup.
+func removeStaleRestores(dataDir string) {
+	stale, _ := filepath.Glob(filepath.Join(privateDir(dataDir), restoreTempPrefix+"*"))
 	for _, p := range stale {
 		os.RemoveAll(p)
 	}
@@ -137,27 +174,36 @@ func removeStaleRestores(dir string) {
 // run restores job's backup. On any error it leaves nothing behind.
 func (rs *restorer) run(ctx context.Context, job *restoreJob) (int64, error) {
 	removeStaleRestores(rs.dir)
-	where := redactURL(job.spec.URL)
-	src, err := rs.open(ctx, job)
+	src, total, err := rs.open(ctx, job)
 	if err != nil {
-		return 0, fmt.Errorf("the backup at %s: %w", where, err)
+		return 0, err
 	}
 	defer src.Close()
-	if total := job.total.Load(); total > 0 {
-		var fs syscall.Statfs_t
-		if syscall.Statfs(rs.dir, &fs) == nil {
-			if free := int64(fs.Bavail) * fs.Bsize; free < total {
-				return 0, fmt.Errorf("the backup at %s is %s and the data directory has %s free", where, byteSize(total), byteSize(free))
-			}
-		}
+	// Nothing more is read, counted or shown of a source that is no RDB.
+	head := make([]byte, 9)
+	if _, err := io.ReadFull(src, head); err != nil {
+		return 0, errDownload(err)
 	}
-	tmp, err := os.CreateTemp(rs.dir, restoreTemp+"*")
+	if string(head[:5]) != "REDIS" {
+		return 0, &restoreError{public: "the source is not an RDB file"}
+	}
+	job.total.Store(total)
+	room := &roomWriter{dir: rs.dir}
+	if total > 0 && !room.fits(total) {
+		return 0, &restoreError{public: fmt.Sprintf("the backup would leave the data directory with less than %s free", byteSize(room.reserve))}
+	}
+	work, err := privateTemp(rs.dir, restoreTempPrefix)
 	if err != nil {
-		return 0, fmt.Errorf("restore: %w", err)
+		return 0, &restoreError{public: "cannot write the backup into the data directory", detail: err}
 	}
-	defer os.Remove(tmp.Name()) // once linked into place, this name goes
+	defer os.RemoveAll(work) // once linked into place, these names go
+	tmp, err := os.OpenFile(filepath.Join(work, "backup.rdb"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return 0, &restoreError{public: "cannot write the backup into the data directory", detail: err}
+	}
+	room.f = tmp
 	h := sha256.New()
-	_, err = io.Copy(io.MultiWriter(tmp, h), src)
+	_, err = io.Copy(io.MultiWriter(room, h), io.MultiReader(bytes.NewReader(head), src))
 	src.Close()
 	if err == nil {
 		err = tmp.Sync()
@@ -165,52 +211,53 @@ func (rs *restorer) run(ctx context.Context, job *restoreJob) (int64, error) {
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
-	got, total := job.got.Load(), job.total.Load()
+	var stalled *stallError
 	switch {
-	case errors.Is(err, io.ErrUnexpectedEOF), err == nil && total >= 0 && got != total:
-		of := ""
-		if total >= 0 {
-			of = " of " + byteSize(total)
-		}
-		return 0, fmt.Errorf("the backup at %s is truncated: the source ended after %s%s", where, byteSize(got), of)
+	case errors.Is(err, errNoRoom):
+		return 0, &restoreError{public: fmt.Sprintf("the download stopped: it would have left the data directory with less than %s free", byteSize(room.reserve))}
+	case errors.As(err, &stalled):
+		return 0, &restoreError{public: stalled.Error()}
+	case errors.Is(err, io.ErrUnexpectedEOF), err == nil && total >= 0 && job.got.Load() != total:
+		return 0, &restoreError{public: "the download is truncated: the source ended before its announced length", detail: err}
 	case err != nil:
-		return 0, err // a read error names the backup, a write error the temp file
+		return 0, &restoreError{public: "the download failed after it began (the manager's log says why)", detail: err}
 	}
-	if sum := hex.EncodeToString(h.Sum(nil)); sum != job.spec.SHA256 {
-		return 0, fmt.Errorf("the backup at %s (%s) has SHA-256 %s, and spec.bootstrap.restore.sha256 is %s: refusing it", where, byteSize(got), sum, job.spec.SHA256)
+	if hex.EncodeToString(h.Sum(nil)) != job.spec.SHA256 {
+		return 0, &restoreError{public: "the backup does not match spec.bootstrap.restore.sha256: refusing it"}
 	}
 	if err := rs.checkRDB(ctx, tmp.Name()); err != nil {
-		return 0, fmt.Errorf("the backup at %s: %w", where, err)
+		return 0, err
 	}
-	placed, err := rs.place(ctx, tmp.Name(), job.files)
+	placed, err := rs.place(ctx, job, work, tmp.Name())
 	if err != nil {
 		return 0, err
 	}
 	return rdbFileKeys(placed), nil
 }
 
-// open starts reading the backup, learning its size when the source tells
-// it. Reads are counted into job.got, and report progress every 10 s.
-func (rs *restorer) open(ctx context.Context, job *restoreJob) (io.ReadCloser, error) {
+// open starts reading the backup, and returns its size when the source
+// tells it (-1 when not). Reads are counted into job.got, and report
+// progress every 10 s.
+func (rs *restorer) open(ctx context.Context, job *restoreJob) (io.ReadCloser, int64, error) {
 	u, _ := url.Parse(job.spec.URL) // checked
 	if u.Scheme == "file" {
-		f, err := os.Open(u.Path)
+		f, size, err := rs.openFile(u.Path)
 		if err != nil {
-			return nil, errors.Unwrap(err) // the path is the URL's
+			return nil, 0, errDownload(err)
 		}
-		if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
-			job.total.Store(st.Size())
-		}
-		return &progressReader{ReadCloser: f, ctx: ctx, job: job, log: rs.log}, nil
+		return &progressReader{ReadCloser: f, ctx: ctx, job: job, log: rs.log}, size, nil
 	}
 	// The connection is the backup's alone, and closed with it.
-	client := &http.Client{Transport: &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
-		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSHandshakeTimeout: 10 * time.Second,
-		DisableKeepAlives:   true,
-		DisableCompression:  true, // the checksum is of the file, not of an encoding of it
-	}}
+	client := &http.Client{
+		Transport: &http.Transport{
+			Proxy:               http.ProxyFromEnvironment,
+			DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			TLSHandshakeTimeout: 10 * time.Second,
+			DisableKeepAlives:   true,
+			DisableCompression:  true, // the checksum is of the file, not of an encoding of it
+		},
+		CheckRedirect: checkRestoreRedirect,
+	}
 	// Each wait, for the answer and then for each read, ends after the
 	// stall time: the timer cancels the request.
 	reqCtx, cancel := context.WithCancel(ctx)
@@ -220,28 +267,135 @@ func (rs *restorer) open(ctx context.Context, job *restoreJob) (io.ReadCloser, e
 	req, err := http.NewRequestWithContext(reqCtx, http.MethodGet, job.spec.URL, nil)
 	if err != nil {
 		stop()
-		return nil, errors.New("not a URL")
+		return nil, 0, errDownload(errors.New("not a URL"))
 	}
 	resp, err := client.Do(req)
 	switch {
 	case err != nil && stalled.Load():
 		stop()
-		return nil, fmt.Errorf("no answer for %s", rs.stall)
+		return nil, 0, errDownload(fmt.Errorf("no answer for %s", rs.stall))
 	case err != nil:
 		stop()
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err // it quotes the whole URL
 		}
-		return nil, err
+		return nil, 0, errDownload(err)
 	case resp.StatusCode != http.StatusOK:
 		stop()
 		resp.Body.Close()
-		return nil, fmt.Errorf("the server answered %s", resp.Status)
+		return nil, 0, errDownload(fmt.Errorf("the server answered %s", resp.Status))
 	}
-	job.total.Store(resp.ContentLength)
 	body := &stallReader{ReadCloser: resp.Body, timer: timer, stall: rs.stall, stalled: stalled, stop: stop}
-	return &progressReader{ReadCloser: body, ctx: ctx, job: job, log: rs.log}, nil
+	return &progressReader{ReadCloser: body, ctx: ctx, job: job, log: rs.log}, resp.ContentLength, nil
+}
+
+// maxRestoreRedirects bounds the redirects a download follows.
+const maxRestoreRedirects = 3
+
+// checkRestoreRedirect follows a few redirects, and only within the scheme
+// of the URL the spec gives: no https source sends the download to plain
+// http, nor any to another kind of address than the spec author chose.
+func checkRestoreRedirect(req *http.Request, via []*http.Request) error {
+	switch {
+	case len(via) >= maxRestoreRedirects:
+		return fmt.Errorf("more than %d redirects", maxRestoreRedirects)
+	case req.URL.Scheme != via[0].URL.Scheme:
+		return fmt.Errorf("a redirect from %s to %s", via[0].URL.Scheme, req.URL.Scheme)
+	}
+	return nil
+}
+
+// Kernel file systems, whose files look regular but are no backup, and
+// which describe the pod and its processes (/proc/self/environ).
+const (
+	procSuperMagic = 0x9fa0
+	sysfsMagic     = 0x62656572
+)
+
+// openFile opens a file:// backup: a regular file that is none of the
+// manager's own (its credentials, its redis.conf, what its private
+// directory holds) nor a kernel file. It is opened without blocking, for
+// a FIFO or a device would hang the open, or never end.
+func (rs *restorer) openFile(path string) (*os.File, int64, error) {
+	if real, err := filepath.EvalSymlinks(path); err == nil && strings.HasPrefix(real, privateDir(rs.dir)+string(filepath.Separator)) {
+		return nil, 0, errors.New("it is in the manager's private directory")
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, 0, errors.Unwrap(err) // the path is the URL's
+	}
+	fi, err := f.Stat()
+	var fs syscall.Statfs_t
+	switch {
+	case err != nil:
+	case !fi.Mode().IsRegular():
+		err = fmt.Errorf("it is not a regular file but a %s", fi.Mode().Type())
+	case syscall.Fstatfs(int(f.Fd()), &fs) == nil && (fs.Type == procSuperMagic || fs.Type == sysfsMagic):
+		err = errors.New("it is a kernel file (/proc, /sys)")
+	case slices.ContainsFunc(rs.forbidden, func(p string) bool { st, err := os.Stat(p); return err == nil && os.SameFile(st, fi) }):
+		err = errors.New("it is one of the manager's own files, which are never a backup")
+	}
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	return f, fi.Size(), nil
+}
+
+// serviceAccountToken is where Kubernetes mounts the pod's token.
+const serviceAccountToken = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+// ownFiles are the files the manager reads its credentials and
+// configuration from: no backup is ever read from one of them, or from a
+// link to one.
+func ownFiles(s *settings) []string {
+	files := []string{serviceAccountToken, s.confPath()}
+	for _, p := range []string{s.kubeconfig, s.clusterFile, s.operatorTokenFile, s.tlsKey} {
+		if p != "" {
+			files = append(files, p)
+		}
+	}
+	return files
+}
+
+// roomWriter writes a download into the data directory while that leaves
+// it room: a source of unknown length (chunked HTTP, a file that grows)
+// must not fill the volume Redis saves to. The free space is measured
+// again only when what was written since would take it below the reserve.
+type roomWriter struct {
+	f       *os.File
+	dir     string
+	reserve int64
+	free    int64 // as last measured, less what was written since
+	known   bool
+}
+
+var errNoRoom = errors.New("the data directory is almost full")
+
+// fits measures the free space and says whether n more bytes leave the
+// reserve: a twentieth of the volume, at most 256 MiB, for what Redis
+// writes right after the restore. Without a measure, it does not refuse.
+func (w *roomWriter) fits(n int64) bool {
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(w.dir, &fs); err != nil {
+		w.free, w.reserve = math.MaxInt64, 0
+	} else {
+		w.free, w.reserve = int64(fs.Bavail)*fs.Bsize, min(int64(fs.Blocks)*fs.Bsize/20, 256<<20)
+	}
+	w.known = true
+	return w.free-n >= w.reserve
+}
+
+func (w *roomWriter) Write(p []byte) (int, error) {
+	if n := int64(len(p)); !w.known || w.free-n < w.reserve {
+		if !w.fits(n) {
+			return 0, errNoRoom
+		}
+	}
+	n, err := w.f.Write(p)
+	w.free -= int64(n)
+	return n, err
 }
 
 // stallReader keeps a download's stall timer from firing while data comes,
@@ -254,13 +408,20 @@ type stallReader struct {
 	stop    func()
 }
 
+// stallError: the source stopped sending.
+type stallError struct{ stall time.Duration }
+
+func (e *stallError) Error() string {
+	return fmt.Sprintf("the download stalled: no data for %s", e.stall)
+}
+
 func (s *stallReader) Read(p []byte) (int, error) {
 	n, err := s.ReadCloser.Read(p)
 	if n > 0 {
 		s.timer.Reset(s.stall)
 	}
 	if err != nil && err != io.EOF && s.stalled.Load() {
-		err = fmt.Errorf("no data for %s: the download stalled", s.stall)
+		err = &stallError{s.stall}
 	}
 	return n, err
 }
@@ -270,8 +431,8 @@ func (s *stallReader) Close() error {
 	return s.ReadCloser.Close()
 }
 
-// progressReader counts what is read and logs progress every 10 s. A read
-// error names the backup; an abandoned job reads no further.
+// progressReader counts what is read and logs progress every 10 s. An
+// abandoned job reads no further.
 type progressReader struct {
 	io.ReadCloser
 	ctx    context.Context
@@ -292,39 +453,28 @@ func (p *progressReader) Read(b []byte) (int, error) {
 		}
 		p.logged = time.Now()
 	}
-	if err != nil && err != io.EOF {
-		err = fmt.Errorf("the backup at %s: %w", redactURL(p.job.spec.URL), err)
-	}
 	return n, err
 }
 
-// checkRDB checks that the file is an RDB, and has redis-check-rdb read it
-// all when it is installed: the one beside redis-server first, for it is of
-// the same build.
+// checkRDB has redis-check-rdb read the whole backup when it is installed:
+// the one beside redis-server first, for it is of the same build. The
+// backup began as an RDB file, and matches its checksum, so what the tool
+// says of it tells the spec author nothing new.
 func (rs *restorer) checkRDB(ctx context.Context, path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	magic := make([]byte, 9)
-	_, err = io.ReadFull(f, magic)
-	f.Close()
-	if err != nil || string(magic[:5]) != "REDIS" {
-		return errors.New("it is not an RDB file")
-	}
 	tool := filepath.Join(filepath.Dir(rs.redisServer), "redis-check-rdb")
 	if st, err := os.Stat(tool); err != nil || !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
+		var err error
 		if tool, err = exec.LookPath("redis-check-rdb"); err != nil {
 			rs.log.Info("redis-check-rdb is not installed; the backup is checked by its checksum only")
 			return nil
 		}
 	}
-	out, ws, err := runChild(ctx, rs.start, []string{tool, path}, rs.dir, time.Hour)
+	out, ws, err := runChild(ctx, rs.start, []string{tool, path}, rs.dir, time.Hour, "")
 	switch {
 	case err != nil:
-		return fmt.Errorf("cannot run redis-check-rdb: %w", err)
+		return &restoreError{public: "cannot run redis-check-rdb", detail: err}
 	case !ws.Exited() || ws.ExitStatus() != 0:
-		return fmt.Errorf("redis-check-rdb refuses it: %s", rdbCheckError(out))
+		return &restoreError{public: "redis-check-rdb refuses the backup: " + rdbCheckError(out)}
 	}
 	return nil
 }
@@ -343,34 +493,38 @@ func rdbCheckError(out string) string {
 
 // place links the checked file in as the dataset Redis will load: the RDB
 // file, or, with appendonly on (when Redis reads no RDB file), the base of
-// a new AOF directory, built aside and renamed into place whole. It
-// returns the path of the RDB placed. An abandoned job places nothing.
-func (rs *restorer) place(ctx context.Context, tmp string, df dataFiles) (string, error) {
+// a new AOF directory, built aside in work and renamed into place whole.
+// It returns the path of the RDB placed. An abandoned job places nothing:
+// it is cancelled before it is abandoned, and placing holds the lock.
+func (rs *restorer) place(ctx context.Context, job *restoreJob, work, tmp string) (string, error) {
+	job.placing.Lock()
+	defer job.placing.Unlock()
+	df := job.files
 	if !df.aof {
 		dest := filepath.Join(rs.dir, df.rdb)
 		if err := ctx.Err(); err != nil {
 			return "", err
 		}
 		if err := os.Link(tmp, dest); err != nil {
-			return "", fmt.Errorf("cannot put the backup in place as %s: %w", df.rdb, err)
+			return "", &restoreError{public: "cannot put the backup in place as " + df.rdb, detail: err}
 		}
 		syncDir(rs.dir)
 		return dest, nil
 	}
-	aside, err := os.MkdirTemp(rs.dir, restoreTemp+"aof-*")
-	if err != nil {
-		return "", fmt.Errorf("restore: %w", err)
-	}
-	defer os.RemoveAll(aside) // a no-op once renamed
+	aside := filepath.Join(work, "aof")
 	base := df.aofName + ".1.base.rdb"
-	if err := os.Link(tmp, filepath.Join(aside, base)); err != nil {
-		return "", fmt.Errorf("restore: %w", err)
+	err := os.Mkdir(aside, 0o700)
+	if err == nil {
+		err = os.Link(tmp, filepath.Join(aside, base))
 	}
-	if err := writeFileAtomic(filepath.Join(aside, df.aofName+".manifest"), []byte("file "+quoteArg(base)+" seq 1 type b\n"), 0o600); err != nil {
-		return "", fmt.Errorf("restore: %w", err)
+	if err == nil {
+		err = writeFileAtomic(filepath.Join(aside, df.aofName+".manifest"), []byte("file "+quoteArg(base)+" seq 1 type b\n"), 0o600)
 	}
-	if err := os.Chmod(aside, 0o750); err != nil {
-		return "", fmt.Errorf("restore: %w", err)
+	if err == nil {
+		err = os.Chmod(aside, 0o750)
+	}
+	if err != nil {
+		return "", &restoreError{public: "cannot write the backup into the data directory", detail: err}
 	}
 	if err := ctx.Err(); err != nil {
 		return "", err
@@ -378,7 +532,7 @@ func (rs *restorer) place(ctx context.Context, tmp string, df dataFiles) (string
 	// A rename takes the place of an empty directory, never of a full one.
 	dest := filepath.Join(rs.dir, df.aofDir)
 	if err := os.Rename(aside, dest); err != nil {
-		return "", fmt.Errorf("cannot put the backup in place as %s: %w", df.aofDir, err)
+		return "", &restoreError{public: "cannot put the backup in place as " + df.aofDir, detail: err}
 	}
 	syncDir(rs.dir)
 	return filepath.Join(dest, base), nil

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -156,8 +157,10 @@ type startFunc func(func() (*os.Process, error)) (*os.Process, <-chan syscall.Wa
 
 // runChild runs a short-lived helper (redis-server checking a
 // configuration, a new binary checking itself) and returns what it printed
-// and how it ended; one that outlives timeout, or ctx, is killed.
-func runChild(ctx context.Context, start startFunc, argv []string, dir string, timeout time.Duration) (string, syscall.WaitStatus, error) {
+// and how it ended; one that outlives timeout, or ctx, is killed. When
+// stopOn is not empty, the child is sent SIGTERM once its output holds
+// stopOn, case aside: a server that only has to show it can start.
+func runChild(ctx context.Context, start startFunc, argv []string, dir string, timeout time.Duration, stopOn string) (string, syscall.WaitStatus, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return "", 0, err
@@ -179,11 +182,16 @@ func runChild(ctx context.Context, start startFunc, argv []string, dir string, t
 	go func() {
 		defer close(eof)
 		buf := make([]byte, 4096)
+		stopped := stopOn == ""
 		for {
 			n, err := r.Read(buf)
 			mu.Lock()
 			if out.Len() < 64<<10 {
 				out.Write(buf[:n])
+			}
+			if !stopped && bytes.Contains(bytes.ToLower(out.Bytes()), []byte(strings.ToLower(stopOn))) {
+				stopped = true
+				p.Signal(syscall.SIGTERM)
 			}
 			mu.Unlock()
 			if err != nil {
@@ -232,6 +240,7 @@ type supervisorState struct {
 	startedConf string    // redis.conf as it was read at the last start
 	retryAt     time.Time // when a crashed redis-server will be started again
 	lastExit    string
+	exitStatus  int       // of the last exit when it was a non-zero status: see snapshot
 	refused     string    // why a restart is being refused
 	beat        time.Time // the loop is alive
 }
@@ -263,6 +272,7 @@ type supervisor struct {
 
 	logR, logW *os.File // one pipe carries the log of every redis-server we start
 	logDone    chan struct{}
+	tail       redisTail // of the redis-server started last
 }
 
 // newSupervisor makes the pipe of redis-server's log, unless it was
@@ -338,7 +348,19 @@ func (s *supervisor) releaseLog() (r, w *os.File, resume func()) {
 // blocks: a newer wish replaces one not yet read.
 func (s *supervisor) setWanted(run bool) { offer(s.want, run) }
 
-func (s *supervisor) snapshot() supervisorState { return *s.state.Load() }
+// snapshot is the supervisor's state. The reason of an exit with a
+// non-zero status is Redis's own last words, read when asked: they may
+// reach the log pipe after the exit is reaped.
+func (s *supervisor) snapshot() supervisorState {
+	st := *s.state.Load()
+	if !st.running && st.exitStatus != 0 {
+		conf, _ := parseConf(st.startedConf)
+		if words := lastWords(s.tail.lines(), secretsIn(conf)); words != "" {
+			st.lastExit += ": " + words
+		}
+	}
+	return st
+}
 
 // errNotRunning refuses a restart of a redis-server that is not meant to
 // run: fenced, waiting, or between crashes.
@@ -393,7 +415,7 @@ func (s *supervisor) run(ctx context.Context) {
 		if why != st.refused {
 			s.log.Error("not starting redis-server again", "reason", why)
 		}
-		st.refused, st.lastExit = why, why
+		st.refused, st.lastExit, st.exitStatus = why, why, 0
 		retryLater()
 	}
 	start := func() {
@@ -401,13 +423,13 @@ func (s *supervisor) run(ctx context.Context) {
 		p, ch, conf, err := s.startRedis()
 		if err != nil {
 			s.log.Error("cannot start redis-server", "error", err)
-			st.lastExit = err.Error()
+			st.lastExit, st.exitStatus = err.Error(), 0
 			exited = nil
 			retryLater()
 			return
 		}
 		proc, exited = p, ch
-		st.running, st.pid, st.startedAt, st.retryAt = true, p.Pid, time.Now(), time.Time{}
+		st.running, st.pid, st.startedAt, st.retryAt, st.exitStatus = true, p.Pid, time.Now(), time.Time{}, 0
 		st.startedConf = conf
 		s.log.Info("redis-server started", "pid", p.Pid)
 	}
@@ -465,7 +487,10 @@ func (s *supervisor) run(ctx context.Context) {
 			proc.Release()
 			ran := time.Since(st.startedAt)
 			proc, exited, st.running, st.pid = nil, nil, false, 0
-			st.lastExit = describeExit(ws)
+			st.lastExit, st.exitStatus = describeExit(ws), 0
+			if ws.Exited() {
+				st.exitStatus = ws.ExitStatus()
+			}
 			if !st.wanted {
 				break
 			}
@@ -509,6 +534,7 @@ func (s *supervisor) startRedis() (*os.Process, <-chan syscall.WaitStatus, strin
 		return nil, nil, "", err
 	}
 	defer devnull.Close()
+	s.tail.reset()
 	p, ch, err := s.reaper.start(func() (*os.Process, error) {
 		return os.StartProcess(s.redisServer, []string{s.redisServer, s.confPath}, &os.ProcAttr{
 			Dir:   s.dataDir,
@@ -595,6 +621,7 @@ func (s *supervisor) forwardLog() {
 	for {
 		line, err := br.ReadString('\n')
 		if line = strings.TrimRight(line, "\r\n"); line != "" {
+			s.tail.add(line)
 			emitRedisLine(s.redisLog, line)
 		}
 		if err != nil {
@@ -603,21 +630,95 @@ func (s *supervisor) forwardLog() {
 	}
 }
 
-// emitRedisLine parses "pid:role dd Mon yyyy hh:mm:ss.mmm level message".
+// emitRedisLine re-emits a line of redis-server's as a record of the
+// manager's log.
 func emitRedisLine(log *slog.Logger, line string) {
-	pid, rest, ok := strings.Cut(line, ":")
-	if !ok || len(rest) < 29 || rest[1] != ' ' || rest[26] != ' ' || rest[28] != ' ' {
+	pid, role, level, msg, ok := splitRedisLine(line)
+	if !ok {
 		log.Info(line)
 		return
 	}
 	// Redis's verbose and debug lines are there because its loglevel asked
 	// for them: they stay visible at Info, with Redis's own level beside.
-	level := slog.LevelInfo
-	if rest[27] == '#' {
-		level = slog.LevelWarn
+	lvl := slog.LevelInfo
+	if level == '#' {
+		lvl = slog.LevelWarn
 	}
-	n, _ := strconv.Atoi(pid)
-	log.Log(context.Background(), level, rest[29:], "pid", n, "role", redisLogRoles[rest[0]], "redisLevel", redisLogLevels[rest[27]])
+	log.Log(context.Background(), lvl, msg, "pid", pid, "role", redisLogRoles[role], "redisLevel", redisLogLevels[level])
+}
+
+// splitRedisLine splits "pid:role dd Mon yyyy hh:mm:ss.mmm level message";
+// ok is false for a line without that prefix.
+func splitRedisLine(line string) (pid int, role, level byte, msg string, ok bool) {
+	p, rest, found := strings.Cut(line, ":")
+	if !found || len(rest) < 29 || rest[1] != ' ' || rest[26] != ' ' || rest[28] != ' ' {
+		return 0, 0, 0, "", false
+	}
+	pid, _ = strconv.Atoi(p)
+	return pid, rest[0], rest[27], rest[29:], true
+}
+
+// redisTail keeps the last lines of redis-server's log that may say why it
+// stopped: those at warning level, and those without Redis's prefix (a
+// configuration error at start goes to stderr plainly). Its exit status
+// says only that it did.
+type redisTail struct {
+	mu  sync.Mutex
+	buf []string // oldest first
+}
+
+const tailLines = 8
+
+func (t *redisTail) add(line string) {
+	if !lastWordsLine(line) {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf[max(0, len(t.buf)+1-tailLines):], line)
+}
+
+func (t *redisTail) reset() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = nil
+}
+
+func (t *redisTail) lines() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Clone(t.buf)
+}
+
+// lastWordsLine says whether a line of redis-server's output may say why
+// it stopped. The line that quotes a configuration line Redis refuses
+// (">>> '...'") never does: it may hold a password.
+func lastWordsLine(line string) bool {
+	if strings.HasPrefix(line, ">>> ") || strings.TrimSpace(line) == "" {
+		return false
+	}
+	_, _, level, _, prefixed := splitRedisLine(line)
+	return !prefixed || level == '#'
+}
+
+// lastWords is why a redis-server stopped, in its own words: the last two
+// lines of its output that may say it, without their prefix, and without
+// the secrets given.
+func lastWords(out []string, secrets []string) string {
+	var words []string
+	for _, line := range slices.Backward(out) {
+		if len(words) == 2 {
+			break
+		}
+		if !lastWordsLine(line) {
+			continue
+		}
+		if _, _, _, msg, ok := splitRedisLine(line); ok {
+			line = msg
+		}
+		words = append([]string{strings.TrimSpace(line)}, words...)
+	}
+	return redact(strings.Join(words, "; "), secrets)
 }
 
 var (

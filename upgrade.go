@@ -42,7 +42,7 @@ const maxBinarySize = 64 << 20
 // handoffEnv names the handoff file in the new process's environment.
 const (
 	handoffEnv     = "REDIS_OPERATOR_HANDOFF"
-	handoffFile    = ".handoff.json"
+	handoffFile    = "handoff.json" // in the private directory
 	handoffVersion = 1
 )
 
@@ -180,7 +180,7 @@ func (u *updater) receive(body io.Reader, want string) (string, int, error) {
 	if err := os.Chmod(f.Name(), 0o755); err != nil {
 		return "", http.StatusInternalServerError, err
 	}
-	out, ws, err := runChild(context.Background(), u.start, []string{f.Name(), "version"}, dir, 10*time.Second)
+	out, ws, err := runChild(context.Background(), u.start, []string{f.Name(), "version"}, dir, 10*time.Second, "")
 	fields := strings.Fields(out)
 	switch {
 	case err != nil:
@@ -192,7 +192,7 @@ func (u *updater) receive(body io.Reader, want string) (string, int, error) {
 	}
 	// It must also take this instance's flags and environment: one that
 	// refused them would fail after the exec, with no way back.
-	out, ws, err = runChild(context.Background(), u.start, append([]string{f.Name(), "instance"}, append(slices.Clone(os.Args[2:]), "--check-settings")...), dir, 10*time.Second)
+	out, ws, err = runChild(context.Background(), u.start, append([]string{f.Name(), "instance"}, append(slices.Clone(os.Args[2:]), "--check-settings")...), dir, 10*time.Second, "")
 	switch {
 	case err != nil:
 		return "", http.StatusUnprocessableEntity, fmt.Errorf("the new binary fails its self-check: %w", err)
@@ -303,7 +303,7 @@ func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, r
 	}
 	// Written while HTTP still serves: a full disk refuses the upgrade and
 	// changes nothing else.
-	path := filepath.Join(dataDir, handoffFile)
+	path := filepath.Join(privateDir(dataDir), handoffFile)
 	h.ExecAt = time.Now()
 	data, _ := json.Marshal(h)
 	if err := writeFileAtomic(path, data, 0o600); err != nil {
@@ -379,6 +379,9 @@ func (h *handoff) seed(rec *reconciler) {
 		creds = append(creds, h.View.Password)
 	}
 	rec.creds.Store(&creds)
+	if h.View != nil {
+		rec.publishPeers(&h.View.Cluster) // for the observer's first look, which may come before the view
+	}
 	if v := h.View; v != nil && rec.fragmentOK {
 		if frag, err := parseFragment(v.Fragment); err == nil && reflect.DeepEqual(valuesOf(frag), rec.wantedValues) {
 			rec.fragmentText = v.Fragment

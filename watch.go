@@ -8,6 +8,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -620,9 +621,10 @@ type reconciler struct {
 	liveRefused   string                  // the last change Redis refused live
 	liveErr       string                  // why
 	auth          authState
-	authErr       string                   // why the password could not be rotated
-	authWait      string                   // the replica a rotation waits for
-	creds         atomic.Pointer[[]string] // passwords to offer redis-server, for every goroutine
+	authErr       string                          // why the password could not be rotated
+	authWait      string                          // the replica a rotation waits for
+	creds         atomic.Pointer[[]string]        // passwords to offer redis-server, for every goroutine
+	peers         atomic.Pointer[map[string]bool] // the other instances' addresses: see isPeer
 	fenced        bool
 	wanted        bool // redis-server should run
 	role          desiredRole
@@ -670,6 +672,7 @@ func newReconciler(r *reconciler) *reconciler {
 	r.fragment, r.fragmentOK = previousFragment(r.settings.confPath())
 	r.wantedValues, r.restartOnly = valuesOf(r.fragment), map[string]bool{}
 	r.creds.Store(&[]string{})
+	r.peers.Store(&map[string]bool{})
 	r.published.Store(&probeState{reason: "starting", startupReason: "starting"})
 	r.beat.Store(time.Now().UnixNano())
 	return r
@@ -688,7 +691,7 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 		select {
 		case <-ctx.Done():
 			if r.restoreJob != nil {
-				r.restoreJob.cancel() // what it leaves, the next attempt removes
+				r.restoreJob.cancel() // what it leaves, the next start removes
 			}
 			r.stopped("stopping")
 			return
@@ -749,8 +752,12 @@ func (r *reconciler) applyView(v clusterView) {
 		// entry is overwritten.
 		r.heldKeys = v.cluster.Status.InstancesStatus[r.settings.podName].Keys
 	}
+	if v.password == "" && (!r.haveView || r.view.password != "") {
+		r.log.Warn("no password from spec.authSecretRef: redis-server takes every client without one, on every interface (protected-mode no); set authSecretRef for anything but a local experiment")
+	}
 	r.view = v
 	r.publishCredentials()
+	r.publishPeers(&v.cluster)
 	r.takeFragment(v.fragment)
 	if fenced, err := isFenced(v.cluster.Metadata.Annotations, r.settings.podName); err != nil {
 		if !r.haveView && !r.fenceKnown {
@@ -809,11 +816,8 @@ func (r *reconciler) applyView(v clusterView) {
 		guard = r.startGuard()
 		if guard == "" {
 			restoring = r.bootstrap()
-		} else if job := r.restoreJob; job != nil || r.restoreErr != "" {
-			if job != nil && !job.abandoned { // no restore while the guard holds
-				job.cancel()
-				job.abandoned = true
-			}
+		} else if r.restoreJob != nil || r.restoreErr != "" {
+			r.abandonRestore("a guard keeps redis-server from starting") // no restore while the guard holds
 			r.restoreErr, r.restoreRetry = "", time.Time{}
 		}
 	}
@@ -831,18 +835,15 @@ func (r *reconciler) applyView(v clusterView) {
 // data gets no old backup in its place.
 func (r *reconciler) bootstrap() bool {
 	spec := r.view.cluster.Spec.Bootstrap.Restore
-	if job := r.restoreJob; job != nil && !job.abandoned &&
-		(spec == nil || *spec != job.spec || !r.role.leads() || dataFilesOf(r.fragment) != job.files) {
-		r.log.Info("abandoning the restore: the spec, the role or the names of the data files changed", "url", redactURL(job.spec.URL))
-		job.cancel()
-		job.abandoned = true
+	if job := r.restoreJob; job != nil && (spec == nil || *spec != job.spec || !r.role.leads() || dataFilesOf(r.fragment) != job.files) {
+		r.abandonRestore("the spec, the role or the names of the data files changed")
 	}
 	if spec == nil || !r.role.leads() || *spec == r.restoreDone {
 		r.restoreErr, r.restoreRetry = "", time.Time{}
-		return r.restoreJob != nil // an abandoned one may still be writing
+		return false
 	}
 	if r.restoreJob != nil {
-		return true // the next waits for it to end
+		return true
 	}
 	if found := datasetFound(r.settings.dataDir, r.fragment); found != "" {
 		r.log.Info("not restoring from backup: the data directory holds a dataset, which is kept as it is",
@@ -876,12 +877,26 @@ func (r *reconciler) bootstrap() bool {
 	return true
 }
 
+// abandonRestore lets the restore under way go, at once: it can place
+// nothing after this, and what it leaves, the next attempt or the next
+// start removes.
+func (r *reconciler) abandonRestore(why string) {
+	if job := r.restoreJob; job != nil {
+		r.log.Info("abandoning the restore: "+why, "url", redactURL(job.spec.URL))
+		job.abandon()
+		r.restoreJob = nil
+	}
+}
+
 // restoreEnded takes a restore's outcome: the dataset is in place and
-// redis-server may start, or the attempt is retried with backoff.
+// redis-server may start, or the attempt is retried with backoff. An
+// abandoned job's outcome comes late, if ever, and counts for nothing.
 func (r *reconciler) restoreEnded(res restoreResult) {
+	if res.job != r.restoreJob {
+		return
+	}
 	r.restoreJob = nil
 	switch {
-	case res.job.abandoned:
 	case res.err == nil:
 		r.restoreDone, r.restoreErr, r.restoreFails, r.restoreRetry = res.job.spec, "", 0, time.Time{}
 		r.log.Info("restored the dataset from backup", "url", redactURL(res.job.spec.URL), "bytes", res.job.got.Load(),
@@ -891,7 +906,11 @@ func (r *reconciler) restoreEnded(res restoreResult) {
 		wait := min(restoreBackoff<<min(r.restoreFails-1, 10), 5*time.Minute)
 		r.restoreFailed, r.restoreRetry = res.job.spec, time.Now().Add(wait)
 		r.restoreErr = fmt.Sprintf("restoring from backup failed (attempt %d; the next in %s): %v", r.restoreFails, wait, res.err)
-		r.log.Error("restoring from backup failed; redis-server stays stopped", "error", res.err, "attempt", r.restoreFails, "retryIn", wait.String())
+		attrs := []any{"url", redactURL(res.job.spec.URL), "error", res.err, "attempt", r.restoreFails, "retryIn", wait.String()}
+		if re := (*restoreError)(nil); errors.As(res.err, &re) && re.detail != nil {
+			attrs = append(attrs, "detail", re.detail.Error())
+		}
+		r.log.Error("restoring from backup failed; redis-server stays stopped", attrs...)
 	}
 	r.applyView(r.view)
 }
@@ -968,12 +987,16 @@ func (r *reconciler) enforceRole() {
 	switch {
 	case r.role.primary && obs.role() == "slave":
 		master := joinHostPort(obs.info["master_host"], obs.info["master_port"])
-		err := handover(redisNode{dial: master, announce: master}, me, r.credentials())
+		err := errOldNotMaster // it follows no instance of the cluster: see isPeer
+		if r.isPeer(master) {
+			err = handover(redisNode{dial: master, announce: master}, me, r.credentials())
+		}
 		if errors.Is(err, errOldNotMaster) {
 			// The primary role moved on while this one followed the old
-			// holder (a quick double move): take it from whoever holds it.
-			// When no one does, the role is lost, as if its holder were
-			// gone: the failover window decides.
+			// holder (a quick double move), or it follows an address no
+			// instance publishes: take it from whoever holds it. When no
+			// one does, the role is lost, as if its holder were gone: the
+			// failover window decides.
 			if holder := r.masterElsewhere(); holder != "" {
 				master = holder
 				err = handover(redisNode{dial: holder, announce: holder}, me, r.credentials())
@@ -1177,6 +1200,10 @@ func (r *reconciler) publish() {
 	}
 	sup := r.sup.snapshot()
 	ps := &probeState{lastAnswer: r.lastAnswer}
+	crashed := "" // with Redis's own reason: see supervisor.snapshot
+	if r.wanted && !sup.running && !sup.retryAt.IsZero() && sup.refused == "" {
+		crashed = fmt.Sprintf("redis-server exited (%s); restarting", sup.lastExit)
+	}
 	st := instanceStatus{
 		Role:               "none",
 		Address:            joinHostPort(r.settings.announceHost, fmt.Sprint(r.settings.redisPort)),
@@ -1185,7 +1212,7 @@ func (r *reconciler) publish() {
 		ExecutableHash:     r.exeHash,
 		Restarts:           sup.restarts,
 		ObservedGeneration: r.view.cluster.Metadata.Generation,
-		LastError:          firstNonEmpty(r.viewErr, r.confErr, r.writeErr, r.fenceErr, r.guardErr, r.restoreErr, sup.refused, r.roleErr, r.authErr, r.liveErr),
+		LastError:          cmp.Or(r.viewErr, r.confErr, r.writeErr, r.fenceErr, r.guardErr, r.restoreErr, sup.refused, crashed, r.roleErr, r.authErr, r.liveErr),
 		PendingRestart:     []string{},
 	}
 	if sup.running {
@@ -1237,7 +1264,7 @@ func (r *reconciler) publish() {
 		ps.reason = fmt.Sprintf("waiting for the target primary %s to publish its address", r.role.target)
 		ps.started = true
 	case !sup.running && !sup.retryAt.IsZero():
-		ps.reason = fmt.Sprintf("redis-server exited (%s); restarting", sup.lastExit)
+		ps.reason = cmp.Or(crashed, sup.lastExit)
 		ps.startupReason = ps.reason
 	case !sup.running:
 		ps.reason, ps.startupReason = "redis-server is starting", "redis-server is starting"
@@ -1344,13 +1371,4 @@ func sameStatus(a, b instanceStatus) bool {
 	}
 	a.UpdatedAt = b.UpdatedAt
 	return reflect.DeepEqual(a, b)
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
