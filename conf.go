@@ -56,17 +56,21 @@ var ownedDirectives = map[string]string{
 	"slave-announce-port":   "the manager sets it from --redis-port",
 	"protected-mode":        "the manager must reach redis-server and so must the other instances",
 	"aclfile":               "the default user's passwords come from spec.authSecretRef, and an ACL file would replace them",
+	// Left at Redis's default (no): CONFIG SET of dir and dbfilename would
+	// let any client move Redis's files onto the manager's own.
+	"enable-protected-configs": "Redis's data files stay where the fragment puts them, which a client could otherwise change with CONFIG SET",
 }
 
 // neededCommands are the commands the manager and replication rely on,
 // and what renaming one away would break: the manager's own connections,
 // a replica's link to its primary (AUTH with masterauth, PING, REPLCONF,
-// PSYNC or SYNC), and a backup, which is a replica's sync.
+// PSYNC), and a backup, which is a replica's sync. SYNC is only what
+// replicas older than Redis 2.8 send.
 var neededCommands = map[string]string{
 	"acl": "the manager's", "auth": "the manager's and replication's", "client": "the manager's",
 	"config": "the manager's", "info": "the manager's", "ping": "the manager's and replication's",
 	"replicaof": "the manager's", "slaveof": "the manager's", "shutdown": "the manager's",
-	"replconf": "replication's and backups'", "psync": "replication's and backups'", "sync": "replication's",
+	"replconf": "replication's and backups'", "psync": "replication's and backups'",
 }
 
 // parseFragment reads a redis.conf fragment and refuses what the manager
@@ -255,7 +259,11 @@ func quoteArg(s string) string {
 const ownedMarker = "\n# Owned by the manager.\n"
 
 // previousFragment is the fragment of the redis.conf a previous run wrote:
-// the last good configuration, should the current one be refused.
+// the last good configuration, should the current one be refused. It was
+// checked when it was written; a manager whose rules have grown stricter
+// since (an upgrade) refuses the same text when it comes again, and says
+// so, but keeps it in force rather than stop a redis-server that runs on
+// it.
 func previousFragment(path string) ([]directive, bool) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -270,7 +278,7 @@ func fragmentOf(conf string) ([]directive, bool) {
 	if !found {
 		return nil, false
 	}
-	ds, err := parseFragment(frag)
+	ds, err := parseConf(frag)
 	return ds, err == nil
 }
 

@@ -65,10 +65,11 @@ func TestParseFragmentRefusesWhatTheManagerOwns(t *testing.T) {
 		{"rename-command SHUTDOWN \"\"", "renaming SHUTDOWN is refused: it is one of the manager's commands"},
 		{"rename-command acl \"\"", "renaming ACL is refused"},
 		// Replication and backups need them: a replica sends REPLCONF and
-		// PSYNC (SYNC before 2.8), and so does a backup.
+		// PSYNC, and so does a backup.
 		{"rename-command REPLCONF \"\"", "renaming REPLCONF is refused: it is one of replication's and backups' commands"},
 		{"rename-command psync psync2", "renaming PSYNC is refused"},
-		{"rename-command SYNC \"\"", "renaming SYNC is refused"},
+		// With it, a client could CONFIG SET dir and dbfilename.
+		{"enable-protected-configs yes", `"enable-protected-configs" is set by the manager`},
 		// Redis's data files may not take a name the manager uses in the
 		// data directory, nor leave it.
 		{"dbfilename .handoff.json\ndbfilename redis.conf", `line 2: dbfilename "redis.conf" is a name the manager uses`},
@@ -92,7 +93,8 @@ func TestParseFragmentRefusesWhatTheManagerOwns(t *testing.T) {
 			t.Errorf("%q: the error repeats the password: %v", tc.text, err)
 		}
 	}
-	if _, err := parseFragment("rename-command FLUSHALL \"\"\nrename-command KEYS \"\""); err != nil {
+	// SYNC only replicas before Redis 2.8 send.
+	if _, err := parseFragment("rename-command FLUSHALL \"\"\nrename-command KEYS \"\"\nrename-command SYNC \"\""); err != nil {
 		t.Errorf("renaming commands the manager does not use was refused: %v", err)
 	}
 	// Names the manager once used, or that only look like its own, are
@@ -467,6 +469,32 @@ func TestBadFragmentKeepsTheLastGoodConfig(t *testing.T) {
 	if st := in.status(); !st.Ready || in.redisPID() != pid {
 		t.Fatalf("a broken cluster file disturbed a running instance: %+v", st)
 	}
+}
+
+// A fragment that an earlier manager accepted, and that rules grown
+// stricter since refuse, stays in force: the refusal is in lastError, and
+// Redis starts and runs on it, as it did, until the fragment changes.
+func TestStricterRulesKeepTheConfigurationInForce(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	os.MkdirAll(data, 0o750)
+	const old = "appendonly no\nrename-command PSYNC \"\""
+	os.WriteFile(filepath.Join(data, confName), []byte(old+"\n"+ownedMarker+"port 1\n"), 0o600)
+	cf := filepath.Join(dir, "cluster.yaml")
+	writeFile(t, cf, clusterYAML("cache", "cache-0", old, "s3cret-pw"))
+	in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw", dataDir: data})
+	in.waitReady(20 * time.Second)
+	if st := in.status(); !strings.Contains(st.LastError, "renaming PSYNC is refused") {
+		t.Fatalf("lastError %q", st.LastError)
+	}
+	if info, _ := redis.Values(in.redis().Do("COMMAND", "INFO", "psync")); len(info) != 1 || info[0] != nil {
+		t.Fatalf("PSYNC is there: the configuration in force was not the one Redis ran")
+	}
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", "s3cret-pw"))
+	eventually(t, 10*time.Second, "the new fragment to be taken, its rename waiting for a restart", func() bool {
+		st := in.status()
+		return st.LastError == "" && reflect.DeepEqual(st.PendingRestart, []string{"rename-command"})
+	})
 }
 
 // What Redis can change at run time is changed there, without a restart;

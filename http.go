@@ -362,7 +362,8 @@ type operator struct {
 	tokenFile string
 	clientCA  bool
 	log       *slog.Logger
-	refusals  logLimit // of the lines about refused requests
+	refusals  logLimit // of the lines about requests refused for their credentials
+	noToken   logLimit // of those about a token that cannot be read
 }
 
 func (o *operator) authorize(next http.HandlerFunc) http.HandlerFunc {
@@ -389,7 +390,7 @@ func (o *operator) authorize(next http.HandlerFunc) http.HandlerFunc {
 		data, err := os.ReadFile(o.tokenFile)
 		token := strings.TrimSpace(string(data))
 		if err != nil || token == "" {
-			if dropped, ok := o.refusals.allow(); ok {
+			if dropped, ok := o.noToken.allow(); ok {
 				o.log.Error("cannot read the operator token; refusing operator commands", "file", o.tokenFile, "error", err, "refusalsNotLogged", dropped)
 			}
 			writeJSON(w, http.StatusForbidden, map[string]any{"error": "operator commands are disabled: the operator token cannot be read"})

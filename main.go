@@ -325,6 +325,7 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 		counts.upgrades.Store(inherited.Upgrades)
 	}
 	clearPrivateDir(s.dataDir)
+	removeLegacyHandoff(s.dataDir)
 	// Until its loops run, a manager that adopted a redis-server must not
 	// just return on an error: as PID 1 its exit would kill redis-server
 	// with no chance to save. It stops it the way a stop would.

@@ -89,19 +89,21 @@ type restoreJob struct {
 	files   dataFiles // the names it restores to
 	cancel  context.CancelFunc
 	placing sync.Mutex // held while the backup is put in place, and to abandon the job
+	placed  bool       // under placing
 	began   time.Time
 	got     atomic.Int64
 	total   atomic.Int64 // -1 while unknown, and until the source shows it is an RDB
 }
 
 // abandon cancels the job and returns once it cannot place anything: if it
-// is putting its backup in place just then, once that is done.
-func (j *restoreJob) abandon() {
+// is putting its backup in place just then, once that is done, and says
+// whether it did. Place checks the cancellation under the lock, so past it
+// no placing is under way or to come.
+func (j *restoreJob) abandon() (placed bool) {
 	j.cancel()
-	// A barrier, not a critical section: place checks the cancellation
-	// under the lock, so past it no placing is under way or to come.
 	j.placing.Lock()
-	j.placing.Unlock()
+	defer j.placing.Unlock()
+	return j.placed
 }
 
 func (j *restoreJob) progress() string {
@@ -158,22 +160,14 @@ type restorer struct {
 	log              *slog.Logger
 }
 
-// restoreTempPrefix starts the names of a restore's temp files in the
-// private directory.
+// restoreTempPrefix starts the names of a restore's temp directories in
+// the private directory.
 const restoreTempPrefix = "restore-"
 
-// removeStaleRestores removes what an earlier attempt left, one abandoned
-// while blocked included: a temp file may be a full copy of the backup.
-func removeStaleRestores(dataDir string) {
-	stale, _ := filepath.Glob(filepath.Join(privateDir(dataDir), restoreTempPrefix+"*"))
-	for _, p := range stale {
-		os.RemoveAll(p)
-	}
-}
-
-// run restores job's backup. On any error it leaves nothing behind.
+// run restores job's backup. On any error it leaves nothing behind; a job
+// abandoned while blocked in a read leaves its temp directory until it
+// ends, or until the manager's next start.
 func (rs *restorer) run(ctx context.Context, job *restoreJob) (int64, error) {
-	removeStaleRestores(rs.dir)
 	src, total, err := rs.open(ctx, job)
 	if err != nil {
 		return 0, err
@@ -298,7 +292,7 @@ const maxRestoreRedirects = 3
 // http, nor any to another kind of address than the spec author chose.
 func checkRestoreRedirect(req *http.Request, via []*http.Request) error {
 	switch {
-	case len(via) >= maxRestoreRedirects:
+	case len(via) > maxRestoreRedirects:
 		return fmt.Errorf("more than %d redirects", maxRestoreRedirects)
 	case req.URL.Scheme != via[0].URL.Scheme:
 		return fmt.Errorf("a redirect from %s to %s", via[0].URL.Scheme, req.URL.Scheme)
@@ -318,7 +312,9 @@ const (
 // directory holds) nor a kernel file. It is opened without blocking, for
 // a FIFO or a device would hang the open, or never end.
 func (rs *restorer) openFile(path string) (*os.File, int64, error) {
-	if real, err := filepath.EvalSymlinks(path); err == nil && strings.HasPrefix(real, privateDir(rs.dir)+string(filepath.Separator)) {
+	real, err := filepath.EvalSymlinks(path)
+	private, perr := filepath.EvalSymlinks(privateDir(rs.dir))
+	if err == nil && perr == nil && strings.HasPrefix(real, private+string(filepath.Separator)) {
 		return nil, 0, errors.New("it is in the manager's private directory")
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
@@ -508,6 +504,7 @@ func (rs *restorer) place(ctx context.Context, job *restoreJob, work, tmp string
 		if err := os.Link(tmp, dest); err != nil {
 			return "", &restoreError{public: "cannot put the backup in place as " + df.rdb, detail: err}
 		}
+		job.placed = true
 		syncDir(rs.dir)
 		return dest, nil
 	}
@@ -534,6 +531,7 @@ func (rs *restorer) place(ctx context.Context, job *restoreJob, work, tmp string
 	if err := os.Rename(aside, dest); err != nil {
 		return "", &restoreError{public: "cannot put the backup in place as " + df.aofDir, detail: err}
 	}
+	job.placed = true
 	syncDir(rs.dir)
 	return filepath.Join(dest, base), nil
 }

@@ -474,10 +474,12 @@ func (s *supervisor) run(ctx context.Context) {
 			conf, _ := os.ReadFile(s.confPath)
 			if why := s.restartGuard(string(conf)); why != "" {
 				refuse(why)
+				publish()
 				done <- errors.New(why)
 				break
 			}
 			start()
+			publish() // before the answer: the caller goes on to watch the new process
 			if proc == nil {
 				done <- fmt.Errorf("start redis-server again: %s", st.lastExit)
 			} else {
@@ -658,21 +660,16 @@ func splitRedisLine(line string) (pid int, role, level byte, msg string, ok bool
 	return pid, rest[0], rest[27], rest[29:], true
 }
 
-// redisTail keeps the last lines of redis-server's log that may say why it
-// stopped: those at warning level, and those without Redis's prefix (a
-// configuration error at start goes to stderr plainly). Its exit status
-// says only that it did.
+// redisTail keeps the last lines of redis-server's log, which say why it
+// stopped (see lastWords): its exit status says only that it did.
 type redisTail struct {
 	mu  sync.Mutex
 	buf []string // oldest first
 }
 
-const tailLines = 8
+const tailLines = 16
 
 func (t *redisTail) add(line string) {
-	if !lastWordsLine(line) {
-		return
-	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.buf = append(t.buf[max(0, len(t.buf)+1-tailLines):], line)

@@ -338,6 +338,24 @@ func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, r
 	return next, fmt.Errorf("exec %s: %w", exe, err)
 }
 
+// legacyHandoff is where managers before the private directory wrote the
+// handoff. One an upgrade that failed left there holds a password; it is
+// removed when it reads as a handoff, and only then: the name is free for
+// Redis's files now, and a dataset is never deleted by its name alone.
+const legacyHandoff = ".handoff.json"
+
+func removeLegacyHandoff(dataDir string) {
+	path := filepath.Join(dataDir, legacyHandoff)
+	if fi, err := os.Lstat(path); err != nil || !fi.Mode().IsRegular() || fi.Size() > 1<<20 {
+		return
+	}
+	data, _ := os.ReadFile(path)
+	var h handoff
+	if json.Unmarshal(data, &h) == nil && h.Version == handoffVersion && h.Listener > 2 {
+		os.Remove(path)
+	}
+}
+
 // takeHandoff reads what the previous manager left, if this process is the
 // product of an upgrade, and removes it so that no child inherits it.
 func takeHandoff() (*handoff, error) {

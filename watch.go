@@ -883,7 +883,9 @@ func (r *reconciler) bootstrap() bool {
 func (r *reconciler) abandonRestore(why string) {
 	if job := r.restoreJob; job != nil {
 		r.log.Info("abandoning the restore: "+why, "url", redactURL(job.spec.URL))
-		job.abandon()
+		if job.abandon() {
+			r.log.Warn("the abandoned restore had put its backup in place already: it is the dataset now", "url", redactURL(job.spec.URL))
+		}
 		r.restoreJob = nil
 	}
 }
