@@ -675,15 +675,7 @@ func TestPasswordRotationKeepsLinksUp(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", newPW))
 	switchAt.Store(time.Now().Add(time.Second).UnixNano())
-	for _, n := range nodes {
-		eventually(t, 20*time.Second, n.pod+" to refuse the old password", func() bool {
-			c, err := dialRedis(localAddr(n.port), []string{oldPW}, time.Second)
-			if err == nil {
-				c.Close()
-			}
-			return err != nil && strings.Contains(err.Error(), "WRONGPASS")
-		})
-	}
+	awaitPasswordRefused(t, nodes, oldPW, 20*time.Second)
 	time.Sleep(200 * time.Millisecond)
 	close(stop)
 	wg.Wait()
@@ -718,6 +710,20 @@ func TestPasswordRotationKeepsLinksUp(t *testing.T) {
 				t.Errorf("%s: a password shows in its log, /v1/status or status file", n.pod)
 			}
 		}
+	}
+}
+
+// awaitPasswordRefused waits until every node refuses pw.
+func awaitPasswordRefused(t *testing.T, nodes []*instance, pw string, timeout time.Duration) {
+	t.Helper()
+	for _, n := range nodes {
+		eventually(t, timeout, n.pod+" to refuse the old password", func() bool {
+			c, err := dialRedis(localAddr(n.port), []string{pw}, time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err != nil && strings.Contains(err.Error(), "WRONGPASS")
+		})
 	}
 }
 
@@ -767,14 +773,8 @@ func TestRotationTrustsOnlyTheClustersInstances(t *testing.T) {
 
 	began := time.Now()
 	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", newPW))
+	awaitPasswordRefused(t, nodes, oldPW, 30*time.Second)
 	for _, n := range nodes {
-		eventually(t, 30*time.Second, n.pod+" to refuse the old password", func() bool {
-			c, err := dialRedis(localAddr(n.port), []string{oldPW}, time.Second)
-			if err == nil {
-				c.Close()
-			}
-			return err != nil && strings.Contains(err.Error(), "WRONGPASS")
-		})
 		n.password = newPW
 	}
 	t.Logf("the old password went %s after the Secret changed (window 2s)", time.Since(began).Round(time.Millisecond))
