@@ -497,6 +497,23 @@ func TestStricterRulesKeepTheConfigurationInForce(t *testing.T) {
 	})
 }
 
+// restart asks for POST /v1/restart with token ("" for none) and returns
+// the answer; a graceful stop and a start may take a while.
+func (in *instance) restart(token string) (int, string) {
+	in.t.Helper()
+	req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d/v1/restart", in.httpPort), nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := (&http.Client{Timeout: 2 * time.Minute}).Do(req)
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
 // What Redis can change at run time is changed there, without a restart;
 // the rest waits in pendingRestart for POST /v1/restart, which only the
 // operator's token may call, and which keeps the data.
@@ -536,19 +553,7 @@ func TestLiveConfigAndRestart(t *testing.T) {
 		t.Fatalf("io-threads %v, pid %d (was %d): it must wait for a restart", got, in.redisPID(), pid)
 	}
 
-	post := func(token string) (int, string) {
-		req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d/v1/restart", in.httpPort), nil)
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	post := in.restart
 	for _, token := range []string{"", "op-token-2", "op-token-1x"} {
 		if code, body := post(token); code != http.StatusUnauthorized {
 			t.Fatalf("restart with token %q: %d %s", token, code, body)
@@ -807,17 +812,7 @@ func TestRedisSaysWhyItCannotStart(t *testing.T) {
 	in.waitReady(20 * time.Second)
 	writeKeys(t, in.redis(), "k", 100)
 	pid := in.redisPID()
-	restart := func() (int, string) {
-		req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d/v1/restart", in.httpPort), nil)
-		req.Header.Set("Authorization", "Bearer op-token")
-		resp, err := (&http.Client{Timeout: 2 * time.Minute}).Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	restart := func() (int, string) { return in.restart("op-token") }
 
 	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no\nloadmodule "+notAModule, "s3cret-pw"))
 	eventually(t, 10*time.Second, "lastError to give Redis's reason for refusing the module", func() bool {
