@@ -1,5 +1,16 @@
 package main
 
+// A new cluster's primary may start from a backup (spec.bootstrap.restore),
+// and only into a data directory that holds no dataset. The backup is
+// fetched into a temp file in the manager's private directory, on the same
+// volume as the dataset, checked against the SHA-256 the spec gives and by
+// redis-check-rdb, and only then linked into place, so that no name of the
+// dataset ever holds a partial or unchecked file, and linking, unlike
+// renaming, cannot replace a file that appeared meanwhile. Until it is in
+// place redis-server does not start: a primary that started empty would
+// have its replicas copy the emptiness. What the open status says of a
+// failure is the step, never what the source holds: see restoreError.
+
 import (
 	"bytes"
 	"context"
@@ -24,16 +35,6 @@ import (
 	"syscall"
 	"time"
 )
-
-// The data directory: a new cluster's primary may start from a backup
-// (spec.bootstrap.restore), and only into a data directory that holds no
-// dataset. The backup is fetched into a temp file beside the dataset,
-// checked against the SHA-256 the spec gives and by redis-check-rdb, and
-// only then linked into place, so that no name of the dataset ever holds a
-// partial or unchecked file, and linking, unlike renaming, cannot replace a
-// file that appeared meanwhile. Until it is in place redis-server does not
-// start: a primary that started empty would have its replicas copy the
-// emptiness.
 
 // restoreSpec is spec.bootstrap.restore.
 type restoreSpec struct {
