@@ -8,7 +8,8 @@ package main
 // of a fragment, the handoff of an upgrade, and whatever comes later):
 // managerNames lists them once. A fragment that would point a file of
 // Redis's at one of them, or out of the data directory, is refused, and
-// the manager removes files only inside its private directory. So a
+// the manager removes files only inside its private directory (and an
+// older version's handoff, only when it reads as one). So a
 // dataset is never taken for a leftover of the manager's and deleted, and
 // the manager's redis.conf is never loaded as a dataset.
 
