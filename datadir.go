@@ -93,3 +93,43 @@ func checkDataFileName(directive, name string) error {
 	}
 	return nil
 }
+
+// writeFileAtomic replaces path with data so that a reader, or a crash, sees
+// the old file or the new one and never a part of either.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, atomicTempPrefix(filepath.Base(path))+"*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(f.Name()) // a no-op once renamed
+	if _, err = f.Write(data); err == nil {
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	syncDir(dir)
+	return nil
+}
+
+// atomicTempPrefix starts the name of the temp file writeFileAtomic writes
+// a file named base through.
+func atomicTempPrefix(base string) string { return "." + base + ".tmp-" }
+
+// syncDir makes a rename, link or creation in dir durable.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}

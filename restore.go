@@ -36,6 +36,106 @@ import (
 	"time"
 )
 
+// bootstrap restores spec.bootstrap.restore for the primary when its data
+// directory holds no dataset, and says whether redis-server must wait for
+// it. Replicas copy the primary instead. It is called only while
+// redis-server does not run, after startGuard: a cluster whose status shows
+// data gets no old backup in its place.
+func (r *reconciler) bootstrap() bool {
+	spec := r.view.cluster.Spec.Bootstrap.Restore
+	if job := r.restoreJob; job != nil && (spec == nil || *spec != job.spec || !r.role.leads() || dataFilesOf(r.fragment) != job.files) {
+		r.abandonRestore("the spec, the role or the names of the data files changed")
+	}
+	if spec == nil || !r.role.leads() || *spec == r.restoreDone {
+		r.restoreErr, r.restoreRetry = "", time.Time{}
+		return false
+	}
+	if r.restoreJob != nil {
+		return true
+	}
+	if found := datasetFound(r.settings.dataDir, r.fragment); found != "" {
+		r.log.Info("not restoring from backup: the data directory holds a dataset, which is kept as it is",
+			"found", found, "url", redactURL(spec.URL))
+		r.restoreDone, r.restoreErr, r.restoreRetry = *spec, "", time.Time{}
+		return false
+	}
+	if *spec != r.restoreFailed {
+		r.restoreFails, r.restoreRetry = 0, time.Time{} // a new backup is tried at once
+	}
+	if err := spec.check(); err != nil {
+		if err.Error() != r.restoreErr {
+			r.log.Error("cannot restore from backup; redis-server stays stopped", "error", err)
+		}
+		r.restoreErr, r.restoreFailed, r.restoreRetry = err.Error(), *spec, time.Time{}
+		return true
+	}
+	if r.fenced || time.Now().Before(r.restoreRetry) {
+		return true
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	job := &restoreJob{spec: *spec, files: dataFilesOf(r.fragment), cancel: cancel, began: time.Now()}
+	job.total.Store(-1)
+	r.restoreJob = job
+	r.log.Info("restoring the dataset from backup", "url", redactURL(spec.URL), "sha256", spec.SHA256)
+	go func() {
+		keys, err := r.restorer.run(ctx, job)
+		cancel()
+		r.restores <- restoreResult{job: job, keys: keys, err: err}
+	}()
+	return true
+}
+
+// abandonRestore lets the restore under way go, at once: it can place
+// nothing after this, and what it leaves, the next attempt or the next
+// start removes.
+func (r *reconciler) abandonRestore(why string) {
+	if job := r.restoreJob; job != nil {
+		r.log.Info("abandoning the restore: "+why, "url", redactURL(job.spec.URL))
+		if job.abandon() {
+			r.log.Warn("the abandoned restore had put its backup in place already: it is the dataset now", "url", redactURL(job.spec.URL))
+		}
+		r.restoreJob = nil
+	}
+}
+
+// restoreEnded takes a restore's outcome: the dataset is in place and
+// redis-server may start, or the attempt is retried with backoff. An
+// abandoned job's outcome comes late, if ever, and counts for nothing.
+func (r *reconciler) restoreEnded(res restoreResult) {
+	if res.job != r.restoreJob {
+		return
+	}
+	r.restoreJob = nil
+	switch {
+	case res.err == nil:
+		r.restoreDone, r.restoreErr, r.restoreFails, r.restoreRetry = res.job.spec, "", 0, time.Time{}
+		r.log.Info("restored the dataset from backup", "url", redactURL(res.job.spec.URL), "bytes", res.job.got.Load(),
+			"keys", res.keys, "seconds", time.Since(res.job.began).Seconds())
+	default:
+		r.restoreFails++
+		wait := min(restoreBackoff<<min(r.restoreFails-1, 10), 5*time.Minute)
+		r.restoreFailed, r.restoreRetry = res.job.spec, time.Now().Add(wait)
+		r.restoreErr = fmt.Sprintf("restoring from backup failed (attempt %d; the next in %s): %v", r.restoreFails, wait, res.err)
+		attrs := []any{"url", redactURL(res.job.spec.URL), "error", res.err, "attempt", r.restoreFails, "retryIn", wait.String()}
+		if re := (*restoreError)(nil); errors.As(res.err, &re) && re.detail != nil {
+			attrs = append(attrs, "detail", re.detail.Error())
+		}
+		r.log.Error("restoring from backup failed; redis-server stays stopped", attrs...)
+	}
+	r.applyView(r.view)
+}
+
+// retryRestore tries a failed restore again once its backoff is over.
+func (r *reconciler) retryRestore() {
+	if r.restoreJob == nil && !r.fenced && !r.restoreRetry.IsZero() && time.Now().After(r.restoreRetry) {
+		r.applyView(r.view)
+	}
+}
+
+// restoreBackoff is the wait after a first failed restore, doubled after
+// each further one.
+const restoreBackoff = 5 * time.Second
+
 // restoreSpec is spec.bootstrap.restore.
 type restoreSpec struct {
 	URL    string `json:"url"`
@@ -113,18 +213,6 @@ func (j *restoreJob) progress() string {
 		return byteSize(got) + " so far"
 	}
 	return fmt.Sprintf("%s of %s (%.0f%%)", byteSize(got), byteSize(total), 100*float64(got)/float64(max(total, 1)))
-}
-
-func byteSize(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }
 
 // restoreResult reports how a job ended.

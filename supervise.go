@@ -9,218 +9,17 @@ package main
 // Exactly one goroutine owns redis-server's lifecycle (the supervisor).
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
-	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/gomodule/redigo/redis"
 )
-
-// prSetChildSubreaper makes orphans of our descendants our children, so that
-// we reap them as PID 1 would when we are not PID 1 (local mode, tests).
-const prSetChildSubreaper = 36
-
-// reaper owns every wait for a child process.
-type reaper struct {
-	log     *slog.Logger
-	sigchld chan os.Signal
-
-	mu      sync.Mutex // held across start and wait so an exit cannot beat its registration
-	waiting map[int]chan<- syscall.WaitStatus
-}
-
-// newReaper asks for SIGCHLD before any child exists and, when we are not
-// PID 1, becomes the subreaper of our descendants.
-func newReaper(log *slog.Logger) *reaper {
-	r := &reaper{log: log, sigchld: make(chan os.Signal, 1), waiting: map[int]chan<- syscall.WaitStatus{}}
-	signal.Notify(r.sigchld, syscall.SIGCHLD)
-	if os.Getpid() != 1 {
-		if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0); errno != 0 {
-			log.Warn("cannot become child subreaper; orphans of redis-server will not be reaped here", "error", errno)
-		}
-	}
-	return r
-}
-
-// start runs startProcess and registers the child before any wait can see it.
-// The returned channel receives the child's wait status once.
-func (r *reaper) start(startProcess func() (*os.Process, error)) (*os.Process, <-chan syscall.WaitStatus, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	p, err := startProcess()
-	if err != nil {
-		return nil, nil, err
-	}
-	ch := make(chan syscall.WaitStatus, 1)
-	r.waiting[p.Pid] = ch
-	return p, ch, nil
-}
-
-// adopt registers a child this process did not start: the redis-server of
-// the manager it replaced. One that exited meanwhile is reported at once;
-// false when pid is not a child of this process (none was running, or the
-// PID now belongs to another process).
-func (r *reaper) adopt(pid int) (<-chan syscall.WaitStatus, bool) {
-	if pid <= 0 {
-		return nil, false
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	ch := make(chan syscall.WaitStatus, 1)
-	var ws syscall.WaitStatus
-	got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
-	switch {
-	case err != nil: // ECHILD
-		return nil, false
-	case got == pid:
-		ch <- ws
-	default:
-		r.waiting[pid] = ch
-	}
-	return ch, true
-}
-
-// hold stops all reaping until the returned function is called: across an
-// upgrade's exec, redis-server's exit must be left for the next manager.
-func (r *reaper) hold() func() {
-	r.mu.Lock()
-	return r.mu.Unlock
-}
-
-// run reaps children until ctx ends. A periodic sweep covers a SIGCHLD that
-// arrived while nothing listened (coalesced signals, a child adopted late).
-func (r *reaper) run(ctx context.Context) {
-	defer signal.Stop(r.sigchld)
-	sweep := time.NewTicker(5 * time.Second)
-	defer sweep.Stop()
-	for {
-		r.reapAll()
-		select {
-		case <-ctx.Done():
-			return
-		case <-r.sigchld:
-		case <-sweep.C:
-		}
-	}
-}
-
-func (r *reaper) reapAll() {
-	for {
-		var ws syscall.WaitStatus
-		r.mu.Lock()
-		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
-		if pid > 0 {
-			if ch, ok := r.waiting[pid]; ok {
-				ch <- ws
-				delete(r.waiting, pid)
-				pid = -pid // reported to its owner; not an orphan
-			}
-		}
-		r.mu.Unlock()
-		switch {
-		case errors.Is(err, syscall.EINTR):
-			continue
-		case err != nil || pid == 0:
-			return // ECHILD: no children at all; 0: none has exited yet
-		case pid > 0:
-			r.log.Debug("reaped orphan", "pid", pid, "status", describeExit(ws))
-		}
-	}
-}
-
-func describeExit(ws syscall.WaitStatus) string {
-	switch {
-	case ws.Signaled():
-		return fmt.Sprintf("killed by signal %d (%s)", int(ws.Signal()), ws.Signal())
-	case ws.Exited():
-		return fmt.Sprintf("exit status %d", ws.ExitStatus())
-	}
-	return fmt.Sprintf("wait status %#x", uint32(ws))
-}
-
-// startFunc starts a child through the one reaper; tests outside the
-// manager give their own.
-type startFunc func(func() (*os.Process, error)) (*os.Process, <-chan syscall.WaitStatus, error)
-
-// runChild runs a short-lived helper (redis-server checking a
-// configuration, a new binary checking itself) and returns what it printed
-// and how it ended; one that outlives timeout, or ctx, is killed. When
-// stopOn is not empty, the child is sent SIGTERM once its output holds
-// stopOn, case aside: a server that only has to show it can start.
-func runChild(ctx context.Context, start startFunc, argv []string, dir string, timeout time.Duration, stopOn string) (string, syscall.WaitStatus, error) {
-	r, w, err := os.Pipe()
-	if err != nil {
-		return "", 0, err
-	}
-	defer r.Close()
-	p, exited, err := start(func() (*os.Process, error) {
-		return os.StartProcess(argv[0], argv, &os.ProcAttr{
-			Dir: dir, Files: []*os.File{nil, w, w}, Sys: &syscall.SysProcAttr{Setpgid: true},
-		})
-	})
-	w.Close()
-	if err != nil {
-		return "", 0, err
-	}
-	defer p.Release()
-	var mu sync.Mutex
-	var out bytes.Buffer
-	eof := make(chan struct{})
-	go func() {
-		defer close(eof)
-		buf := make([]byte, 4096)
-		stopped := stopOn == ""
-		for {
-			n, err := r.Read(buf)
-			mu.Lock()
-			if out.Len() < 64<<10 {
-				out.Write(buf[:n])
-			}
-			if !stopped && bytes.Contains(bytes.ToLower(out.Bytes()), []byte(strings.ToLower(stopOn))) {
-				stopped = true
-				p.Signal(syscall.SIGTERM)
-			}
-			mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}()
-	var ws syscall.WaitStatus
-	select {
-	case ws = <-exited:
-	case <-time.After(timeout):
-		p.Kill()
-		<-exited
-		return "", 0, fmt.Errorf("it did not exit within %s", timeout)
-	case <-ctx.Done():
-		p.Kill()
-		<-exited
-		return "", 0, ctx.Err()
-	}
-	// What it wrote is in the pipe by now; a descendant (of a wrapper
-	// script, say) may hold the pipe open, so its end is not waited for.
-	select {
-	case <-eof:
-	case <-time.After(500 * time.Millisecond):
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	return out.String(), ws, nil
-}
 
 // Restart backoff: redis-server that dies at once is retried quickly, then
 // ever more slowly; one that ran for a healthy minute starts the count anew.
@@ -310,40 +109,6 @@ func (s *supervisor) adopt(h *handoff, reaper *reaper) {
 	s.state.Store(st)
 }
 
-// supervisorPause holds the supervisor still while an upgrade writes its
-// state down: it starts and stops nothing until resumed.
-type supervisorPause struct {
-	state  chan supervisorState
-	resume chan struct{}
-}
-
-// pause waits at most wait for the supervisor to hold still; false when it
-// is busy (stopping, starting, restarting redis-server) or stopping.
-func (s *supervisor) pause(ctx context.Context, wait time.Duration) (supervisorState, func(), bool) {
-	p := supervisorPause{state: make(chan supervisorState, 1), resume: make(chan struct{})}
-	select {
-	case s.pauses <- p:
-	case <-ctx.Done():
-		return supervisorState{}, nil, false
-	case <-time.After(wait):
-		return supervisorState{}, nil, false
-	}
-	return <-p.state, func() { close(p.resume) }, true
-}
-
-// releaseLog stops forwarding redis-server's log and returns its pipe for
-// the next manager; resume forwards again, should the exec not happen.
-// What the pipe holds and was not read yet stays in it for the next reader.
-func (s *supervisor) releaseLog() (r, w *os.File, resume func()) {
-	s.logR.SetReadDeadline(time.Now())
-	<-s.logDone
-	return s.logR, s.logW, func() {
-		s.logR.SetReadDeadline(time.Time{})
-		s.logDone = make(chan struct{})
-		go s.forwardLog()
-	}
-}
-
 // setWanted tells the supervisor whether redis-server should run. It never
 // blocks: a newer wish replaces one not yet read.
 func (s *supervisor) setWanted(run bool) { offer(s.want, run) }
@@ -360,35 +125,6 @@ func (s *supervisor) snapshot() supervisorState {
 		}
 	}
 	return st
-}
-
-// errNotRunning refuses a restart of a redis-server that is not meant to
-// run: fenced, waiting, or between crashes.
-var errNotRunning = errors.New("redis-server is not running")
-
-// restart stops redis-server gracefully and starts it again on redis.conf
-// as it now is: how parameters that Redis reads only at start are applied.
-// The stop is the same as the pod's: SHUTDOWN saves where persistence is on.
-func (s *supervisor) restart(ctx context.Context) error {
-	done := make(chan error, 1)
-	select {
-	case s.restarts <- done:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// touch keeps the heartbeat fresh while the run loop waits in a stop.
-func (s *supervisor) touch() {
-	c := *s.state.Load()
-	c.beat = time.Now()
-	s.state.Store(&c)
 }
 
 // run owns redis-server until ctx ends, then stops it gracefully.
@@ -517,13 +253,6 @@ func (s *supervisor) run(ctx context.Context) {
 	}
 }
 
-func nextBackoff(d time.Duration) time.Duration {
-	if d == 0 {
-		return backoffMin
-	}
-	return min(2*d, backoffMax)
-}
-
 // startRedis starts redis-server on the generated redis.conf, in its own
 // process group so that a Ctrl-C meant for the manager does not reach it.
 func (s *supervisor) startRedis() (*os.Process, <-chan syscall.WaitStatus, string, error) {
@@ -612,159 +341,72 @@ func (s *supervisor) askShutdown(deadline time.Time, args []string) error {
 	return err
 }
 
-func isConnReset(err error) bool {
-	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+// touch keeps the heartbeat fresh while the run loop waits in a stop.
+func (s *supervisor) touch() {
+	c := *s.state.Load()
+	c.beat = time.Now()
+	s.state.Store(&c)
 }
 
-// forwardLog re-emits redis-server's log lines as the manager's own records.
-func (s *supervisor) forwardLog() {
-	defer close(s.logDone)
-	br := bufio.NewReaderSize(s.logR, 64<<10)
-	for {
-		line, err := br.ReadString('\n')
-		if line = strings.TrimRight(line, "\r\n"); line != "" {
-			s.tail.add(line)
-			emitRedisLine(s.redisLog, line)
-		}
-		if err != nil {
-			return
-		}
+// errNotRunning refuses a restart of a redis-server that is not meant to
+// run: fenced, waiting, or between crashes.
+var errNotRunning = errors.New("redis-server is not running")
+
+// restart stops redis-server gracefully and starts it again on redis.conf
+// as it now is: how parameters that Redis reads only at start are applied.
+// The stop is the same as the pod's: SHUTDOWN saves where persistence is on.
+func (s *supervisor) restart(ctx context.Context) error {
+	done := make(chan error, 1)
+	select {
+	case s.restarts <- done:
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-}
-
-// emitRedisLine re-emits a line of redis-server's as a record of the
-// manager's log.
-func emitRedisLine(log *slog.Logger, line string) {
-	pid, role, level, msg, ok := splitRedisLine(line)
-	if !ok {
-		log.Info(line)
-		return
-	}
-	// Redis's verbose and debug lines are there because its loglevel asked
-	// for them: they stay visible at Info, with Redis's own level beside.
-	lvl := slog.LevelInfo
-	if level == '#' {
-		lvl = slog.LevelWarn
-	}
-	log.Log(context.Background(), lvl, msg, "pid", pid, "role", redisLogRoles[role], "redisLevel", redisLogLevels[level])
-}
-
-// splitRedisLine splits "pid:role dd Mon yyyy hh:mm:ss.mmm level message";
-// ok is false for a line without that prefix.
-func splitRedisLine(line string) (pid int, role, level byte, msg string, ok bool) {
-	p, rest, found := strings.Cut(line, ":")
-	if !found || len(rest) < 29 || rest[1] != ' ' || rest[26] != ' ' || rest[28] != ' ' {
-		return 0, 0, 0, "", false
-	}
-	pid, _ = strconv.Atoi(p)
-	return pid, rest[0], rest[27], rest[29:], true
-}
-
-// redisTail keeps the last lines of redis-server's log, which say why it
-// stopped (see lastWords): its exit status says only that it did.
-type redisTail struct {
-	mu  sync.Mutex
-	buf []string // oldest first
-}
-
-const tailLines = 16
-
-func (t *redisTail) add(line string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf[max(0, len(t.buf)+1-tailLines):], line)
-}
-
-func (t *redisTail) reset() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = nil
-}
-
-func (t *redisTail) lines() []string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return slices.Clone(t.buf)
-}
-
-// lastWordsLine says whether a line of redis-server's output may say why
-// it stopped. The line that quotes a configuration line Redis refuses
-// (">>> '...'") never does: it may hold a password.
-func lastWordsLine(line string) bool {
-	if strings.HasPrefix(line, ">>> ") || strings.TrimSpace(line) == "" {
-		return false
-	}
-	_, _, level, _, prefixed := splitRedisLine(line)
-	return !prefixed || level == '#'
-}
-
-// lastWords is why a redis-server stopped, in its own words: the last two
-// lines of its output that may say it, without their prefix, and without
-// the secrets given.
-func lastWords(out []string, secrets []string) string {
-	var words []string
-	for _, line := range slices.Backward(out) {
-		if len(words) == 2 {
-			break
-		}
-		if !lastWordsLine(line) {
-			continue
-		}
-		if _, _, _, msg, ok := splitRedisLine(line); ok {
-			line = msg
-		}
-		words = append([]string{strings.TrimSpace(line)}, words...)
-	}
-	return redact(strings.Join(words, "; "), secrets)
-}
-
-var (
-	redisLogRoles  = map[byte]string{'M': "master", 'S': "replica", 'C': "child", 'X': "sentinel"}
-	redisLogLevels = map[byte]string{'.': "debug", '-': "verbose", '*': "notice", '#': "warning"}
-)
-
-// dialRedis connects and authenticates with the first of passwords that
-// works ("" for none), with a deadline on every step. The manager offers
-// every password the server may answer to: during a rotation it accepts
-// two, and a restarted server may already have the new one only.
-func dialRedis(addr string, passwords []string, timeout time.Duration, opts ...redis.DialOption) (redis.Conn, error) {
-	timeout = max(timeout, 10*time.Millisecond)
-	c, err := redis.Dial("tcp", addr, append([]redis.DialOption{
-		redis.DialConnectTimeout(timeout),
-		redis.DialReadTimeout(timeout),
-		redis.DialWriteTimeout(timeout)}, opts...)...)
-	if err != nil {
-		return nil, fmt.Errorf("connect to redis at %s: %w", addr, err)
-	}
-	if len(passwords) == 0 || len(passwords) == 1 && passwords[0] == "" {
-		return c, nil
-	}
-	for _, pw := range passwords {
-		if pw == "" {
-			_, err = c.Do("PING")
-		} else {
-			_, err = c.Do("AUTH", pw)
-		}
-		if _, refused := err.(redis.Error); !refused {
-			break // accepted, or the connection failed
-		}
-	}
-	if err != nil {
-		c.Close()
-		// Redis's answer names no password; say so rather than quote it.
-		return nil, fmt.Errorf("authenticate to redis at %s: %w", addr, err)
-	}
-	return c, nil
-}
-
-// withRedis runs fn on a connection of its own, closed after.
-func withRedis(addr string, passwords []string, timeout time.Duration, fn func(redis.Conn) error) error {
-	c, err := dialRedis(addr, passwords, timeout)
-	if err != nil {
+	select {
+	case err := <-done:
 		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	defer c.Close()
-	return fn(c)
 }
 
-func localAddr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+// supervisorPause holds the supervisor still while an upgrade writes its
+// state down: it starts and stops nothing until resumed.
+type supervisorPause struct {
+	state  chan supervisorState
+	resume chan struct{}
+}
+
+// pause waits at most wait for the supervisor to hold still; false when it
+// is busy (stopping, starting, restarting redis-server) or stopping.
+func (s *supervisor) pause(ctx context.Context, wait time.Duration) (supervisorState, func(), bool) {
+	p := supervisorPause{state: make(chan supervisorState, 1), resume: make(chan struct{})}
+	select {
+	case s.pauses <- p:
+	case <-ctx.Done():
+		return supervisorState{}, nil, false
+	case <-time.After(wait):
+		return supervisorState{}, nil, false
+	}
+	return <-p.state, func() { close(p.resume) }, true
+}
+
+// releaseLog stops forwarding redis-server's log and returns its pipe for
+// the next manager; resume forwards again, should the exec not happen.
+// What the pipe holds and was not read yet stays in it for the next reader.
+func (s *supervisor) releaseLog() (r, w *os.File, resume func()) {
+	s.logR.SetReadDeadline(time.Now())
+	<-s.logDone
+	return s.logR, s.logW, func() {
+		s.logR.SetReadDeadline(time.Time{})
+		s.logDone = make(chan struct{})
+		go s.forwardLog()
+	}
+}
+
+func nextBackoff(d time.Duration) time.Duration {
+	if d == 0 {
+		return backoffMin
+	}
+	return min(2*d, backoffMax)
+}

@@ -25,55 +25,16 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/gomodule/redigo/redis"
 )
 
 // maxBinarySize bounds an upload: the manager is about 17 MB, and the
 // upload may land on a memory-backed volume that counts against the pod.
 const maxBinarySize = 64 << 20
-
-// handoffEnv names the handoff file in the new process's environment.
-const (
-	handoffEnv     = "REDIS_OPERATOR_HANDOFF"
-	handoffFile    = "handoff.json" // in the private directory
-	handoffVersion = 1
-)
-
-// handoff is what one manager leaves the next across the exec. The file
-// holds the redis.conf redis-server started on, password included, so it is
-// private to the data directory and removed as soon as it is read.
-type handoff struct {
-	Version     int       `json:"version"` // of this format
-	From        string    `json:"from"`
-	ExecAt      time.Time `json:"execAt"`
-	Listener    int       `json:"listenerFd"`
-	LogR        int       `json:"logReadFd"`
-	LogW        int       `json:"logWriteFd"`
-	Reply       int       `json:"replyFd"` // the upgrade request's connection; -1 when answered already
-	RedisPID    int       `json:"redisPid"`
-	StartedAt   time.Time `json:"startedAt"`
-	StartedConf string    `json:"startedConf"`
-	Restarts    int       `json:"restarts"`
-	NewHash     string    `json:"executableHash"` // of the new binary, checked on upload: not hashed again
-	Fenced      bool      `json:"fenced"`         // as the old manager held it, a malformed annotation notwithstanding
-	Upgrades    int64     `json:"upgrades"`       // in-place upgrades of this pod's manager, this one included
-	// The last view of the cluster, so that the new manager is ready at
-	// once rather than after its first read of the API server.
-	View *handoffView `json:"view,omitempty"`
-}
-
-type handoffView struct {
-	Cluster  redisCluster `json:"cluster"`
-	Fragment string       `json:"fragment"`
-	Password string       `json:"password"`
-}
 
 // updater takes uploads, one at a time, and passes a checked binary to the
 // goroutine that runs the instance, which execs it.
@@ -338,101 +299,6 @@ func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, r
 	return next, fmt.Errorf("exec %s: %w", exe, err)
 }
 
-// legacyHandoff is where managers before the private directory wrote the
-// handoff. One an upgrade that failed left there holds a password; it is
-// removed when it reads as a handoff, and only then: the name is free for
-// Redis's files now, and a dataset is never deleted by its name alone.
-const legacyHandoff = ".handoff.json"
-
-func removeLegacyHandoff(dataDir string) {
-	path := filepath.Join(dataDir, legacyHandoff)
-	if fi, err := os.Lstat(path); err != nil || !fi.Mode().IsRegular() || fi.Size() > 1<<20 {
-		return
-	}
-	data, _ := os.ReadFile(path)
-	var h handoff
-	if json.Unmarshal(data, &h) == nil && h.Version == handoffVersion && h.Listener > 2 {
-		os.Remove(path)
-	}
-}
-
-// takeHandoff reads what the previous manager left, if this process is the
-// product of an upgrade, and removes it so that no child inherits it.
-func takeHandoff() (*handoff, error) {
-	path := os.Getenv(handoffEnv)
-	if path == "" {
-		return nil, nil
-	}
-	os.Unsetenv(handoffEnv)
-	data, err := os.ReadFile(path)
-	os.Remove(path)
-	if err != nil {
-		return nil, fmt.Errorf("handoff: %w", err)
-	}
-	var h handoff
-	if err := json.Unmarshal(data, &h); err != nil {
-		return nil, fmt.Errorf("handoff: %w", err)
-	}
-	// No child this manager starts may inherit them.
-	for _, fd := range []int{h.Listener, h.LogR, h.LogW, h.Reply} {
-		if fd > 2 {
-			syscall.CloseOnExec(fd)
-		}
-	}
-	if h.Version != handoffVersion || h.Listener <= 2 || h.LogR <= 2 || h.LogW <= 2 {
-		return nil, fmt.Errorf("handoff: version %d with descriptors %d, %d, %d is not one this manager reads", h.Version, h.Listener, h.LogR, h.LogW)
-	}
-	return &h, nil
-}
-
-// seed gives a new reconciler what the old one knew, before it runs: it
-// owns redis-server already, holds its fencing as it was, and offers the
-// password redis-server started with, so that the first look at Redis does
-// not wait for the view to bring it. A fragment the old manager checked
-// needs no new check by redis-server.
-func (h *handoff) seed(rec *reconciler) {
-	rec.adopted, rec.fenced, rec.fenceKnown = true, h.Fenced, true
-	creds := []string{confPassword(h.StartedConf)}
-	if h.View != nil && h.View.Password != creds[0] {
-		creds = append(creds, h.View.Password)
-	}
-	rec.creds.Store(&creds)
-	if h.View != nil {
-		rec.publishPeers(&h.View.Cluster) // for the observer's first look, which may come before the view
-	}
-	if v := h.View; v != nil && rec.fragmentOK {
-		if frag, err := parseFragment(v.Fragment); err == nil && reflect.DeepEqual(valuesOf(frag), rec.wantedValues) {
-			rec.fragmentText = v.Fragment
-		}
-	}
-}
-
-// inheritedFile makes an inherited descriptor a File again. The listener,
-// the log's read end and the request's connection were non-blocking in the
-// old manager and still are: reads on them honour deadlines, which the next
-// upgrade needs. The log's write end stays blocking, as redis-server wants
-// its stdout.
-func inheritedFile(fd int, name string) *os.File {
-	return os.NewFile(uintptr(fd), name)
-}
-
-// answerUpgrade is the new manager's answer to the request that started it.
-func answerUpgrade(h *handoff, exeHash string, log *slog.Logger) {
-	gap := time.Since(h.ExecAt)
-	log.Info("upgraded in place", "from", h.From, "to", version, "redisPid", h.RedisPID, "handover", gap.Round(time.Microsecond).String())
-	if h.Reply < 0 {
-		return
-	}
-	f := inheritedFile(h.Reply, "upgrade-request")
-	defer f.Close()
-	conn, err := net.FileConn(f)
-	if err != nil {
-		return
-	}
-	replyRaw(conn, http.StatusOK, map[string]any{"updated": true, "from": h.From, "version": version,
-		"executableHash": exeHash, "redisPid": h.RedisPID, "handoverMs": float64(gap.Microseconds()) / 1000})
-}
-
 // replyRaw answers on a hijacked connection and closes it.
 func replyRaw(conn net.Conn, code int, body any) {
 	if conn == nil {
@@ -444,28 +310,4 @@ func replyRaw(conn net.Conn, code int, body any) {
 	conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	fmt.Fprintf(conn, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
 		code, http.StatusText(code), len(b), b)
-}
-
-// stopAdopted stops an inherited redis-server gracefully when the new
-// manager cannot run after all: SHUTDOWN (SIGTERM if it cannot be asked),
-// and SIGKILL only when the shutdown budget is spent.
-func stopAdopted(h *handoff, port int, budget time.Duration, log *slog.Logger) {
-	log.Error("cannot run after the upgrade; stopping the inherited redis-server", "pid", h.RedisPID)
-	deadline := time.Now().Add(budget)
-	err := withRedis(localAddr(port), []string{confPassword(h.StartedConf)}, time.Second, func(c redis.Conn) error {
-		_, err := c.Do("SHUTDOWN")
-		return err
-	})
-	if err != nil && !errors.Is(err, io.EOF) {
-		syscall.Kill(h.RedisPID, syscall.SIGTERM)
-	}
-	for time.Now().Before(deadline) {
-		var ws syscall.WaitStatus
-		if pid, err := syscall.Wait4(h.RedisPID, &ws, syscall.WNOHANG, nil); pid == h.RedisPID || err != nil {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	syscall.Kill(h.RedisPID, syscall.SIGKILL)
-	syscall.Wait4(h.RedisPID, nil, 0, nil)
 }

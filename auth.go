@@ -1,0 +1,271 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// Credentials: the passwords the manager offers, the instances it offers
+// them to, and their rotation. Secrets never reach a log line, a status
+// field or an error: see secretsIn, redact and secretFree.
+
+// Credentials rotate without a refused client or a dropped replication
+// link: the new password is accepted beside the old one (the default user
+// may have several), replicas authenticate with the new one as soon as
+// their primary takes it, and the old one goes only after the rotation
+// window, once every connected replica has switched.
+//
+// Turning authentication on or off is one step: Redis refuses AUTH while
+// the default user has no password, and a client without AUTH once it has
+// one, so the two cannot both work for a while.
+
+// authState is what the running redis-server's default user accepts, as
+// this manager set it, and what it authenticates to its primary with.
+type authState struct {
+	accepted   []string // newest first; [""] is no password (nopass)
+	masterauth string
+	since      time.Time // when the newest was added
+	nextProbe  time.Time // when other instances may be asked again
+}
+
+// credentials are the passwords the manager's connections offer, in order:
+// what the server accepts, then the wanted one it may have been started on.
+func (r *reconciler) credentials() []string { return *r.creds.Load() }
+
+func (r *reconciler) publishCredentials() {
+	list := slices.Clone(r.auth.accepted)
+	if !slices.Contains(list, r.view.password) {
+		list = append(list, r.view.password)
+	}
+	r.creds.Store(&list)
+}
+
+// A password is offered only to the local redis-server and to the other
+// instances at the addresses their status entries publish. An address that
+// Redis reports is a client's word: a replica announces its own (REPLCONF
+// listening-port and ip-address), and whoever holds the password can point
+// a server at any master (REPLICAOF). Dialled with the manager's
+// credentials, such an address would hand the password, during a rotation
+// the new one too, to whoever listens there.
+
+// publishPeers takes the other instances' addresses from the cluster's
+// status.
+func (r *reconciler) publishPeers(rc *redisCluster) {
+	peers := map[string]bool{}
+	for pod, e := range rc.Status.InstancesStatus {
+		if pod != r.settings.podName && e.Address != "" {
+			peers[canonicalAddr(e.Address)] = true
+		}
+	}
+	r.peers.Store(&peers)
+}
+
+// isPeer says whether addr, as Redis reports it (joinHostPort), is another
+// instance's published address: the only remote addresses the manager's
+// connections, and so its passwords, may go to. Safe from any goroutine.
+func (r *reconciler) isPeer(addr string) bool { return (*r.peers.Load())[addr] }
+
+// probeEvery spaces out the rotation's questions to other instances, which
+// the reconciler waits for.
+const probeEvery = 5 * time.Second
+
+// rotateAuth takes the running redis-server one step towards the wanted
+// password; each step is retried on the next look at Redis until it holds.
+func (r *reconciler) rotateAuth() {
+	if !r.haveView || !r.reachable() {
+		return
+	}
+	r.resetApplied()
+	want, a := r.view.password, &r.auth
+	if slices.Equal(a.accepted, []string{want}) && a.masterauth == want {
+		r.authErr = ""
+		return
+	}
+	r.publishCredentials()
+	me := localAddr(r.settings.redisPort)
+	fail := func(what string, err error) {
+		msg := what + ": " + secretFree(err)
+		if msg != r.authErr {
+			r.log.Error(what, "error", secretFree(err))
+		}
+		r.authErr = msg
+	}
+	if !slices.Contains(a.accepted, want) {
+		rules := []any{">" + want}
+		if want == "" || slices.Equal(a.accepted, []string{""}) {
+			rules = []any{"resetpass", passRule(want)}
+		}
+		if err := aclSetDefault(me, r.credentials(), rules...); err != nil {
+			fail("cannot give redis-server the new password", err)
+			return
+		}
+		if len(rules) == 2 {
+			a.accepted = []string{want}
+			r.log.Info("redis-server authentication switched", "passwordRequired", want != "")
+		} else {
+			a.accepted, a.since = append([]string{want}, a.accepted...), time.Now()
+			r.log.Info("redis-server accepts the new password beside the old one", "rotationWindow", r.settings.rotationWindow.String())
+		}
+		r.publishCredentials()
+	}
+	if a.masterauth != want && time.Now().After(a.nextProbe) {
+		// A replica's primary must take the new password first, or the
+		// next reconnection of the link would be refused.
+		master := joinHostPort(r.obs.info["master_host"], r.obs.info["master_port"])
+		if r.obs.role() != "slave" || r.isPeer(master) && passwordWorks(master, want) {
+			err := withRedis(me, r.credentials(), redisTimeout, func(c redis.Conn) error {
+				_, err := c.Do("CONFIG", "SET", "masterauth", want)
+				return err
+			})
+			if err != nil {
+				fail("cannot switch masterauth to the new password", err)
+				return
+			}
+			a.masterauth = want
+			r.log.Info("replication authenticates with the new password")
+		} else {
+			a.nextProbe = time.Now().Add(probeEvery)
+		}
+	}
+	if len(a.accepted) == 1 || time.Since(a.since) < r.settings.rotationWindow {
+		r.authErr = ""
+		return
+	}
+	if r.obs.role() == "master" {
+		if !time.Now().After(a.nextProbe) {
+			return
+		}
+		if waiting := replicasBehind(r.obs.info, want, r.isPeer); waiting != "" {
+			a.nextProbe = time.Now().Add(probeEvery)
+			r.authErr = "the old password stays until the replica at " + waiting + " authenticates with the new one"
+			return
+		}
+	}
+	if err := aclSetDefault(me, r.credentials(), "resetpass", passRule(want)); err != nil {
+		fail("cannot remove the old password", err)
+		return
+	}
+	a.accepted, r.authErr = []string{want}, ""
+	r.publishCredentials()
+	r.log.Info("the old password no longer works: the rotation is complete")
+}
+
+func passRule(pw string) string {
+	if pw == "" {
+		return "nopass"
+	}
+	return ">" + pw
+}
+
+func aclSetDefault(addr string, creds []string, rules ...any) error {
+	return withRedis(addr, creds, redisTimeout, func(c redis.Conn) error {
+		_, err := c.Do("ACL", append([]any{"SETUSER", "default"}, rules...)...)
+		return err
+	})
+}
+
+// passwordWorks says whether the Redis at addr takes pw: AUTH succeeds, or,
+// for no password, a PING without one.
+func passwordWorks(addr, pw string) bool {
+	return withRedis(addr, nil, redisTimeout, func(c redis.Conn) error {
+		if pw == "" {
+			_, err := c.Do("PING")
+			return err
+		}
+		_, err := c.Do("AUTH", pw)
+		return err
+	}) == nil
+}
+
+// replicasBehind names a connected replica that does not yet authenticate
+// with want, or "": each that is another instance of the cluster is asked,
+// with want, for its masterauth. Any other connection that calls itself a
+// replica is neither asked nor waited for: the old password goes when the
+// window ends, whoever still uses it.
+func replicasBehind(info redisInfo, want string, isPeer func(addr string) bool) string {
+	for i := 0; ; i++ {
+		line, ok := info[fmt.Sprintf("slave%d", i)]
+		if !ok {
+			return ""
+		}
+		fields := map[string]string{}
+		for _, kv := range strings.Split(line, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			fields[k] = v
+		}
+		if fields["port"] == "0" {
+			continue // a backup's sync, not a replica: it announces no port
+		}
+		addr := joinHostPort(fields["ip"], fields["port"])
+		if !isPeer(addr) {
+			continue
+		}
+		var got []string
+		err := withRedis(addr, []string{want}, redisTimeout, func(c redis.Conn) error {
+			var err error
+			got, err = redis.Strings(c.Do("CONFIG", "GET", "masterauth"))
+			return err
+		})
+		if err != nil || len(got) != 2 || got[1] != want {
+			return addr
+		}
+	}
+}
+
+// secretFree is an error of a command that carried a password, told
+// without Redis's text: Redis quotes the arguments it refuses, cut short
+// and with line breaks replaced, so no search and replace could be sure to
+// take the password out. Its first word (ERR, NOPERM, ...) says enough.
+func secretFree(err error) string {
+	var re redis.Error
+	if errors.As(err, &re) {
+		word, _, _ := strings.Cut(string(re), " ")
+		return "redis-server answered " + word
+	}
+	return err.Error() // a connection error, which quotes nothing sent
+}
+
+// sensitiveDirectives carry a password in their arguments: an error names
+// them, never quotes them.
+var sensitiveDirectives = map[string]bool{"user": true, "tls-key-file-pass": true, "tls-client-key-file-pass": true,
+	"requirepass": true, "masterauth": true}
+
+// secretsIn lists what a configuration holds that no message may show: the
+// arguments of the directives that carry a password, and of a user's rules
+// those that set, remove or hash one (>, <, #, !), with and without their
+// mark. Redis quotes a rule it refuses as it was written, so it is found
+// whole.
+func secretsIn(ds []directive) []string {
+	var out []string
+	for _, d := range ds {
+		switch {
+		case d.name == "user":
+			for _, a := range d.args[min(1, len(d.args)):] {
+				if a != "" && strings.ContainsRune("><#!", rune(a[0])) {
+					out = append(out, a, a[1:])
+				}
+			}
+		case sensitiveDirectives[d.name]:
+			out = append(out, d.args...)
+		}
+	}
+	return out
+}
+
+// redact takes every secret out of text, the longest first, so that one
+// that holds another is taken out whole.
+func redact(text string, secrets []string) string {
+	secrets = slices.Clone(secrets)
+	slices.SortFunc(secrets, func(a, b string) int { return len(b) - len(a) })
+	for _, s := range secrets {
+		if s != "" {
+			text = strings.ReplaceAll(text, s, "(secret)")
+		}
+	}
+	return text
+}

@@ -1,0 +1,239 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+)
+
+// Local mode (--cluster-file): the RedisCluster, its ConfigMap and its
+// Secret come from one multi-document YAML file, and the instances' status
+// entries are files beside it, so that several managers on one machine
+// form a cluster without an API server.
+
+// localSource reads the cluster from a multi-document YAML file and keeps
+// the instances' status entries as files beside it.
+type localSource struct {
+	path, statusDir     string
+	cluster, namespace  string
+	pod                 string
+	lastFile, lastPeers []byte
+	beat                atomic.Int64
+}
+
+func newLocalSource(path, cluster, namespace, pod string) *localSource {
+	s := &localSource{path: path, statusDir: path + ".status", cluster: cluster, namespace: namespace, pod: pod}
+	s.beat.Store(time.Now().UnixNano())
+	return s
+}
+
+// localPoll is how often the file and the other instances' entries are read;
+// they are small, and reading them is cheaper than a notification mechanism.
+const localPoll = 100 * time.Millisecond
+
+func (s *localSource) heartbeat() time.Time { return time.Unix(0, s.beat.Load()) }
+
+// run sends a new view whenever the file or another instance's entry
+// changes, or an error when the file no longer makes a usable view.
+func (s *localSource) run(ctx context.Context, f *feed) {
+	t := time.NewTicker(localPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.beat.Store(time.Now().UnixNano())
+		file, ferr := os.ReadFile(s.path)
+		peers := s.readPeers()
+		if ferr == nil && bytes.Equal(file, s.lastFile) && bytes.Equal(peers, s.lastPeers) {
+			continue
+		}
+		s.lastFile, s.lastPeers = file, peers
+		v, err := s.load()
+		if err != nil {
+			f.fail(err)
+			continue
+		}
+		f.view(v)
+	}
+}
+
+// readPeers returns the other instances' entries, concatenated, so that a
+// change in any of them is seen; this pod's own writes are no news to it.
+func (s *localSource) readPeers() []byte {
+	var all []byte
+	entries, _ := os.ReadDir(s.statusDir)
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") || name == s.pod+".json" || !strings.HasSuffix(name, ".json") {
+			continue
+		}
+		b, _ := os.ReadFile(filepath.Join(s.statusDir, name))
+		all = append(append(append(all, name...), 0), b...)
+	}
+	return all
+}
+
+// load reads the file into a view: the RedisCluster named by --cluster, the
+// ConfigMap and Secret it references, and the status entries beside it.
+func (s *localSource) load() (clusterView, error) {
+	var v clusterView
+	data, err := os.ReadFile(s.path)
+	if err != nil {
+		return v, fmt.Errorf("read cluster file: %w", err)
+	}
+	docs := k8syaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	var found bool
+	configMaps := map[string]map[string]string{}
+	secrets := map[string]map[string][]byte{}
+	for i := 1; ; i++ {
+		doc, err := docs.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return v, fmt.Errorf("cluster file %s: %w", s.path, err)
+		}
+		var head struct {
+			Kind     string     `json:"kind"`
+			Metadata objectMeta `json:"metadata"`
+		}
+		if err := yaml.Unmarshal(doc, &head); err != nil {
+			return v, fmt.Errorf("cluster file %s: document %d is not valid YAML%s", s.path, i, yamlErrorLine(err))
+		}
+		if head.Metadata.Namespace != "" && head.Metadata.Namespace != s.namespace {
+			continue
+		}
+		switch head.Kind {
+		case "RedisCluster":
+			if head.Metadata.Name == s.cluster {
+				if err := yaml.Unmarshal(doc, &v.cluster); err != nil {
+					return v, fmt.Errorf("cluster file %s, RedisCluster %s: %w", s.path, s.cluster, err)
+				}
+				found = true
+			}
+		case "ConfigMap":
+			var cm struct {
+				Data map[string]string `json:"data"`
+			}
+			if err := yaml.Unmarshal(doc, &cm); err != nil {
+				return v, fmt.Errorf("cluster file %s, ConfigMap %s: %w", s.path, head.Metadata.Name, err)
+			}
+			configMaps[head.Metadata.Name] = cm.Data
+		case "Secret":
+			var sec struct {
+				Data       map[string][]byte `json:"data"`
+				StringData map[string]string `json:"stringData"`
+			}
+			// The error would quote the document, and with it the secret.
+			if err := yaml.Unmarshal(doc, &sec); err != nil {
+				return v, fmt.Errorf("cluster file %s: Secret %s is not valid", s.path, head.Metadata.Name)
+			}
+			if sec.Data == nil {
+				sec.Data = map[string][]byte{}
+			}
+			for k, val := range sec.StringData {
+				sec.Data[k] = []byte(val)
+			}
+			secrets[head.Metadata.Name] = sec.Data
+		}
+	}
+	if !found {
+		return v, fmt.Errorf("cluster file %s holds no RedisCluster named %q in namespace %q", s.path, s.cluster, s.namespace)
+	}
+	if ref := v.cluster.Spec.ConfigMapRef; ref != nil {
+		frag, ok := configMaps[ref.Name][ref.Key]
+		if !ok {
+			return v, fmt.Errorf("cluster file %s holds no ConfigMap %s with key %q", s.path, ref.Name, ref.Key)
+		}
+		v.fragment = frag
+	}
+	if ref := v.cluster.Spec.AuthSecretRef; ref != nil {
+		pw, ok := secrets[ref.Name][ref.Key]
+		if !ok {
+			return v, fmt.Errorf("cluster file %s holds no Secret %s with key %q", s.path, ref.Name, ref.Key)
+		}
+		v.password = strings.TrimRight(string(pw), "\r\n")
+	}
+	v.cluster.Status.InstancesStatus = s.readEntries()
+	v.cluster.Status.CurrentPrimary = readCurrentPrimary(s.statusDir)
+	return v, nil
+}
+
+var yamlLine = regexp.MustCompile(`line (\d+)`)
+
+// yamlErrorLine keeps only the line number of a YAML error: the rest may
+// quote the document, and the document may be a Secret.
+func yamlErrorLine(err error) string {
+	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+		return " (line " + m[1] + " of the document)"
+	}
+	return ""
+}
+
+func (s *localSource) readEntries() map[string]instanceStatus {
+	out := map[string]instanceStatus{}
+	entries, _ := os.ReadDir(s.statusDir)
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || strings.HasPrefix(name, ".") {
+			continue
+		}
+		var st instanceStatus
+		if b, err := os.ReadFile(filepath.Join(s.statusDir, e.Name())); err == nil && yaml.Unmarshal(b, &st) == nil {
+			out[name] = st
+		}
+	}
+	return out
+}
+
+func (s *localSource) writeStatus(_ context.Context, u statusUpdate) error {
+	st := u.entry
+	if err := os.MkdirAll(s.statusDir, 0o755); err != nil {
+		return fmt.Errorf("status directory: %w", err)
+	}
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	if u.primary { // before the entry, so that whoever sees the entry sees the claim
+		if err := claimCurrentPrimary(s.statusDir, s.pod); err != nil {
+			return err
+		}
+	}
+	return writeFileAtomic(filepath.Join(s.statusDir, s.pod+".json"), append(b, '\n'), 0o644)
+}
+
+// currentPrimaryFile is status.currentPrimary in local mode, beside the
+// status entries: the cluster file holds no status.
+const currentPrimaryFile = "currentPrimary"
+
+// claimCurrentPrimary records that pod holds the primary role, as the
+// primary's status patch does in the object.
+func claimCurrentPrimary(statusDir, pod string) error {
+	path := filepath.Join(statusDir, currentPrimaryFile)
+	if b, err := os.ReadFile(path); err == nil && string(b) == pod+"\n" {
+		return nil // the claim stands; each status write need not sync it again
+	}
+	return writeFileAtomic(path, []byte(pod+"\n"), 0o644)
+}
+
+func readCurrentPrimary(statusDir string) string {
+	b, _ := os.ReadFile(filepath.Join(statusDir, currentPrimaryFile))
+	return strings.TrimSpace(string(b))
+}
