@@ -3,8 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -13,6 +15,52 @@ import (
 // Credentials: the passwords the manager offers, the instances it offers
 // them to, and their rotation. Secrets never reach a log line, a status
 // field or an error: see secretsIn, redact and secretFree.
+
+// credentials are what the manager's connections to Redis may offer, and
+// to whom. The reconciler sets them; every goroutine that dials Redis (the
+// observer, the supervisor's SHUTDOWN, the HTTP handlers) reads them.
+type credentials struct {
+	passwords atomic.Pointer[[]string]
+	peers     atomic.Pointer[map[string]bool]
+}
+
+func newCredentials() *credentials {
+	c := &credentials{}
+	c.passwords.Store(&[]string{})
+	c.peers.Store(&map[string]bool{})
+	return c
+}
+
+// list is the passwords to offer, in order: what the server accepts, then
+// the wanted one it may have been started on.
+func (c *credentials) list() []string { return *c.passwords.Load() }
+
+func (c *credentials) set(passwords []string) { c.passwords.Store(&passwords) }
+
+// A password is offered only to the local redis-server and to the other
+// instances at the addresses their status entries publish. An address that
+// Redis reports is a client's word: a replica announces its own (REPLCONF
+// listening-port and ip-address), and whoever holds the password can point
+// a server at any master (REPLICAOF). Dialled with the manager's
+// credentials, such an address would hand the password, during a rotation
+// the new one too, to whoever listens there.
+
+// setPeers takes the addresses of the instances other than self from the
+// cluster's status.
+func (c *credentials) setPeers(rc *redisCluster, self string) {
+	peers := map[string]bool{}
+	for pod, e := range rc.Status.InstancesStatus {
+		if pod != self && e.Address != "" {
+			peers[canonicalAddr(e.Address)] = true
+		}
+	}
+	c.peers.Store(&peers)
+}
+
+// isPeer says whether addr, as Redis reports it (net.JoinHostPort), is
+// another instance's published address: the only remote addresses the
+// manager's connections, and so its passwords, may go to.
+func (c *credentials) isPeer(addr string) bool { return (*c.peers.Load())[addr] }
 
 // Credentials rotate without a refused client or a dropped replication
 // link: the new password is accepted beside the old one (the default user
@@ -33,42 +81,21 @@ type authState struct {
 	nextProbe  time.Time // when other instances may be asked again
 }
 
-// credentials are the passwords the manager's connections offer, in order:
-// what the server accepts, then the wanted one it may have been started on.
-func (r *reconciler) credentials() []string { return *r.creds.Load() }
+// authStatus is the reconciler's part of the rotation.
+type authStatus struct {
+	auth    authState
+	authErr string // why the password could not be rotated
+}
 
+// publishCredentials offers what the server accepts and the wanted
+// password.
 func (r *reconciler) publishCredentials() {
 	list := slices.Clone(r.auth.accepted)
 	if !slices.Contains(list, r.view.password) {
 		list = append(list, r.view.password)
 	}
-	r.creds.Store(&list)
+	r.creds.set(list)
 }
-
-// A password is offered only to the local redis-server and to the other
-// instances at the addresses their status entries publish. An address that
-// Redis reports is a client's word: a replica announces its own (REPLCONF
-// listening-port and ip-address), and whoever holds the password can point
-// a server at any master (REPLICAOF). Dialled with the manager's
-// credentials, such an address would hand the password, during a rotation
-// the new one too, to whoever listens there.
-
-// publishPeers takes the other instances' addresses from the cluster's
-// status.
-func (r *reconciler) publishPeers(rc *redisCluster) {
-	peers := map[string]bool{}
-	for pod, e := range rc.Status.InstancesStatus {
-		if pod != r.settings.podName && e.Address != "" {
-			peers[canonicalAddr(e.Address)] = true
-		}
-	}
-	r.peers.Store(&peers)
-}
-
-// isPeer says whether addr, as Redis reports it (joinHostPort), is another
-// instance's published address: the only remote addresses the manager's
-// connections, and so its passwords, may go to. Safe from any goroutine.
-func (r *reconciler) isPeer(addr string) bool { return (*r.peers.Load())[addr] }
 
 // probeEvery spaces out the rotation's questions to other instances, which
 // the reconciler waits for.
@@ -87,51 +114,67 @@ func (r *reconciler) rotateAuth() {
 		return
 	}
 	r.publishCredentials()
-	me := localAddr(r.settings.redisPort)
-	fail := func(what string, err error) {
-		msg := what + ": " + secretFree(err)
-		if msg != r.authErr {
-			r.log.Error(what, "error", secretFree(err))
-		}
-		r.authErr = msg
+	if r.acceptPassword(want) && r.switchMasterauth(want) {
+		r.dropOldPassword(want)
 	}
-	if !slices.Contains(a.accepted, want) {
-		rules := []any{">" + want}
-		if want == "" || slices.Equal(a.accepted, []string{""}) {
-			rules = []any{"resetpass", passRule(want)}
-		}
-		if err := aclSetDefault(me, r.credentials(), rules...); err != nil {
-			fail("cannot give redis-server the new password", err)
-			return
-		}
-		if len(rules) == 2 {
-			a.accepted = []string{want}
-			r.log.Info("redis-server authentication switched", "passwordRequired", want != "")
-		} else {
-			a.accepted, a.since = append([]string{want}, a.accepted...), time.Now()
-			r.log.Info("redis-server accepts the new password beside the old one", "rotationWindow", r.settings.rotationWindow.String())
-		}
-		r.publishCredentials()
+}
+
+// acceptPassword has the default user take want beside the passwords it
+// has, or, when authentication is turned on or off, instead of them.
+func (r *reconciler) acceptPassword(want string) bool {
+	a := &r.auth
+	if slices.Contains(a.accepted, want) {
+		return true
 	}
-	if a.masterauth != want && time.Now().After(a.nextProbe) {
-		// A replica's primary must take the new password first, or the
-		// next reconnection of the link would be refused.
-		master := joinHostPort(r.obs.info["master_host"], r.obs.info["master_port"])
-		if r.obs.role() != "slave" || r.isPeer(master) && passwordWorks(master, want) {
-			err := withRedis(me, r.credentials(), redisTimeout, func(c redis.Conn) error {
-				_, err := c.Do("CONFIG", "SET", "masterauth", want)
-				return err
-			})
-			if err != nil {
-				fail("cannot switch masterauth to the new password", err)
-				return
-			}
-			a.masterauth = want
-			r.log.Info("replication authenticates with the new password")
-		} else {
-			a.nextProbe = time.Now().Add(probeEvery)
-		}
+	rules := []any{">" + want}
+	if want == "" || slices.Equal(a.accepted, []string{""}) {
+		rules = []any{"resetpass", passRule(want)}
 	}
+	if err := aclSetDefault(localAddr(r.settings.redisPort), r.creds.list(), rules...); err != nil {
+		r.authFailed("cannot give redis-server the new password", err)
+		return false
+	}
+	if len(rules) == 2 {
+		a.accepted = []string{want}
+		r.log.Info("redis-server authentication switched", "passwordRequired", want != "")
+	} else {
+		a.accepted, a.since = append([]string{want}, a.accepted...), time.Now()
+		r.log.Info("redis-server accepts the new password beside the old one", "rotationWindow", r.settings.rotationWindow.String())
+	}
+	r.publishCredentials()
+	return true
+}
+
+// switchMasterauth has replication authenticate with want, once the
+// primary of a replica takes it: the next reconnection of the link would
+// be refused otherwise. Until then it asks again every probeEvery.
+func (r *reconciler) switchMasterauth(want string) bool {
+	a := &r.auth
+	if a.masterauth == want || !time.Now().After(a.nextProbe) {
+		return true
+	}
+	master := r.obs.info.masterAddr()
+	if r.obs.role() == "slave" && !(r.creds.isPeer(master) && passwordWorks(master, want)) {
+		a.nextProbe = time.Now().Add(probeEvery)
+		return true
+	}
+	err := withRedis(localAddr(r.settings.redisPort), r.creds.list(), redisTimeout, func(c redis.Conn) error {
+		_, err := c.Do("CONFIG", "SET", "masterauth", want)
+		return err
+	})
+	if err != nil {
+		r.authFailed("cannot switch masterauth to the new password", err)
+		return false
+	}
+	a.masterauth = want
+	r.log.Info("replication authenticates with the new password")
+	return true
+}
+
+// dropOldPassword ends the rotation once its window is over: a primary
+// first waits for the cluster's replicas to authenticate with want.
+func (r *reconciler) dropOldPassword(want string) {
+	a := &r.auth
 	if len(a.accepted) == 1 || time.Since(a.since) < r.settings.rotationWindow {
 		r.authErr = ""
 		return
@@ -140,19 +183,29 @@ func (r *reconciler) rotateAuth() {
 		if !time.Now().After(a.nextProbe) {
 			return
 		}
-		if waiting := replicasBehind(r.obs.info, want, r.isPeer); waiting != "" {
+		if waiting := replicasBehind(r.obs.info, want, r.creds.isPeer); waiting != "" {
 			a.nextProbe = time.Now().Add(probeEvery)
 			r.authErr = "the old password stays until the replica at " + waiting + " authenticates with the new one"
 			return
 		}
 	}
-	if err := aclSetDefault(me, r.credentials(), "resetpass", passRule(want)); err != nil {
-		fail("cannot remove the old password", err)
+	if err := aclSetDefault(localAddr(r.settings.redisPort), r.creds.list(), "resetpass", passRule(want)); err != nil {
+		r.authFailed("cannot remove the old password", err)
 		return
 	}
 	a.accepted, r.authErr = []string{want}, ""
 	r.publishCredentials()
 	r.log.Info("the old password no longer works: the rotation is complete")
+}
+
+// authFailed reports a step of the rotation that failed, once, without
+// what Redis said: see secretFree.
+func (r *reconciler) authFailed(what string, err error) {
+	msg := what + ": " + secretFree(err)
+	if msg != r.authErr {
+		r.log.Error(what, "error", secretFree(err))
+	}
+	r.authErr = msg
 }
 
 func passRule(pw string) string {
@@ -201,7 +254,7 @@ func replicasBehind(info redisInfo, want string, isPeer func(addr string) bool) 
 		if fields["port"] == "0" {
 			continue // a backup's sync, not a replica: it announces no port
 		}
-		addr := joinHostPort(fields["ip"], fields["port"])
+		addr := net.JoinHostPort(fields["ip"], fields["port"])
 		if !isPeer(addr) {
 			continue
 		}

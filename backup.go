@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -27,16 +26,38 @@ import (
 // so the write stream does not pile up in an output buffer while a slow
 // client reads.
 
-// backup streams a snapshot of this instance's dataset. Its length and
+// backup is GET /v1/backup: one at a time, and not under a restart or an
+// upgrade, which would cut it; each backup costs Redis a fork.
+func (h *endpoints) backup(w http.ResponseWriter, r *http.Request) {
+	if !h.upd.busy.TryLock() {
+		writeJSON(w, http.StatusConflict, map[string]any{"error": errBusy})
+		return
+	}
+	defer h.upd.busy.Unlock()
+	// HTTP/1.0 ends a body by closing the connection, so a backup cut
+	// short would look whole; chunked encoding tells them apart.
+	if !r.ProtoAtLeast(1, 1) {
+		writeJSON(w, http.StatusHTTPVersionNotSupported, map[string]any{"error": "a backup needs HTTP/1.1 or later"})
+		return
+	}
+	if sup := h.sup.snapshot(); !sup.running {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": "redis-server is not running"})
+		return
+	}
+	h.streamBackup(w, r)
+}
+
+// streamBackup streams a snapshot of this instance's dataset. Its length and
 // SHA-256 come as trailers, known only once it has all gone by: Redis
 // streams a diskless snapshot without announcing its length. A snapshot
 // cut short ends the response without its last chunk, so that no client
 // takes a part for the whole.
-func (h *health) backup(w http.ResponseWriter, r *http.Request, log *slog.Logger) {
+func (h *endpoints) streamBackup(w http.ResponseWriter, r *http.Request) {
+	log := h.log
 	began := time.Now()
 	rc := http.NewResponseController(w)
 	started := false
-	res, err := streamSnapshot(r.Context(), localAddr(h.rec.settings.redisPort), h.rec.credentials(), func(m snapshotMeta) io.Writer {
+	res, err := streamSnapshot(r.Context(), localAddr(h.rec.settings.redisPort), h.rec.creds.list(), func(m snapshotMeta) io.Writer {
 		started = true
 		hd := w.Header()
 		hd.Set("Content-Type", "application/octet-stream")

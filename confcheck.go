@@ -20,6 +20,19 @@ import (
 // redis-server, applied to the running one where it can be, and only then
 // written to redis.conf; whatever only a restart applies is pending.
 
+// fragmentState is the reconciler's part of the configuration: the last
+// good fragment, in force, and the verdict on the latest text.
+type fragmentState struct {
+	fragment      []directive // the last good fragment
+	fragmentOK    bool        // there is one
+	fragmentText  string      // the text it was read from
+	wantedValues  confValues  // its values
+	refusedText   string      // the last fragment text refused
+	confErr       string      // why
+	checkedAt     time.Time   // of the last fragment checked
+	retryFragment bool        // it was not refused but could not be checked: try again
+}
+
 // takeFragment accepts the fragment text of a new view, or refuses it and
 // keeps the last good one in force: in redis-server and in redis.conf. A
 // check that could not be made (no disk space, a timeout) is retried on the
@@ -54,6 +67,14 @@ func (r *reconciler) takeFragment(text string) {
 	}
 	r.fragment, r.fragmentOK, r.fragmentText, r.refusedText, r.confErr, r.retryFragment = frag, true, text, "", "", false
 	r.wantedValues = valuesOf(frag)
+}
+
+// retryFragmentCheck checks again a fragment whose check could not be
+// made (no disk space, a timeout), at most every probeEvery.
+func (r *reconciler) retryFragmentCheck() {
+	if r.retryFragment && time.Since(r.checkedAt) >= probeEvery {
+		r.applyView(r.view)
+	}
 }
 
 // checkFragment has redis-server itself read the fragment as it would at a

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -90,6 +91,24 @@ func aofKeys(dir string, df dataFiles) int64 {
 		}
 	}
 	return keys
+}
+
+// emptyPrimaryGuard is the supervisor's restart guard: a primary that
+// comes back empty after a crash (persistence off, or its files lost) would
+// have its replicas copy the loss. primaryKeys is what it held as the
+// primary, as the reconciler last published it.
+func emptyPrimaryGuard(dataDir string, primaryKeys *atomic.Int64) func(conf string) string {
+	return func(conf string) string {
+		held := primaryKeys.Load()
+		if held == 0 {
+			return ""
+		}
+		frag, _ := parseConf(conf)
+		if datasetKeys(dataDir, frag) > 0 {
+			return ""
+		}
+		return fmt.Sprintf("refusing to restart redis-server as the primary with an empty dataset: it held %d keys, and its replicas would copy the loss; move targetPrimary to a replica", held)
+	}
 }
 
 // unreadDataset says why redis-server must not start on dir, or "": it

@@ -2,9 +2,7 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -13,8 +11,6 @@ import (
 	"reflect"
 	"syscall"
 	"time"
-
-	"github.com/gomodule/redigo/redis"
 )
 
 // The handoff is what one manager leaves the next across the exec of an
@@ -58,6 +54,18 @@ type handoffView struct {
 	Password string       `json:"password"`
 }
 
+// write puts the handoff in the private directory, for the new manager,
+// and returns its path.
+func (h *handoff) write(dataDir string) (string, error) {
+	path := filepath.Join(privateDir(dataDir), handoffFile)
+	h.ExecAt = time.Now()
+	data, err := json.Marshal(h)
+	if err != nil {
+		return "", err
+	}
+	return path, writeFileAtomic(path, data, 0o600)
+}
+
 // takeHandoff reads what the previous manager left, if this process is the
 // product of an upgrade, and removes it so that no child inherits it.
 func takeHandoff() (*handoff, error) {
@@ -96,21 +104,26 @@ func inheritedFile(fd int, name string) *os.File {
 	return os.NewFile(uintptr(fd), name)
 }
 
+// seedCredentials offers, from the start, the password redis-server
+// started with, and the other instances as the old manager knew them: the
+// first look at Redis, and a stop that cannot wait, do not wait for the
+// view to bring them.
+func (h *handoff) seedCredentials(creds *credentials, pod string) {
+	list := []string{confPassword(h.StartedConf)}
+	if h.View != nil && h.View.Password != list[0] {
+		list = append(list, h.View.Password)
+	}
+	creds.set(list)
+	if h.View != nil {
+		creds.setPeers(&h.View.Cluster, pod)
+	}
+}
+
 // seed gives a new reconciler what the old one knew, before it runs: it
-// owns redis-server already, holds its fencing as it was, and offers the
-// password redis-server started with, so that the first look at Redis does
-// not wait for the view to bring it. A fragment the old manager checked
-// needs no new check by redis-server.
+// owns redis-server already, and holds its fencing as it was. A fragment
+// the old manager checked needs no new check by redis-server.
 func (h *handoff) seed(rec *reconciler) {
 	rec.adopted, rec.fenced, rec.fenceKnown = true, h.Fenced, true
-	creds := []string{confPassword(h.StartedConf)}
-	if h.View != nil && h.View.Password != creds[0] {
-		creds = append(creds, h.View.Password)
-	}
-	rec.creds.Store(&creds)
-	if h.View != nil {
-		rec.publishPeers(&h.View.Cluster) // for the observer's first look, which may come before the view
-	}
 	if v := h.View; v != nil && rec.fragmentOK {
 		if frag, err := parseFragment(v.Fragment); err == nil && reflect.DeepEqual(valuesOf(frag), rec.wantedValues) {
 			rec.fragmentText = v.Fragment
@@ -133,30 +146,6 @@ func answerUpgrade(h *handoff, exeHash string, log *slog.Logger) {
 	}
 	replyRaw(conn, http.StatusOK, map[string]any{"updated": true, "from": h.From, "version": version,
 		"executableHash": exeHash, "redisPid": h.RedisPID, "handoverMs": float64(gap.Microseconds()) / 1000})
-}
-
-// stopAdopted stops an inherited redis-server gracefully when the new
-// manager cannot run after all: SHUTDOWN (SIGTERM if it cannot be asked),
-// and SIGKILL only when the shutdown budget is spent.
-func stopAdopted(h *handoff, port int, budget time.Duration, log *slog.Logger) {
-	log.Error("cannot run after the upgrade; stopping the inherited redis-server", "pid", h.RedisPID)
-	deadline := time.Now().Add(budget)
-	err := withRedis(localAddr(port), []string{confPassword(h.StartedConf)}, time.Second, func(c redis.Conn) error {
-		_, err := c.Do("SHUTDOWN")
-		return err
-	})
-	if err != nil && !errors.Is(err, io.EOF) {
-		syscall.Kill(h.RedisPID, syscall.SIGTERM)
-	}
-	for time.Now().Before(deadline) {
-		var ws syscall.WaitStatus
-		if pid, err := syscall.Wait4(h.RedisPID, &ws, syscall.WNOHANG, nil); pid == h.RedisPID || err != nil {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	syscall.Kill(h.RedisPID, syscall.SIGKILL)
-	syscall.Wait4(h.RedisPID, nil, 0, nil)
 }
 
 // legacyHandoff is where managers before the private directory wrote the

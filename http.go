@@ -1,10 +1,11 @@
 package main
 
-// Probes for the kubelet, the instance's status for the operator and for
-// curl, and the operator's commands. Probes never talk to Redis: they serve
-// what the reconciler last published, so a hung Redis cannot pile up probe
-// connections, and read the loops' heartbeats, so a hung manager fails its
-// liveness probe.
+// The manager's HTTP endpoints, all in one route table: the kubelet's
+// probes (probes.go), the instance's status and metrics for the operator
+// and for curl (status.go, metrics.go), and the operator's commands
+// (restart.go, backup.go, upgrade.go), which need credentials
+// (operator.go). One server serves them, over HTTPS when configured
+// (tls.go), and hands its listener over across an in-place upgrade.
 
 import (
 	"crypto/tls"
@@ -26,6 +27,50 @@ const defaultHTTPAddr = ":8000"
 // a backup, a restart and an upgrade each need it to themselves.
 const errBusy = "a backup, a restart or an upgrade is in progress"
 
+// endpoints are the HTTP handlers and what they read and drive.
+type endpoints struct {
+	settings *settings
+	log      *slog.Logger
+	rec      *reconciler
+	sup      *supervisor
+	obs      *observer
+	source   func() time.Time // the source's heartbeat
+	upd      *updater
+	op       *operator
+}
+
+func newEndpoints(s *settings, log *slog.Logger, rec *reconciler, sup *supervisor, obs *observer, source clusterSource, upd *updater) *endpoints {
+	return &endpoints{settings: s, log: log, rec: rec, sup: sup, obs: obs, source: source.heartbeat, upd: upd,
+		op: &operator{tokenFile: s.operatorTokenFile, clientCA: s.tlsCA != "", log: log}}
+}
+
+// routes is the route table.
+func (h *endpoints) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", h.healthz)
+	mux.HandleFunc("GET /readyz", h.readyz)
+	mux.HandleFunc("GET /startupz", h.startupz)
+	mux.HandleFunc("GET /v1/status", h.status)
+	mux.HandleFunc("GET /metrics", h.metrics)
+	mux.HandleFunc("PUT /v1/update", h.op.authorize(h.upd.handle))
+	mux.HandleFunc("POST /v1/restart", h.op.authorize(h.restart))
+	mux.HandleFunc("GET /v1/backup", h.op.authorize(h.backup))
+	// Only an upload has a body worth the name; the update handler sets
+	// its own, larger limit.
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/update" {
+			r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// status serves this instance's status entry, as the reconciler last
+// published it.
+func (h *endpoints) status(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, h.rec.published.Load().status)
+}
+
 type httpServer struct {
 	*http.Server
 	tls *tlsFiles // nil for plain HTTP
@@ -39,110 +84,9 @@ type httpServer struct {
 	busy          map[net.Conn]time.Time // connections in StateNew or StateActive, since when
 }
 
-func newHTTPServer(s *settings, log *slog.Logger, h *health, tf *tlsFiles, upd *updater) *httpServer {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if p := h.problem(); p != "" {
-			writeJSON(w, http.StatusInternalServerError, map[string]any{"healthy": false, "reason": p})
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"healthy": true})
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		ps := h.rec.published.Load()
-		if !ps.ready {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reason": ps.reason})
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"ready": true, "role": ps.status.Role})
-	})
-	mux.HandleFunc("GET /startupz", func(w http.ResponseWriter, r *http.Request) {
-		ps := h.rec.published.Load()
-		if !ps.started {
-			body := map[string]any{"started": false, "reason": ps.startupReason}
-			if ps.startupReason == "redis-server is loading its dataset" {
-				body["loading"], body["loadedPercent"], body["etaSeconds"] = true, ps.loadedPercent, ps.etaSeconds
-			}
-			writeJSON(w, http.StatusServiceUnavailable, body)
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"started": true})
-	})
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, h.rec.published.Load().status)
-	})
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		w.Write(renderMetrics(h.rec.published.Load(), time.Now()))
-	})
-	op := &operator{tokenFile: s.operatorTokenFile, clientCA: s.tlsCA != "", log: log}
-	mux.HandleFunc("PUT /v1/update", op.authorize(upd.handle))
-	mux.HandleFunc("POST /v1/restart", op.authorize(func(w http.ResponseWriter, r *http.Request) {
-		if !upd.busy.TryLock() {
-			writeJSON(w, http.StatusConflict, map[string]any{"error": errBusy})
-			return
-		}
-		defer upd.busy.Unlock()
-		if why := h.restartLoses(); why != "" {
-			writeJSON(w, http.StatusConflict, map[string]any{"error": why})
-			return
-		}
-		// A graceful stop may take the whole shutdown budget.
-		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.shutdownTimeout + 2*time.Minute))
-		if err := h.restartStarts(); err != nil {
-			log.Error("refusing to restart redis-server: the new configuration cannot start", "error", err)
-			writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"error": "refusing to restart redis-server, which keeps running as it is: " + err.Error()})
-			return
-		}
-		log.Info("restarting redis-server, as the operator asked", "remote", r.RemoteAddr)
-		before := h.sup.snapshot().pid
-		err := h.sup.restart(r.Context())
-		switch {
-		case errors.Is(err, errNotRunning):
-			writeJSON(w, http.StatusConflict, map[string]any{"error": err.Error()})
-		case err != nil:
-			writeJSON(w, http.StatusInternalServerError, map[string]any{"error": err.Error()})
-		default:
-			// Done is when it answers again (loading its data counts): a
-			// caller must be able to go on at once.
-			pid := h.sup.snapshot().pid
-			answered, exited := h.awaitAnswer(r.Context(), pid)
-			if exited != "" {
-				writeJSON(w, http.StatusInternalServerError, map[string]any{"error": "redis-server did not come back: " + exited, "oldPid": before, "pid": pid})
-				return
-			}
-			writeJSON(w, http.StatusOK, map[string]any{"restarted": true, "oldPid": before, "pid": pid, "answering": answered})
-		}
-	}))
-	mux.HandleFunc("GET /v1/backup", op.authorize(func(w http.ResponseWriter, r *http.Request) {
-		// One at a time, and not under a restart or an upgrade, which would
-		// cut it: each backup costs Redis a fork.
-		if !upd.busy.TryLock() {
-			writeJSON(w, http.StatusConflict, map[string]any{"error": errBusy})
-			return
-		}
-		defer upd.busy.Unlock()
-		// HTTP/1.0 ends a body by closing the connection, so a backup cut
-		// short would look whole; chunked encoding tells them apart.
-		if !r.ProtoAtLeast(1, 1) {
-			writeJSON(w, http.StatusHTTPVersionNotSupported, map[string]any{"error": "a backup needs HTTP/1.1 or later"})
-			return
-		}
-		if sup := h.sup.snapshot(); !sup.running {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": "redis-server is not running"})
-			return
-		}
-		h.backup(w, r, log)
-	}))
+func newHTTPServer(handler http.Handler, log *slog.Logger, tf *tlsFiles) *httpServer {
 	srv := &http.Server{
-		// Only an upload has a body worth the name; the update handler
-		// sets its own, larger limit.
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path != "/v1/update" {
-				r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
-			}
-			mux.ServeHTTP(w, r)
-		}),
+		Handler:           handler,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,

@@ -1,5 +1,12 @@
 package main
 
+// `redis-operator instance`: the manager of one Redis pod, put together.
+// It takes what an upgraded-away manager left (handoff.go), makes the parts
+// with what each depends on (the reaper, the supervisor, the source of the
+// RedisCluster, the observer, the reconciler, the status writer, HTTP),
+// runs their loops, and serves until it is told to stop; then redis-server
+// stops gracefully before anything else goes.
+
 import (
 	"context"
 	"crypto/sha256"
@@ -12,216 +19,260 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// `redis-operator instance`: the manager of one Redis pod, put together.
-// It inherits what an upgraded-away manager left, wires the parts (the
-// reaper, the supervisor, the source of the RedisCluster, the observer, the
-// reconciler, the status writer, HTTP), runs their loops, and on the way
-// out stops redis-server gracefully before anything else goes.
+// manager is one instance's parts, wired.
+type manager struct {
+	settings  *settings
+	log, base *slog.Logger
+	inherited *handoff // nil unless this manager replaced another in place
+	exe       string   // this binary, which an upgrade replaces
+	exeHash   string
+
+	reaper *reaper
+	sup    *supervisor
+	news   *feed
+	source clusterSource
+	obs    *observer
+	rec    *reconciler
+	upd    *updater
+	api    *endpoints
+	tls    *tlsFiles
+	ln     net.Listener
+	srv    *httpServer
+	srvErr chan error
+
+	reaping     sync.WaitGroup // the reaper, which runs until the very end
+	stopReaping context.CancelFunc
+	loops       sync.WaitGroup
+	supDone     chan struct{}
+}
 
 // runInstance runs the manager until ctx ends, then stops redis-server
 // gracefully and returns.
 func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	base := newLogger(s.logFormat, stdout)
-	log := base.With("logger", "manager")
-	// A manager that replaced another in place inherits its redis-server,
-	// its listener and its log pipe.
-	inherited, err := takeHandoff()
+	m, err := newManager(ctx, s, stdout)
 	if err != nil {
 		return err
 	}
-	if inherited != nil {
-		counts.upgrades.Store(inherited.Upgrades)
+	m.start(ctx)
+	err = m.serve(ctx, cancel)
+	m.stop()
+	return err
+}
+
+// newManager makes the parts. A manager that adopted a redis-server must
+// not just return on an error: as PID 1 its exit would kill redis-server
+// with no chance to save. It stops it the way a stop would.
+func newManager(ctx context.Context, s *settings, stdout io.Writer) (m *manager, err error) {
+	base := newLogger(s.logFormat, stdout)
+	m = &manager{settings: s, base: base, log: base.With("logger", "manager"), srvErr: make(chan error, 1), supDone: make(chan struct{})}
+	if m.inherited, err = takeHandoff(); err != nil {
+		return nil, err
 	}
 	clearPrivateDir(s.dataDir)
 	removeLegacyHandoff(s.dataDir)
-	// Until its loops run, a manager that adopted a redis-server must not
-	// just return on an error: as PID 1 its exit would kill redis-server
-	// with no chance to save. It stops it the way a stop would.
-	looping := false
-	if inherited != nil && inherited.RedisPID > 0 {
-		defer func() {
-			if !looping {
-				stopAdopted(inherited, s.redisPort, s.shutdownTimeout, log)
-			}
-		}()
+	creds := newCredentials()
+	if m.inherited != nil {
+		counts.upgrades.Store(m.inherited.Upgrades)
+		m.inherited.seedCredentials(creds, s.podName)
 	}
+	primaryKeys := new(atomic.Int64)
+	if err := m.startSupervision(creds, primaryKeys); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			m.sup.stopAdopted()
+			m.stopReaping()
+			m.reaping.Wait()
+		}
+	}()
+	if err := m.connect(); err != nil {
+		return nil, err
+	}
+	m.obs = newObserver(m.log, s.redisPort, creds)
+	m.rec = newReconciler(s, m.log, reconcilerDeps{sup: m.sup, creds: creds, primaryKeys: primaryKeys, lookNow: m.obs.lookNow, exeHash: m.exeHash,
+		checkConfig: func(frag []directive) error { return checkFragment(s.redisServer, s.dataDir, frag, m.reaper.start) },
+		restore:     newRestorer(s, m.reaper.start, m.log).run,
+	})
+	if m.inherited != nil {
+		m.inherited.seed(m.rec)
+	}
+	m.upd = newUpdater(ctx, m.exe, m.reaper.start, m.log)
+	m.api = newEndpoints(s, m.log, m.rec, m.sup, m.obs, m.source, m.upd)
+	return m, nil
+}
 
-	news := newFeed()
-	if inherited != nil && inherited.View != nil {
-		v := inherited.View
-		news.view(clusterView{cluster: v.Cluster, fragment: v.Fragment, password: v.Password})
-	}
-	source, err := newSource(s, base, news)
+// startSupervision makes the reaper and the supervisor, which adopts an
+// inherited redis-server before the reaper's first sweep, and starts the
+// reaper: children are reaped until the very end, after redis-server is
+// gone.
+func (m *manager) startSupervision(creds *credentials, primaryKeys *atomic.Int64) error {
+	m.reaper = newReaper(m.log)
+	sup, err := newSupervisor(m.settings, m.log, m.base.With("logger", "redis"), m.reaper, creds,
+		emptyPrimaryGuard(m.settings.dataDir, primaryKeys), m.inherited)
 	if err != nil {
 		return err
 	}
-	var tf *tlsFiles
-	if s.tlsCert != "" {
-		// Across an upgrade, files caught mid-renewal get a few seconds.
-		for try := 0; ; try++ {
-			if tf, err = loadTLS(s.tlsCert, s.tlsKey, s.tlsCA, log); err == nil || inherited == nil || try == 50 {
-				break
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		if err != nil {
-			return configError{err}
-		}
+	m.sup = sup
+	var reapCtx context.Context
+	reapCtx, m.stopReaping = context.WithCancel(context.Background())
+	m.reaping.Go(func() { m.reaper.run(reapCtx) })
+	return nil
+}
+
+// connect makes what reaches outside: the source of the cluster, the TLS
+// files, the HTTP listener (inherited across an upgrade), and this binary's
+// path and hash.
+func (m *manager) connect() error {
+	s := m.settings
+	m.news = newFeed()
+	if h := m.inherited; h != nil && h.View != nil {
+		m.news.view(clusterView{cluster: h.View.Cluster, fragment: h.View.Fragment, password: h.View.Password})
 	}
-	var ln net.Listener
-	if inherited != nil {
-		f := inheritedFile(inherited.Listener, "http-listener")
-		ln, err = net.FileListener(f)
+	var err error
+	if m.source, err = newSource(s, m.base, m.news); err != nil {
+		return err
+	}
+	if m.tls, err = m.loadTLS(); err != nil {
+		return configError{err}
+	}
+	if m.inherited != nil {
+		f := inheritedFile(m.inherited.Listener, "http-listener")
+		m.ln, err = net.FileListener(f)
 		f.Close()
 	} else {
-		ln, err = net.Listen("tcp", s.httpAddr)
+		m.ln, err = net.Listen("tcp", s.httpAddr)
 	}
 	if err != nil {
 		return configErrorf("http: %w", err)
 	}
-	exe, err := os.Executable()
-	if err != nil {
+	if m.exe, err = os.Executable(); err != nil {
 		return fmt.Errorf("find this binary: %w", err)
 	}
-	exeHash, err := "", error(nil)
-	if inherited != nil && inherited.NewHash != "" {
-		exeHash = inherited.NewHash // checked on upload; hashing it again would lengthen the handover
-	} else if exeHash, err = executableHash(); err != nil {
-		log.Warn("cannot hash this binary", "error", err)
+	if m.inherited != nil && m.inherited.NewHash != "" {
+		m.exeHash = m.inherited.NewHash // checked on upload; hashing it again would lengthen the handover
+	} else if m.exeHash, err = executableHash(m.exe); err != nil {
+		m.log.Warn("cannot hash this binary", "error", err)
 	}
+	return nil
+}
 
-	// Children are reaped until the very end, after redis-server is gone.
-	reapCtx, stopReaping := context.WithCancel(context.Background())
-	defer stopReaping()
-	reaper := newReaper(log)
-	sup := &supervisor{}
-	if inherited != nil {
-		sup.logR, sup.logW = inheritedFile(inherited.LogR, "redis-log"), inheritedFile(inherited.LogW, "redis-log-w")
-		sup.adopt(inherited, reaper) // before the reaper's first sweep
+// loadTLS reads the HTTPS files, if any. Across an upgrade, files caught
+// mid-renewal get a few seconds.
+func (m *manager) loadTLS() (*tlsFiles, error) {
+	s := m.settings
+	if s.tlsCert == "" {
+		return nil, nil
 	}
-	go reaper.run(reapCtx)
-
-	rec := newReconciler(&reconciler{log: log, settings: s, exeHash: exeHash,
-		checkConfig: func(frag []directive) error { return checkFragment(s.redisServer, s.dataDir, frag, reaper.start) },
-		restorer:    &restorer{dir: s.dataDir, redisServer: s.redisServer, start: reaper.start, stall: s.restoreStall, forbidden: ownFiles(s), log: log},
-	})
-	sup.log, sup.redisLog, sup.reaper, sup.redisServer, sup.confPath = log, base.With("logger", "redis"), reaper, s.redisServer, s.confPath()
-	sup.dataDir, sup.port, sup.shutdown, sup.credentials = s.dataDir, s.redisPort, s.shutdownTimeout, rec.credentials
-	// A primary that comes back empty after a crash (persistence off, or
-	// its files lost) would have its replicas copy the loss.
-	sup.restartGuard = func(conf string) string {
-		held := rec.primaryKeys.Load()
-		if held == 0 {
-			return ""
+	for try := 0; ; try++ {
+		tf, err := loadTLS(s.tlsCert, s.tlsKey, s.tlsCA, m.log)
+		if err == nil || m.inherited == nil || try == 50 {
+			return tf, err
 		}
-		frag, _ := parseConf(conf)
-		if datasetKeys(s.dataDir, frag) > 0 {
-			return ""
-		}
-		return fmt.Sprintf("refusing to restart redis-server as the primary with an empty dataset: it held %d keys, and its replicas would copy the loss; move targetPrimary to a replica", held)
+		time.Sleep(200 * time.Millisecond)
 	}
-	if _, err := newSupervisor(sup); err != nil {
-		return err
-	}
-	rec.sup = sup
-	if inherited != nil {
-		inherited.seed(rec)
-	}
-	obsCh := make(chan *observation, 1)
-	rec.poke = make(chan struct{}, 1)
-	obs := &observer{log: log, port: s.redisPort, passwords: rec.credentials, isPeer: rec.isPeer, out: obsCh, poke: rec.poke}
-	obs.beat.Store(time.Now().UnixNano())
+}
 
-	log.Info("starting", "version", version, "commit", commit, "pod", s.podName, "cluster", s.cluster,
+// start runs the loops, which stop when ctx ends, then serves HTTP. The
+// supervisor, which owns the slow part (a graceful stop), is waited for
+// apart, before HTTP goes away.
+func (m *manager) start(ctx context.Context) {
+	s := m.settings
+	m.log.Info("starting", "version", version, "commit", commit, "pod", s.podName, "cluster", s.cluster,
 		"clusterFile", s.clusterFile, "dataDir", s.dataDir, "redisPort", s.redisPort, "announceHost", s.announceHost, "pid", os.Getpid())
-
-	// The loops stop when ctx ends; the supervisor, which owns the slow
-	// part (a graceful stop), is waited for before HTTP goes away.
-	looping = true
-	var loops sync.WaitGroup
-	loops.Go(func() { source.run(ctx, news) })
-	loops.Go(func() { obs.run(ctx) })
-	loops.Go(func() { rec.run(ctx, news, obsCh) })
-	loops.Go(func() { runStatusWriter(ctx, log, rec.statuses, source.writeStatus) })
-	supDone := make(chan struct{})
-	go func() { sup.run(ctx); close(supDone) }()
-
-	upd := &updater{exe: exe, start: reaper.start, ctx: ctx, log: log, requests: make(chan upgradeRequest)}
-	hl := &health{rec: rec, sup: sup, obs: obs, source: source.heartbeat}
-	var srv *httpServer
-	srvErr := make(chan error, 1)
-	serve := func(ln net.Listener) {
-		srv = newHTTPServer(s, log, hl, tf, upd)
-		go func() { srvErr <- srv.serve(ln) }()
-	}
-	if inherited != nil {
+	m.loops.Go(func() { m.source.run(ctx, m.news) })
+	m.loops.Go(func() { m.obs.run(ctx) })
+	m.loops.Go(func() { m.rec.run(ctx, m.news, m.obs.out) })
+	m.loops.Go(func() { runStatusWriter(ctx, m.log, m.rec.statuses, m.source.writeStatus) })
+	go func() { m.sup.run(ctx); close(m.supDone) }()
+	if m.inherited != nil {
 		// Probes are answered from the first look at the adopted
 		// redis-server on: until then they wait in the listen queue.
 		select {
-		case <-rec.observed:
+		case <-m.rec.observed:
 		case <-time.After(2 * time.Second):
 		}
 	}
-	serve(ln)
-	if inherited != nil {
-		answerUpgrade(inherited, exeHash, log)
+	m.serveOn(m.ln)
+	if m.inherited != nil {
+		answerUpgrade(m.inherited, m.exeHash, m.log)
 	}
+}
 
-	err = nil
-wait:
+func (m *manager) serveOn(ln net.Listener) {
+	m.ln, m.srv = ln, newHTTPServer(m.api.routes(), m.log, m.tls)
+	srv := m.srv
+	go func() { m.srvErr <- srv.serve(ln) }()
+}
+
+// serve waits for a stop, a failure of HTTP, or an upgrade to exec.
+func (m *manager) serve(ctx context.Context, cancel context.CancelFunc) error {
 	for {
 		select {
 		case <-ctx.Done():
-			log.Info("stop requested")
-			break wait
-		case err = <-srvErr:
+			m.log.Info("stop requested")
+			return nil
+		case err := <-m.srvErr:
 			if errors.Is(err, errHandingOver) {
 				continue // an upgrade that did not take place; it serves again
 			}
-			log.Error("http server failed; stopping", "error", err)
+			m.log.Error("http server failed; stopping", "error", err)
 			cancel()
-			break wait
-		case req := <-upd.requests:
-			// Returns only when the exec did not happen.
-			next, uerr := execUpgrade(ctx, req, exe, s.dataDir, rec, sup, reaper, srv, ln)
-			upd.busy.Unlock()
-			if errors.Is(uerr, errStopping) {
-				log.Info("stop requested during an upgrade; the new binary runs at the next start")
-				break wait
+			if errors.Is(err, http.ErrServerClosed) {
+				return nil
 			}
-			log.Error("the upgrade did not take place", "error", uerr)
-			if next == nil {
-				cancel() // no listener left to serve on
-				err = uerr
-				break wait
-			}
-			if next != ln {
-				ln = next
-				serve(ln)
+			return err
+		case req := <-m.upd.requests:
+			if stop, err := m.upgrade(ctx, req); stop {
+				cancel()
+				return err
 			}
 		}
 	}
-	<-supDone
-	loops.Wait()
-	// The last word in the status: this instance is gone, not serving.
-	finalCtx, cancelFinal := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancelFinal()
-	if rec.haveView {
-		if err := source.writeStatus(finalCtx, rec.stopped("stopped")); err != nil {
-			log.Warn("cannot write the final status", "error", err)
+}
+
+// upgrade execs the new binary an upload brought; it returns only when the
+// exec did not happen, and says whether the manager must stop.
+func (m *manager) upgrade(ctx context.Context, req upgradeRequest) (stop bool, err error) {
+	next, err := execUpgrade(ctx, req, m.exe, m.settings.dataDir, m.rec, m.sup, m.reaper, m.srv, m.ln)
+	m.upd.busy.Unlock()
+	switch {
+	case errors.Is(err, errStopping):
+		m.log.Info("stop requested during an upgrade; the new binary runs at the next start")
+		return true, nil
+	case next == nil:
+		m.log.Error("the upgrade did not take place, and the listener is lost; stopping", "error", err)
+		return true, err
+	}
+	m.log.Error("the upgrade did not take place", "error", err)
+	if next != m.ln {
+		m.serveOn(next)
+	}
+	return false, nil
+}
+
+// stop waits for redis-server to stop and the loops to end, writes the last
+// word in the status (this instance is gone, not serving), and closes HTTP.
+func (m *manager) stop() {
+	<-m.supDone
+	m.loops.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if m.rec.haveView {
+		if err := m.source.writeStatus(ctx, m.rec.stopped("stopped")); err != nil {
+			m.log.Warn("cannot write the final status", "error", err)
 		}
 	}
-	srv.Shutdown(finalCtx)
-	log.Info("stopped")
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return err
+	m.srv.Shutdown(ctx)
+	m.stopReaping()
+	m.reaping.Wait()
+	m.log.Info("stopped")
 }
 
 func newLogger(format string, w io.Writer) *slog.Logger {
@@ -233,14 +284,10 @@ func newLogger(format string, w io.Writer) *slog.Logger {
 	return slog.New(h)
 }
 
-// executableHash is the SHA-256 of the running binary, to tell versions apart
-// even when two builds carry the same version string.
-func executableHash() (string, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return "", err
-	}
-	f, err := os.Open(self)
+// executableHash is the SHA-256 of the binary at path, to tell versions
+// apart even when two builds carry the same version string.
+func executableHash(path string) (string, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return "", err
 	}

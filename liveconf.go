@@ -22,6 +22,16 @@ import (
 // into one atomic CONFIG SET, and what Redis reads only at start waits for a
 // restart, named in pendingRestart.
 
+// liveState is what the running redis-server runs of the fragment, as the
+// reconciler brought it there.
+type liveState struct {
+	applied     confValues      // what the running redis-server runs of the fragment
+	appliedFor  time.Time       // the start of the redis-server applied describes
+	restartOnly map[string]bool // parameters Redis said it cannot change at run time
+	liveRefused string          // the last change Redis refused live
+	liveErr     string          // why
+}
+
 // confValues is a fragment's directives by name, each occurrence's
 // arguments in order.
 type confValues map[string][][]string
@@ -194,7 +204,7 @@ func (r *reconciler) setLive(wanted confValues, began time.Time) error {
 	if len(d.set) == 0 {
 		return nil
 	}
-	c, err := dialRedis(localAddr(r.settings.redisPort), r.credentials(), redisTimeout)
+	c, err := dialRedis(localAddr(r.settings.redisPort), r.creds.list(), redisTimeout)
 	if err != nil {
 		r.log.Warn("cannot apply the configuration live yet", "error", err)
 		return nil

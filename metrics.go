@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"runtime"
 	"strconv"
 	"strings"
@@ -18,6 +19,12 @@ import (
 // observer's INFO of each second and the manager's own counters. A scrape
 // never waits on Redis, however slow it is, and costs it nothing: the
 // INFO it shows was taken anyway.
+
+// metrics is GET /metrics.
+func (h *endpoints) metrics(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	w.Write(renderMetrics(h.rec.published.Load(), time.Now()))
+}
 
 // counts are the manager's counters; each is added to by the one goroutine
 // that does what it counts.

@@ -40,18 +40,25 @@ const (
 
 // observer owns the manager's connections to Redis for watching it.
 type observer struct {
-	log       *slog.Logger
-	port      int
-	passwords func() []string
-	isPeer    func(addr string) bool // whether the manager may dial addr: see reconciler.isPeer
-	out       chan<- *observation
-	poke      chan struct{} // look now: a role just changed
-	beat      atomic.Int64  // unix nanoseconds of the last poll
+	log   *slog.Logger
+	port  int
+	creds *credentials // what to offer, and to which primaries: see credentials.isPeer
+	out   chan *observation
+	poke  chan struct{} // look now: a role just changed
+	beat  atomic.Int64  // unix nanoseconds of the last poll
 
-	conn, primary         redis.Conn
-	primaryAddr           string
-	lastSuccess, lastPoll time.Time
+	conn, primary redis.Conn
+	primaryAddr   string
 }
+
+func newObserver(log *slog.Logger, port int, creds *credentials) *observer {
+	o := &observer{log: log, port: port, creds: creds, out: make(chan *observation, 1), poke: make(chan struct{}, 1)}
+	o.beat.Store(time.Now().UnixNano())
+	return o
+}
+
+// lookNow asks for a look at once; it never blocks.
+func (o *observer) lookNow() { offer(o.poke, struct{}{}) }
 
 func (o *observer) run(ctx context.Context) {
 	defer func() {
@@ -90,7 +97,7 @@ func (o *observer) run(ctx context.Context) {
 func (o *observer) poll() *observation {
 	obs := &observation{at: time.Now(), primaryOffset: -1}
 	if o.conn == nil {
-		c, err := dialRedis(localAddr(o.port), o.passwords(), redisTimeout)
+		c, err := dialRedis(localAddr(o.port), o.creds.list(), redisTimeout)
 		if err != nil {
 			obs.err = err
 			return obs
@@ -123,7 +130,7 @@ func (o *observer) poll() *observation {
 		return obs
 	}
 	obs.info = parseInfo(text)
-	if master := joinHostPort(obs.info["master_host"], obs.info["master_port"]); obs.role() == "slave" && obs.info["master_link_status"] == "up" && o.isPeer(master) {
+	if master := obs.info.masterAddr(); obs.role() == "slave" && obs.info["master_link_status"] == "up" && o.creds.isPeer(master) {
 		obs.primaryOffset = o.primaryOffset(master)
 	}
 	return obs
@@ -144,7 +151,7 @@ func (o *observer) primaryOffset(addr string) int64 {
 		o.primary = nil
 	}
 	if o.primary == nil {
-		c, err := dialRedis(addr, o.passwords(), redisTimeout)
+		c, err := dialRedis(addr, o.creds.list(), redisTimeout)
 		if err != nil {
 			o.log.Debug("cannot reach primary for its offset", "address", addr, "error", err)
 			return -1

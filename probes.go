@@ -1,7 +1,9 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
+	"net/http"
 	"time"
 )
 
@@ -33,15 +35,45 @@ const (
 	redisHung   = 30 * time.Second
 )
 
-type health struct {
-	rec    *reconciler
-	sup    *supervisor
-	obs    *observer
-	source func() time.Time
+// healthz is the liveness probe: it fails only when the manager itself is
+// stuck, or redis-server is hung, for the kubelet then restarts the pod.
+func (h *endpoints) healthz(w http.ResponseWriter, r *http.Request) {
+	if p := h.problem(); p != "" {
+		writeJSON(w, http.StatusInternalServerError, map[string]any{"healthy": false, "reason": p})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"healthy": true})
+}
+
+// readyz is the readiness probe: the contract's rule (readiness), as the
+// reconciler last published it.
+func (h *endpoints) readyz(w http.ResponseWriter, r *http.Request) {
+	ps := h.rec.published.Load()
+	if !ps.ready {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reason": ps.reason})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ready": true, "role": ps.status.Role})
+}
+
+// startupz is the startup probe: it holds the liveness probe off while
+// redis-server loads its dataset, however long that takes, and says how far
+// it got.
+func (h *endpoints) startupz(w http.ResponseWriter, r *http.Request) {
+	ps := h.rec.published.Load()
+	if !ps.started {
+		body := map[string]any{"started": false, "reason": ps.startupReason}
+		if ps.startupReason == "redis-server is loading its dataset" {
+			body["loading"], body["loadedPercent"], body["etaSeconds"] = true, ps.loadedPercent, ps.etaSeconds
+		}
+		writeJSON(w, http.StatusServiceUnavailable, body)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"started": true})
 }
 
 // problem says why the manager is not alive, or "" when it is.
-func (h *health) problem() string {
+func (h *endpoints) problem() string {
 	now := time.Now()
 	sup := h.sup.snapshot()
 	for _, l := range []struct {
@@ -69,6 +101,58 @@ func (h *health) problem() string {
 	return ""
 }
 
+// probes is what the probes say, from what the reconciler holds: r.wanted
+// rather than sup.wanted, for the supervisor may not have heard yet.
+func (r *reconciler) probes(sup supervisorState, obs *observation, crashed string) *probeState {
+	ps := &probeState{lastAnswer: r.lastAnswer}
+	switch {
+	case !r.haveView:
+		ps.reason = "waiting for the RedisCluster " + r.settings.cluster
+		ps.startupReason = ps.reason
+	case r.fenced:
+		ps.reason = "fenced by the " + fencedAnnotation + " annotation"
+		ps.started = true
+	case !r.wanted:
+		ps.reason, ps.started = r.stoppedReason(), true
+		if r.restoreJob != nil {
+			ps.started, ps.startupReason = false, ps.reason
+		}
+	case !sup.running && !sup.retryAt.IsZero():
+		ps.reason = cmp.Or(crashed, sup.lastExit)
+		ps.startupReason = ps.reason
+	case !sup.running:
+		ps.reason, ps.startupReason = "redis-server is starting", "redis-server is starting"
+	default:
+		ps.ready, ps.reason = readiness(obs, r.role, r.view.cluster.Spec.Replication.MaxLagBytes)
+		switch {
+		case obs == nil || obs.err != nil:
+			ps.startupReason = "redis-server does not answer yet"
+		case obs.loading():
+			ps.startupReason = "redis-server is loading its dataset"
+			ps.loadedPercent = obs.info.float("loading_loaded_perc")
+			ps.etaSeconds = obs.info.int("loading_eta_seconds")
+		default:
+			ps.started = true
+		}
+	}
+	return ps
+}
+
+// stoppedReason says why redis-server is not wanted, but for a fence.
+func (r *reconciler) stoppedReason() string {
+	switch {
+	case r.restoreJob != nil:
+		return "restoring the dataset from backup: " + r.restoreJob.progress()
+	case r.restoreErr != "":
+		return r.restoreErr
+	case r.guardErr != "":
+		return r.guardErr
+	case !r.fragmentOK:
+		return "no valid redis.conf fragment yet: " + r.confErr
+	}
+	return fmt.Sprintf("waiting for the target primary %s to publish its address", r.role.target)
+}
+
 // readiness applies the contract's /readyz rule to the latest observation.
 func readiness(obs *observation, want desiredRole, maxLagBytes int64) (bool, string) {
 	switch {
@@ -92,7 +176,7 @@ func readiness(obs *observation, want desiredRole, maxLagBytes int64) (bool, str
 		return false, fmt.Sprintf("the target primary %s is fenced", want.target)
 	case obs.role() != "slave":
 		return false, fmt.Sprintf("this instance must replicate from %s but runs as %s", want.target, obs.role())
-	case want.replicaOf != "" && joinHostPort(obs.info["master_host"], obs.info["master_port"]) != canonicalAddr(want.replicaOf):
+	case want.replicaOf != "" && obs.info.masterAddr() != canonicalAddr(want.replicaOf):
 		return false, fmt.Sprintf("replicating from %s:%s, not from %s at %s", obs.info["master_host"], obs.info["master_port"], want.target, want.replicaOf)
 	case obs.info["master_link_status"] != "up":
 		return false, "replication link to the primary is down"

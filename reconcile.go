@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -22,158 +23,192 @@ type redisProcess interface {
 	snapshot() supervisorState
 }
 
-// reconciler owns the desired configuration and this pod's status.
+// reconcilerDeps are what the reconciler drives and shares, made before it.
+type reconcilerDeps struct {
+	sup         redisProcess
+	creds       *credentials  // what every goroutine that dials Redis offers, and to whom
+	primaryKeys *atomic.Int64 // keys held while the primary, for the supervisor's restart guard
+	lookNow     func()        // asks the observer for a look at Redis now
+	// checkConfig is redis-server's own verdict on a fragment; nil in unit
+	// tests, which take what the manager's own rules take.
+	checkConfig func([]directive) error
+	restore     restoreFunc  // fetches, checks and places a backup; nil in unit tests
+	handover    handoverFunc // moves the primary role; nil for the real one
+	exeHash     string
+}
+
+// reconciler owns the desired state of this pod and its status. Its state
+// is grouped by concern, each group declared in the file of that concern.
 type reconciler struct {
 	log      *slog.Logger
 	settings *settings
-	sup      redisProcess
-	statuses chan statusUpdate // to the status writer; the latest wins
-	exeHash  string
+	reconcilerDeps
 
-	published   atomic.Pointer[probeState]
-	beat        atomic.Int64
-	primaryKeys atomic.Int64 // keys held while the primary, for the supervisor's restart guard
+	beat   atomic.Int64       // the loop is alive, for /healthz: touched before each step
+	pauses chan chan struct{} // an upgrade holds the loop still
+	jobs   sync.WaitGroup     // restores and handovers under way, joined when run ends
+	began  time.Time
 
-	view          clusterView
-	haveView      bool
-	checkConfig   func([]directive) error // redis-server's own verdict on a fragment; nil in unit tests
-	fragment      []directive             // the last good fragment
-	fragmentOK    bool                    // there is one
-	fragmentText  string                  // the text it was read from
-	refusedText   string                  // the last fragment text refused
-	checkedAt     time.Time               // of the last fragment checked
-	retryFragment bool                    // it was not refused but could not be checked: try again
-	wantedValues  confValues              // the fragment's values
-	applied       confValues              // what the running redis-server runs of it
-	appliedFor    time.Time               // the start of the redis-server applied describes
-	restartOnly   map[string]bool         // parameters Redis said it cannot change at run time
-	liveRefused   string                  // the last change Redis refused live
-	liveErr       string                  // why
-	auth          authState
-	authErr       string                          // why the password could not be rotated
-	authWait      string                          // the replica a rotation waits for
-	creds         atomic.Pointer[[]string]        // passwords to offer redis-server, for every goroutine
-	peers         atomic.Pointer[map[string]bool] // the other instances' addresses: see isPeer
-	fenced        bool
-	wanted        bool // redis-server should run
-	role          desiredRole
-	conf          string // redis.conf as last written
-	viewErr       string // the source's latest complaint
-	viewSeq       uint64 // of the latest view applied
-	errSeq        uint64 // of the latest complaint
-	confErr       string // why the latest fragment was refused
-	writeErr      string // why redis.conf could not be written
-	fenceErr      string // why the latest fence annotation was refused
-	roleErr       string // why the role could not be made right
-	guardErr      string // why redis-server may not start
-	restorer      *restorer
-	restores      chan restoreResult
-	restoreJob    *restoreJob // the restore under way, or abandoned and not yet ended
-	restoreDone   restoreSpec // the backup restored, or found not needed
-	restoreErr    string      // why the last attempt failed
-	restoreFailed restoreSpec // the backup it failed for
-	restoreFails  int
-	restoreRetry  time.Time
-	heldKeys      int64         // keys this instance last held: seen, or from its entry of before
-	lostSince     time.Time     // when the old primary was first found gone
-	demoteSince   time.Time     // when this master first found it is not the target
-	stuckAt       int64         // the replica\'s offset, while it stands still
-	stuckSince    time.Time     // since when it has
-	poke          chan struct{} // asks the observer to look now
-	pauses        chan chan struct{}
-	observed      chan struct{} // closed once a state with a view and a look at Redis is published
-	observedSent  bool
-	began         time.Time
-	adopted       bool // redis-server was inherited: no status before that look
-	fenceKnown    bool // fenced was inherited too, a malformed annotation notwithstanding
-	obs           *observation
-	lastAnswer    time.Time
-	written       instanceStatus
-	writtenAt     time.Time
+	view       clusterView
+	haveView   bool
+	viewErr    string // the source's latest complaint
+	viewSeq    uint64 // of the latest view applied
+	errSeq     uint64 // of the latest complaint
+	conf       string // redis.conf as last written
+	writeErr   string // why redis.conf could not be written
+	fenced     bool
+	fenceErr   string // why the latest fence annotation was refused
+	fenceKnown bool   // fenced was inherited, a malformed annotation notwithstanding
+	wanted     bool   // redis-server should run
+	guardErr   string // why redis-server may not start
+	adopted    bool   // redis-server was inherited: no status before the first look at it
+	obs        *observation
+	lastAnswer time.Time // redis-server last answered INFO
+	heldKeys   int64     // keys this instance last held: seen, or from its entry of before
+
+	fragmentState // confcheck.go
+	liveState     // liveconf.go
+	authStatus    // auth.go
+	roleState     // role.go
+	restoreState  // restore.go
+	statusState   // status.go
 }
 
-func newReconciler(r *reconciler) *reconciler {
-	r.statuses = make(chan statusUpdate, 1)
-	r.pauses = make(chan chan struct{})
-	r.began = time.Now()
-	r.observed = make(chan struct{})
-	r.restores = make(chan restoreResult, 1)
-	r.fragment, r.fragmentOK = previousFragment(r.settings.confPath())
+func newReconciler(s *settings, log *slog.Logger, deps reconcilerDeps) *reconciler {
+	if deps.handover == nil {
+		deps.handover = handover
+	}
+	r := &reconciler{log: log, settings: s, reconcilerDeps: deps, pauses: make(chan chan struct{}), began: time.Now()}
+	r.fragment, r.fragmentOK = previousFragment(s.confPath())
 	r.wantedValues, r.restartOnly = valuesOf(r.fragment), map[string]bool{}
-	r.creds.Store(&[]string{})
-	r.peers.Store(&map[string]bool{})
+	r.handovers = make(chan handoverResult, 1)
+	r.restores = make(chan restoreResult, 1)
+	r.restoreWait = backoff{min: restoreBackoff, max: 5 * time.Minute}
+	r.statuses = make(chan statusUpdate, 1)
+	r.observed = make(chan struct{})
 	r.published.Store(&probeState{reason: "starting", startupReason: "starting"})
-	r.beat.Store(time.Now().UnixNano())
+	r.touch()
 	return r
 }
 
 // run reacts to the source, to Redis, and to time until ctx ends. Nothing
 // starts before the first view of the cluster: nothing starts on a guess.
+// Every step is bounded (a fragment check, an RDB's checksum, a dial: a
+// few seconds at most), and what may take longer (a restore, a handover)
+// runs on a goroutine of its own, whose end comes back here.
 func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *observation) {
 	// The observer's looks, at least one a second, are what moves the
 	// reconciler; the tick only keeps it beating should they stop, and
 	// costs an idle pod a wakeup each time.
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
+	defer r.stopping()
 	for {
 		r.publish()
+		pauses := r.pauses
+		if r.handing {
+			pauses = nil // an upgrade waits for the handover to end
+		}
 		select {
 		case <-ctx.Done():
-			if r.restoreJob != nil {
-				r.restoreJob.cancel() // what it leaves, the next start removes
-			}
-			r.stopped("stopping")
 			return
-		case res := <-r.restores:
-			r.restoreEnded(res)
-		case resume := <-r.pauses:
+		case resume := <-pauses:
 			<-resume
+		case res := <-r.restores:
+			r.steps(func() { r.restoreEnded(res) })
+		case res := <-r.handovers:
+			r.steps(func() { r.handoverEnded(res) }, r.enforceRole)
 		case v := <-f.views:
-			if v.seq > r.errSeq {
-				r.viewErr = "" // the complaint is older than this view
-			}
-			r.viewSeq = v.seq
-			r.applyView(v)
-			if r.obs != nil && r.obs.err != nil {
-				r.pokeObserver() // it may have lacked the password the view brought
-			}
-			r.enforceRole()
-			r.rotateAuth()
+			r.steps(func() { r.takeView(v) }, r.enforceRole, r.rotateAuth)
 		case e := <-f.errs:
-			if e.seq < r.viewSeq {
-				break // a newer view already came
-			}
-			r.errSeq = e.seq
-			if msg := e.err.Error(); msg != r.viewErr {
-				r.log.Error("cannot use the cluster's new state; keeping the last good one", "error", e.err)
-				r.viewErr = msg
-			}
+			r.takeSourceError(e)
 		case o := <-observations:
-			r.obs = o
-			if o.err == nil {
-				r.lastAnswer = o.at
-				if !o.loading() {
-					r.heldKeys = o.info.keys()
-				}
-			}
-			if r.retryFragment && time.Since(r.checkedAt) >= probeEvery {
-				r.applyView(r.view) // its fragment could not be checked
-			}
-			r.retryRestore()
-			r.enforceRole()
-			r.syncLive()
-			r.rotateAuth()
+			r.steps(func() { r.takeObservation(o) }, r.retryFragmentCheck, r.retryRestore, r.enforceRole, r.syncLive, r.rotateAuth)
 		case <-tick.C:
-			r.retryRestore()
-			if r.guardErr != "" {
-				r.applyView(r.view) // what the guard refused may have been put right on disk
-			}
+			r.steps(r.retryRestore, r.retryGuard)
 		}
 	}
 }
 
-// applyView renders redis.conf for the new view. A refused fragment keeps
-// the last good one in force but does not hold up what else changed.
+// steps runs the steps of one turn of the loop, each after a beat: the
+// liveness probe measures a step, not a turn, and no step is long.
+func (r *reconciler) steps(steps ...func()) {
+	for _, step := range steps {
+		r.touch()
+		step()
+	}
+}
+
+func (r *reconciler) touch() { r.beat.Store(time.Now().UnixNano()) }
+
+// stopping ends run: the restore and the handover under way are let go,
+// and waited for a little, so that what they leave is removed by them
+// rather than by the next start.
+func (r *reconciler) stopping() {
+	if r.restoreJob != nil {
+		r.restoreJob.cancel()
+	}
+	joined := make(chan struct{})
+	go func() { r.jobs.Wait(); close(joined) }()
+	select {
+	case <-joined:
+	case <-time.After(jobsJoinTimeout):
+		r.log.Warn("a restore or a handover did not end in time; leaving it")
+	}
+	r.stopped("stopping")
+}
+
+// jobsJoinTimeout bounds the wait for a restore or handover at a stop;
+// both end within a second of being cancelled.
+const jobsJoinTimeout = 5 * time.Second
+
+// takeView applies a view of the cluster from the source.
+func (r *reconciler) takeView(v clusterView) {
+	if v.seq > r.errSeq {
+		r.viewErr = "" // the complaint is older than this view
+	}
+	r.viewSeq = v.seq
+	r.applyView(v)
+	if r.obs != nil && r.obs.err != nil {
+		r.pokeObserver() // it may have lacked the password the view brought
+	}
+}
+
+// takeSourceError records the source's complaint, unless a newer view
+// came: the last good view stays in force.
+func (r *reconciler) takeSourceError(e sourceError) {
+	if e.seq < r.viewSeq {
+		return
+	}
+	r.errSeq = e.seq
+	if msg := e.err.Error(); msg != r.viewErr {
+		r.log.Error("cannot use the cluster's new state; keeping the last good one", "error", e.err)
+		r.viewErr = msg
+	}
+}
+
+// takeObservation takes a look at Redis.
+func (r *reconciler) takeObservation(o *observation) {
+	r.obs = o
+	if o.err == nil {
+		r.lastAnswer = o.at
+		if !o.loading() {
+			r.heldKeys = o.info.keys()
+		}
+	}
+}
+
+// retryGuard applies the view again while a guard keeps redis-server
+// stopped: what it refused may have been put right on disk.
+func (r *reconciler) retryGuard() {
+	if r.guardErr != "" {
+		r.applyView(r.view)
+	}
+}
+
+// applyView renders redis.conf for the new view, and decides whether
+// redis-server runs. A refused fragment keeps the last good one in force
+// but does not hold up what else changed; a fence holds whatever fails.
 func (r *reconciler) applyView(v clusterView) {
 	defer func() { r.haveView = true }()
 	if !r.haveView {
@@ -186,24 +221,9 @@ func (r *reconciler) applyView(v clusterView) {
 	}
 	r.view = v
 	r.publishCredentials()
-	r.publishPeers(&v.cluster)
+	r.creds.setPeers(&v.cluster, r.settings.podName)
 	r.takeFragment(v.fragment)
-	if fenced, err := isFenced(v.cluster.Metadata.Annotations, r.settings.podName); err != nil {
-		if !r.haveView && !r.fenceKnown {
-			// Nothing to keep as it was: the pod may well be meant to be
-			// fenced, so redis-server stays stopped until it parses.
-			r.fenced = true
-		}
-		if r.fenceErr != err.Error() {
-			r.log.Error("ignoring a malformed fence annotation; fencing stays as it was", "error", err, "fenced", r.fenced)
-		}
-		r.fenceErr = err.Error()
-	} else {
-		if fenced != r.fenced {
-			r.log.Info("fencing changed", "fenced", fenced)
-		}
-		r.fenced, r.fenceErr = fenced, ""
-	}
+	r.takeFencing(v.cluster.Metadata.Annotations)
 	r.role = roleFor(&v.cluster, r.settings.podName)
 	if r.fenced {
 		r.setWanted(false) // whatever fails below, a fence holds
@@ -212,12 +232,48 @@ func (r *reconciler) applyView(v clusterView) {
 		r.setWanted(false) // never a configuration we did not check
 		return
 	}
+	if !r.writeConf() {
+		return
+	}
+	waiting := !r.role.primary && r.role.replicaOf == ""
+	if waiting && !r.fenced && r.wanted {
+		r.log.Info("waiting for the target primary to publish its address", "targetPrimary", r.role.target)
+	}
+	guard, restoring := r.mayStart()
+	r.setWanted(!r.fenced && !waiting && guard == "" && !restoring)
+}
+
+// takeFencing reads the fence annotation. A malformed one leaves fencing
+// as it was; at the first view, with nothing to keep, it fences.
+func (r *reconciler) takeFencing(annotations map[string]string) {
+	fenced, err := isFenced(annotations, r.settings.podName)
+	if err != nil {
+		if !r.haveView && !r.fenceKnown {
+			// The pod may well be meant to be fenced, so redis-server
+			// stays stopped until it parses.
+			r.fenced = true
+		}
+		if r.fenceErr != err.Error() {
+			r.log.Error("ignoring a malformed fence annotation; fencing stays as it was", "error", err, "fenced", r.fenced)
+		}
+		r.fenceErr = err.Error()
+		return
+	}
+	if fenced != r.fenced {
+		r.log.Info("fencing changed", "fenced", fenced)
+	}
+	r.fenced, r.fenceErr = fenced, ""
+}
+
+// writeConf writes redis.conf for the accepted fragment and this pod, and
+// says whether it holds what it should.
+func (r *reconciler) writeConf() bool {
 	conf, err := renderConfig(r.fragment, podConfig{
 		dataDir:      r.settings.dataDir,
 		port:         r.settings.redisPort,
 		announceHost: r.settings.announceHost,
 		replicaOf:    r.role.replicaOf,
-		password:     v.password,
+		password:     r.view.password,
 	})
 	if err == nil && conf != r.conf {
 		err = writeFileAtomic(r.settings.confPath(), []byte(conf), 0o600)
@@ -231,16 +287,16 @@ func (r *reconciler) applyView(v clusterView) {
 			r.log.Error("cannot write redis.conf", "error", err)
 		}
 		r.writeErr = err.Error()
-		return
+		return false
 	}
 	r.writeErr = ""
-	waiting := !r.role.primary && r.role.replicaOf == ""
-	if waiting && !r.fenced && r.wanted {
-		r.log.Info("waiting for the target primary to publish its address", "targetPrimary", r.role.target)
-	}
-	// The guard decides a start only: a running server has the run-time
-	// guards of enforceRole.
-	guard, restoring := "", false
+	return true
+}
+
+// mayStart says, while redis-server does not run, why it must not start
+// (the guard), or whether it waits for a restore. A running server has the
+// run-time guards of enforceRole instead.
+func (r *reconciler) mayStart() (guard string, restoring bool) {
 	if !r.sup.snapshot().running {
 		guard = r.startGuard()
 		if guard == "" {
@@ -254,7 +310,7 @@ func (r *reconciler) applyView(v clusterView) {
 		r.log.Error("not starting redis-server", "reason", guard)
 	}
 	r.guardErr = guard
-	r.setWanted(!r.fenced && !waiting && guard == "" && !restoring)
+	return guard, restoring
 }
 
 // startGuard says why redis-server must not start now, or "": as the
@@ -302,7 +358,7 @@ func (r *reconciler) setWanted(run bool) {
 
 // pause holds the reconciler still, between two of its steps, until the
 // returned function is called: an upgrade writes the state down meanwhile.
-// It waits at most wait for a step (a handover, say) to end.
+// It waits at most wait for a step, or a handover, to end.
 func (r *reconciler) pause(ctx context.Context, wait time.Duration) (func(), bool) {
 	resume := make(chan struct{})
 	select {
@@ -315,7 +371,7 @@ func (r *reconciler) pause(ctx context.Context, wait time.Duration) (func(), boo
 }
 
 func (r *reconciler) pokeObserver() {
-	if r.poke != nil {
-		offer(r.poke, struct{}{})
+	if r.lookNow != nil {
+		r.lookNow()
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"syscall"
@@ -144,18 +145,15 @@ func splitHostPort(addr string) (host, port string, err error) {
 	return host, port, nil
 }
 
-func joinHostPort(host, port string) string {
-	if strings.Contains(host, ":") {
-		return "[" + host + "]:" + port
-	}
-	return host + ":" + port
-}
+// masterAddr is the address of the master a replica follows, as INFO
+// gives it: net.JoinHostPort of master_host and master_port.
+func (i redisInfo) masterAddr() string { return net.JoinHostPort(i["master_host"], i["master_port"]) }
 
-// canonicalAddr writes a host:port the way joinHostPort() does, for comparison.
+// canonicalAddr writes a host:port as net.JoinHostPort does, for comparison.
 func canonicalAddr(addr string) string {
 	host, port, err := splitHostPort(addr)
 	if err != nil {
 		return addr
 	}
-	return joinHostPort(host, port)
+	return net.JoinHostPort(host, port)
 }

@@ -242,7 +242,7 @@ func followPrimary(addr string, passwords []string, obs *observation, want desir
 	if want.primary || want.replicaOf == "" || obs == nil || obs.err != nil || obs.role() != "slave" {
 		return false, nil
 	}
-	if joinHostPort(obs.info["master_host"], obs.info["master_port"]) == canonicalAddr(want.replicaOf) {
+	if obs.info.masterAddr() == canonicalAddr(want.replicaOf) {
 		return false, nil
 	}
 	host, port, err := splitHostPort(want.replicaOf)

@@ -36,6 +36,23 @@ import (
 	"time"
 )
 
+// restoreState is the reconciler's part of restoring: the job under way,
+// and how the last ones went.
+type restoreState struct {
+	restores      chan restoreResult
+	restoreJob    *restoreJob // the restore under way, or abandoned and not yet ended
+	restoreDone   restoreSpec // the backup restored, or found not needed
+	restoreErr    string      // why the last attempt failed
+	restoreFailed restoreSpec // the backup it failed for
+	restoreFails  int
+	restoreRetry  time.Time // when to try it again
+	restoreWait   backoff
+}
+
+// restoreFunc fetches, checks and places a job's backup, and says how many
+// keys it holds: restorer.run.
+type restoreFunc func(ctx context.Context, job *restoreJob) (int64, error)
+
 // bootstrap restores spec.bootstrap.restore for the primary when its data
 // directory holds no dataset, and says whether redis-server must wait for
 // it. Replicas copy the primary instead. It is called only while
@@ -61,6 +78,7 @@ func (r *reconciler) bootstrap() bool {
 	}
 	if *spec != r.restoreFailed {
 		r.restoreFails, r.restoreRetry = 0, time.Time{} // a new backup is tried at once
+		r.restoreWait.reset()
 	}
 	if err := spec.check(); err != nil {
 		if err.Error() != r.restoreErr {
@@ -77,11 +95,14 @@ func (r *reconciler) bootstrap() bool {
 	job.total.Store(-1)
 	r.restoreJob = job
 	r.log.Info("restoring the dataset from backup", "url", redactURL(spec.URL), "sha256", spec.SHA256)
-	go func() {
-		keys, err := r.restorer.run(ctx, job)
-		cancel()
-		r.restores <- restoreResult{job: job, keys: keys, err: err}
-	}()
+	r.jobs.Go(func() {
+		defer cancel()
+		keys, err := r.restore(ctx, job)
+		select {
+		case r.restores <- restoreResult{job: job, keys: keys, err: err}:
+		case <-ctx.Done(): // abandoned, or the manager stops: no one waits for it
+		}
+	})
 	return true
 }
 
@@ -109,11 +130,12 @@ func (r *reconciler) restoreEnded(res restoreResult) {
 	switch {
 	case res.err == nil:
 		r.restoreDone, r.restoreErr, r.restoreFails, r.restoreRetry = res.job.spec, "", 0, time.Time{}
+		r.restoreWait.reset()
 		r.log.Info("restored the dataset from backup", "url", redactURL(res.job.spec.URL), "bytes", res.job.got.Load(),
 			"keys", res.keys, "seconds", time.Since(res.job.began).Seconds())
 	default:
 		r.restoreFails++
-		wait := min(restoreBackoff<<min(r.restoreFails-1, 10), 5*time.Minute)
+		wait := r.restoreWait.next()
 		r.restoreFailed, r.restoreRetry = res.job.spec, time.Now().Add(wait)
 		r.restoreErr = fmt.Sprintf("restoring from backup failed (attempt %d; the next in %s): %v", r.restoreFails, wait, res.err)
 		attrs := []any{"url", redactURL(res.job.spec.URL), "error", res.err, "attempt", r.restoreFails, "retryIn", wait.String()}
@@ -133,7 +155,7 @@ func (r *reconciler) retryRestore() {
 }
 
 // restoreBackoff is the wait after a first failed restore, doubled after
-// each further one.
+// each further one, up to five minutes.
 const restoreBackoff = 5 * time.Second
 
 // restoreSpec is spec.bootstrap.restore.
@@ -247,6 +269,10 @@ type restorer struct {
 	stall            time.Duration // a download that receives nothing for this long is abandoned
 	forbidden        []string      // files no backup may be read from: see openFile
 	log              *slog.Logger
+}
+
+func newRestorer(s *settings, start startFunc, log *slog.Logger) *restorer {
+	return &restorer{dir: s.dataDir, redisServer: s.redisServer, start: start, stall: s.restoreStall, forbidden: ownFiles(s), log: log}
 }
 
 // restoreTempPrefix starts the names of a restore's temp directories in

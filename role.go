@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"time"
@@ -51,6 +52,41 @@ func roleFor(rc *redisCluster, pod string) desiredRole {
 	return desiredRole{target: target, targetFenced: fenced, replicaOf: rc.Status.InstancesStatus[target].Address}
 }
 
+// roleState is the reconciler's part of the role: what it must be, and
+// how making it so goes.
+type roleState struct {
+	role        desiredRole
+	roleErr     string    // why the role could not be made right
+	lostSince   time.Time // when the old primary was first found gone
+	demoteSince time.Time // when this master first found it is not the target
+	stuckAt     int64     // the replica's offset, while it stands still
+	stuckSince  time.Time // since when it has
+	handing     bool      // a handover runs, on a goroutine of its own
+	handovers   chan handoverResult
+}
+
+// handoverFunc moves the primary role from old to new: handover.
+type handoverFunc func(old, new redisNode, passwords []string) error
+
+// A handover is the only step of the role that may take long: it waits for
+// the old primary (a dead one, up to oldPrimaryTimeout a step) and for the
+// new one to catch up. It runs on a goroutine of its own, so that the
+// reconciler goes on meanwhile: a fence, a new view or a stop is never held
+// up behind it. One runs at a time; its end comes back to the loop.
+type handoverResult struct {
+	kind handoverKind
+	peer string // the old primary taken over from, the master demoted, or the target handed to
+	err  error
+}
+
+type handoverKind int
+
+const (
+	takingOver    handoverKind = iota // the target takes the role from its master
+	demotingOther                     // the primary demotes a second master
+	handingOff                        // a master that is not the target hands the role over
+)
+
 // enforceRole brings the local redis-server to the role the object gives
 // it: the target takes the primary role over (or fails over to itself once
 // the old primary has been gone for the failover window), a master that is
@@ -59,128 +95,178 @@ func roleFor(rc *redisCluster, pod string) desiredRole {
 func (r *reconciler) enforceRole() {
 	sup := r.sup.snapshot()
 	obs := r.obs
-	if !r.wanted || !sup.running || obs == nil || obs.err != nil || obs.loading() || obs.at.Before(sup.startedAt) {
+	if r.handing || !r.wanted || !sup.running || obs == nil || obs.err != nil || obs.loading() || obs.at.Before(sup.startedAt) {
 		return
 	}
-	me := redisNode{dial: localAddr(r.settings.redisPort), announce: joinHostPort(r.settings.announceHost, fmt.Sprint(r.settings.redisPort))}
 	if r.role.primary || obs.role() != "master" {
 		r.demoteSince = time.Time{} // the grace is for one stay as a master that is not the target
 	}
 	switch {
 	case r.role.primary && obs.role() == "slave":
-		master := joinHostPort(obs.info["master_host"], obs.info["master_port"])
-		err := errOldNotMaster // it follows no instance of the cluster: see isPeer
-		if r.isPeer(master) {
-			err = handover(redisNode{dial: master, announce: master}, me, r.credentials())
+		r.takeOver(obs.info.masterAddr())
+	case r.role.primary && obs.role() == "master":
+		r.stayTheOnlyMaster()
+	case !r.role.primary && obs.role() == "master":
+		r.handOff()
+	default:
+		r.followTarget(obs)
+	}
+}
+
+// me is this instance as a handover reaches it.
+func (r *reconciler) me() redisNode {
+	return redisNode{dial: localAddr(r.settings.redisPort), announce: r.settings.announceAddr()}
+}
+
+// startHandover runs work on a goroutine of its own.
+func (r *reconciler) startHandover(work func() handoverResult) {
+	r.handing = true
+	r.jobs.Go(func() { r.handovers <- work() })
+}
+
+// takeOver has the target take the primary role from the master it
+// follows; when that one is no master (the role moved on meanwhile, a
+// quick double move) or is no instance of the cluster (see isPeer), from
+// whoever holds it. When no one does, the role is lost, as if its holder
+// were gone: the failover window decides.
+func (r *reconciler) takeOver(master string) {
+	me, creds, holder, known := r.me(), r.creds.list(), r.masterElsewhere(), r.creds.isPeer(master)
+	r.startHandover(func() handoverResult {
+		from, err := master, errOldNotMaster
+		if known {
+			err = r.handover(redisNode{dial: master, announce: master}, me, creds)
 		}
 		if errors.Is(err, errOldNotMaster) {
-			// The primary role moved on while this one followed the old
-			// holder (a quick double move), or it follows an address no
-			// instance publishes: take it from whoever holds it. When no
-			// one does, the role is lost, as if its holder were gone: the
-			// failover window decides.
-			if holder := r.masterElsewhere(); holder != "" {
-				master = holder
-				err = handover(redisNode{dial: holder, announce: holder}, me, r.credentials())
-			} else {
-				err = fmt.Errorf("%w: no instance runs as master", errUnreachable)
+			from, err = holder, fmt.Errorf("%w: no instance runs as master", errUnreachable)
+			if holder != "" {
+				err = r.handover(redisNode{dial: holder, announce: holder}, me, creds)
 			}
 		}
-		switch {
-		case err == nil:
-			r.log.Info("took over the primary role", "from", master)
-			r.lostSince, r.roleErr = time.Time{}, ""
-			r.pokeObserver()
-		case errors.Is(err, errUnreachable):
-			// Fail over once it has been gone, without a single answer in
-			// between, for the failover window.
-			if r.lostSince.IsZero() {
-				r.lostSince = time.Now()
-				r.log.Warn("the old primary does not answer; failing over if it stays away", "from", master, "window", r.settings.failoverTimeout.String(), "error", err)
-			}
-			if time.Since(r.lostSince) < r.settings.failoverTimeout {
-				return
-			}
-			if holder, n := r.dataElsewhere(); obs.info.keys() == 0 && n > 0 {
-				r.roleFailed("refusing to fail over to this instance", fmt.Errorf("%w: it holds no key while %s reported %d", errEmptyPrimary, holder, n))
-				return
-			}
-			if err := promote(me.dial, r.credentials()); err != nil {
-				r.roleFailed("cannot promote this instance", err)
-				return
-			}
-			r.log.Warn("failed over: promoted this instance", "oldPrimary", master, "goneFor", time.Since(r.lostSince).Round(time.Millisecond).String())
-			r.lostSince, r.roleErr = time.Time{}, ""
-			r.pokeObserver()
-		default:
-			r.lostSince = time.Time{} // it answered, or may yet: no failover
-			r.roleFailed("cannot take over the primary role from "+master, err)
-		}
-	case r.role.primary && obs.role() == "master":
-		// The primary also makes sure it is the only master: an old one
-		// whose manager cannot see the new target would take writes again
-		// once its pause ran out.
-		other := r.masterElsewhere()
-		if other == "" || !isMaster(other, r.credentials()) {
-			r.lostSince, r.roleErr = time.Time{}, ""
-			return
-		}
-		if err := handover(redisNode{dial: other, announce: other}, me, r.credentials()); err != nil {
-			r.roleFailed("cannot demote the other master at "+other, err)
-			return
-		}
-		r.log.Warn("demoted another master", "address", other)
+		return handoverResult{kind: takingOver, peer: cmp.Or(from, master), err: err}
+	})
+}
+
+// stayTheOnlyMaster has the primary make sure it is the only master: an
+// old one whose manager cannot see the new target would take writes again
+// once its pause ran out.
+func (r *reconciler) stayTheOnlyMaster() {
+	other := r.masterElsewhere()
+	if other == "" || !isMaster(other, r.creds.list()) {
+		r.lostSince, r.roleErr = time.Time{}, ""
+		return
+	}
+	me, creds := r.me(), r.creds.list()
+	r.startHandover(func() handoverResult {
+		return handoverResult{kind: demotingOther, peer: other, err: r.handover(redisNode{dial: other, announce: other}, me, creds)}
+	})
+}
+
+// handOff is a master that is not the target: no write may be taken here.
+// The target's manager normally takes the role over at once; this side
+// steps in only after handoverGrace, so the two do not race.
+func (r *reconciler) handOff() {
+	if r.role.replicaOf != "" && r.demoteSince.IsZero() {
+		r.demoteSince = time.Now()
+	}
+	if r.role.replicaOf == "" || time.Since(r.demoteSince) < handoverGrace {
+		r.holdWrites()
+		return
+	}
+	me, creds, target := r.me(), r.creds.list(), r.role.replicaOf
+	r.startHandover(func() handoverResult {
+		return handoverResult{kind: handingOff, peer: target, err: r.handover(me, redisNode{dial: target, announce: target}, creds)}
+	})
+}
+
+// holdWrites keeps a master that is not the target from taking writes.
+func (r *reconciler) holdWrites() {
+	if err := pauseWrites(localAddr(r.settings.redisPort), r.creds.list()); err != nil {
+		r.roleFailed("cannot stop writes on this master, which is not the target", err)
+	}
+}
+
+// handoverEnded takes the end of a handover.
+func (r *reconciler) handoverEnded(res handoverResult) {
+	r.handing = false
+	switch {
+	case res.kind == takingOver:
+		r.tookOver(res)
+	case res.kind == demotingOther && res.err != nil:
+		r.roleFailed("cannot demote the other master at "+res.peer, res.err)
+	case res.kind == demotingOther:
+		r.log.Warn("demoted another master", "address", res.peer)
 		r.roleErr = ""
-	case !r.role.primary && obs.role() == "master":
-		// Not the target, yet a master: no write may be taken here.
-		if r.role.replicaOf == "" {
-			if err := pauseWrites(me.dial, r.credentials()); err != nil {
-				r.roleFailed("cannot stop writes on this master, which is not the target", err)
-			}
-			return
+	case res.err != nil: // handingOff
+		r.roleFailed("cannot hand the primary role to "+r.role.target, res.err)
+		if err := pauseWrites(localAddr(r.settings.redisPort), r.creds.list()); err != nil {
+			r.log.Error("cannot stop writes on this master, which is not the target", "error", err)
 		}
-		// The target's manager normally takes the role over at once; this
-		// side steps in only when it has not, so the two do not race.
-		if r.demoteSince.IsZero() {
-			r.demoteSince = time.Now()
-		}
-		if time.Since(r.demoteSince) < handoverGrace {
-			if err := pauseWrites(me.dial, r.credentials()); err != nil {
-				r.roleFailed("cannot stop writes on this master, which is not the target", err)
-			}
-			return
-		}
-		target := redisNode{dial: r.role.replicaOf, announce: r.role.replicaOf}
-		if err := handover(me, target, r.credentials()); err != nil {
-			r.roleFailed("cannot hand the primary role to "+r.role.target, err)
-			if err := pauseWrites(me.dial, r.credentials()); err != nil {
-				r.log.Error("cannot stop writes on this master, which is not the target", "error", err)
-			}
-			return
-		}
-		r.log.Info("handed the primary role over", "to", r.role.target, "address", r.role.replicaOf)
+	default:
+		r.log.Info("handed the primary role over", "to", r.role.target, "address", res.peer)
 		r.roleErr = ""
 		r.pokeObserver()
-	default:
-		r.lostSince = time.Time{}
-		moving := obs.role() == "slave" && r.role.replicaOf != "" &&
-			joinHostPort(obs.info["master_host"], obs.info["master_port"]) != canonicalAddr(r.role.replicaOf)
-		if t := r.view.cluster.Status.InstancesStatus[r.role.target]; moving && t.Role == "master" && t.Keys == 0 && obs.info.keys() > 0 {
-			r.roleFailed("refusing to follow "+r.role.target, fmt.Errorf("%w: it reports no key, and following it would drop the %d keys here", errEmptyPrimary, obs.info.keys()))
-			return
-		}
-		moved, err := followPrimary(me.dial, r.credentials(), obs, r.role)
-		switch {
-		case err != nil:
-			r.roleFailed("cannot re-point the replica at the target primary", err)
-			return
-		case moved:
-			r.log.Info("re-pointed the replica at the target primary", "targetPrimary", r.role.target, "address", r.role.replicaOf)
-			r.pokeObserver()
-		}
-		r.roleErr = ""
-		r.unstick(me, r.credentials(), obs)
 	}
+}
+
+// tookOver ends a take-over: done, or, when the old primary does not
+// answer, a failover once it has been gone, without a single answer in
+// between, for the failover window.
+func (r *reconciler) tookOver(res handoverResult) {
+	switch {
+	case res.err == nil:
+		r.log.Info("took over the primary role", "from", res.peer)
+		r.lostSince, r.roleErr = time.Time{}, ""
+		r.pokeObserver()
+	case errors.Is(res.err, errUnreachable):
+		if r.lostSince.IsZero() {
+			r.lostSince = time.Now()
+			r.log.Warn("the old primary does not answer; failing over if it stays away", "from", res.peer, "window", r.settings.failoverTimeout.String(), "error", res.err)
+		}
+		if time.Since(r.lostSince) >= r.settings.failoverTimeout {
+			r.failOver(res.peer)
+		}
+	default:
+		r.lostSince = time.Time{} // it answered, or may yet: no failover
+		r.roleFailed("cannot take over the primary role from "+res.peer, res.err)
+	}
+}
+
+// failOver promotes this instance, unless it holds no key while another
+// instance reported some: replicas would copy the emptiness.
+func (r *reconciler) failOver(oldPrimary string) {
+	if holder, n := r.dataElsewhere(); r.obs != nil && r.obs.info.keys() == 0 && n > 0 {
+		r.roleFailed("refusing to fail over to this instance", fmt.Errorf("%w: it holds no key while %s reported %d", errEmptyPrimary, holder, n))
+		return
+	}
+	if err := promote(localAddr(r.settings.redisPort), r.creds.list()); err != nil {
+		r.roleFailed("cannot promote this instance", err)
+		return
+	}
+	r.log.Warn("failed over: promoted this instance", "oldPrimary", oldPrimary, "goneFor", time.Since(r.lostSince).Round(time.Millisecond).String())
+	r.lostSince, r.roleErr = time.Time{}, ""
+	r.pokeObserver()
+}
+
+// followTarget keeps a replica following the target's address, unless the
+// target reports no key while this one holds some.
+func (r *reconciler) followTarget(obs *observation) {
+	r.lostSince = time.Time{}
+	moving := obs.role() == "slave" && r.role.replicaOf != "" && obs.info.masterAddr() != canonicalAddr(r.role.replicaOf)
+	if t := r.view.cluster.Status.InstancesStatus[r.role.target]; moving && t.Role == "master" && t.Keys == 0 && obs.info.keys() > 0 {
+		r.roleFailed("refusing to follow "+r.role.target, fmt.Errorf("%w: it reports no key, and following it would drop the %d keys here", errEmptyPrimary, obs.info.keys()))
+		return
+	}
+	moved, err := followPrimary(localAddr(r.settings.redisPort), r.creds.list(), obs, r.role)
+	switch {
+	case err != nil:
+		r.roleFailed("cannot re-point the replica at the target primary", err)
+		return
+	case moved:
+		r.log.Info("re-pointed the replica at the target primary", "targetPrimary", r.role.target, "address", r.role.replicaOf)
+		r.pokeObserver()
+	}
+	r.roleErr = ""
+	r.unstick(r.me(), r.creds.list(), obs)
 }
 
 // masterElsewhere is the address of another instance whose entry says it

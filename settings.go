@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -35,6 +36,11 @@ type settings struct {
 }
 
 func (s *settings) confPath() string { return filepath.Join(s.dataDir, confName) }
+
+// announceAddr is where the other instances reach this one's redis-server.
+func (s *settings) announceAddr() string {
+	return net.JoinHostPort(s.announceHost, strconv.Itoa(s.redisPort))
+}
 
 func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	s := &settings{}

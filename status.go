@@ -6,12 +6,24 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"regexp"
+	"sync/atomic"
 	"time"
 )
 
 // What the reconciler publishes: a probe state for the HTTP handlers,
 // replaced whole on every step, and this pod's status entry for the
 // status writer, which writes the latest one and retries until it lands.
+
+// statusState is what the reconciler published, and wrote, last.
+type statusState struct {
+	published    atomic.Pointer[probeState] // for the HTTP handlers
+	statuses     chan statusUpdate          // to the status writer; the latest wins
+	written      instanceStatus
+	writtenAt    time.Time
+	observed     chan struct{} // closed once a state with a view and a look at Redis is published
+	observedSent bool
+}
 
 // statusUpdate is one entry to write; primary also claims currentPrimary.
 type statusUpdate struct {
@@ -31,98 +43,24 @@ const heartbeatEvery = time.Minute
 // publish computes the status, hands it to the HTTP handlers, and to the
 // status writer when it changed enough or the heartbeat is due.
 func (r *reconciler) publish() {
-	r.beat.Store(time.Now().UnixNano())
+	r.touch()
 	if r.role.primary {
 		r.primaryKeys.Store(r.heldKeys)
 	} else {
 		r.primaryKeys.Store(0)
 	}
 	sup := r.sup.snapshot()
-	ps := &probeState{lastAnswer: r.lastAnswer}
-	crashed := "" // with Redis's own reason: see supervisor.snapshot
-	if r.wanted && !sup.running && !sup.retryAt.IsZero() && sup.refused == "" {
-		crashed = fmt.Sprintf("redis-server exited (%s); restarting", sup.lastExit)
-	}
-	st := instanceStatus{
-		Role:               "none",
-		Address:            joinHostPort(r.settings.announceHost, fmt.Sprint(r.settings.redisPort)),
-		Fenced:             r.fenced,
-		ManagerVersion:     version,
-		ExecutableHash:     r.exeHash,
-		Restarts:           sup.restarts,
-		ObservedGeneration: r.view.cluster.Metadata.Generation,
-		LastError:          cmp.Or(r.viewErr, r.confErr, r.writeErr, r.fenceErr, r.guardErr, r.restoreErr, sup.refused, crashed, r.roleErr, r.authErr, r.liveErr),
-		PendingRestart:     []string{},
-	}
-	if sup.running {
-		st.ConfigHash, st.PendingRestart = r.configStatus()
-	}
 	obs := r.obs
 	if obs != nil && (!sup.running || obs.at.Before(sup.startedAt)) {
 		obs = nil // what we saw was of a process that is gone
 	}
-	st.Keys = r.heldKeys // while redis-server does not run: what it held
-	if obs != nil && obs.err == nil {
-		i := obs.info
-		switch obs.role() {
-		case "master":
-			st.Role = "master"
-		case "slave":
-			st.Role = "replica"
-			st.MasterLinkStatus = i["master_link_status"]
-			st.LagBytes = lagBytes(obs)
-		}
-		st.ReplicationID = i["master_replid"]
-		st.ReplicationOffset = i.int("master_repl_offset")
-		st.ConnectedReplicas = i.int("connected_slaves")
-		st.UsedMemoryBytes = i.int("used_memory")
-		st.Keys = i.keys()
-		st.RedisVersion = i["redis_version"]
+	crashed := "" // with Redis's own reason: see supervisor.snapshot
+	if r.wanted && !sup.running && !sup.retryAt.IsZero() && sup.refused == "" {
+		crashed = fmt.Sprintf("redis-server exited (%s); restarting", sup.lastExit)
 	}
-	// r.wanted, not sup.wanted: the supervisor may not have heard yet.
-	switch {
-	case !r.haveView:
-		ps.reason = "waiting for the RedisCluster " + r.settings.cluster
-		ps.startupReason = ps.reason
-	case r.fenced:
-		ps.reason = "fenced by the " + fencedAnnotation + " annotation"
-		ps.started = true
-	case !r.wanted && r.restoreJob != nil:
-		ps.reason = "restoring the dataset from backup: " + r.restoreJob.progress()
-		ps.startupReason = ps.reason
-	case !r.wanted && r.restoreErr != "":
-		ps.reason = r.restoreErr
-		ps.started = true
-	case !r.wanted && r.guardErr != "":
-		ps.reason = r.guardErr
-		ps.started = true
-	case !r.wanted && !r.fragmentOK:
-		ps.reason = "no valid redis.conf fragment yet: " + r.confErr
-		ps.started = true
-	case !r.wanted:
-		ps.reason = fmt.Sprintf("waiting for the target primary %s to publish its address", r.role.target)
-		ps.started = true
-	case !sup.running && !sup.retryAt.IsZero():
-		ps.reason = cmp.Or(crashed, sup.lastExit)
-		ps.startupReason = ps.reason
-	case !sup.running:
-		ps.reason, ps.startupReason = "redis-server is starting", "redis-server is starting"
-	default:
-		ps.ready, ps.reason = readiness(obs, r.role, r.view.cluster.Spec.Replication.MaxLagBytes)
-		switch {
-		case obs == nil || obs.err != nil:
-			ps.startupReason = "redis-server does not answer yet"
-		case obs.loading():
-			ps.startupReason = "redis-server is loading its dataset"
-			ps.loadedPercent = obs.info.float("loading_loaded_perc")
-			ps.etaSeconds = obs.info.int("loading_eta_seconds")
-		default:
-			ps.started = true
-		}
-	}
-	st.Ready, st.NotReadyReason = ps.ready, ps.reason
-	ps.status = st
-	ps.status.UpdatedAt = time.Now().UTC()
+	ps := r.probes(sup, obs, crashed)
+	ps.status = r.statusEntry(sup, obs, crashed)
+	ps.status.Ready, ps.status.NotReadyReason = ps.ready, ps.reason
 	if obs != nil && obs.err == nil {
 		ps.info, ps.infoAt = obs.info, obs.at // for /metrics: no INFO of its own
 	}
@@ -131,21 +69,65 @@ func (r *reconciler) publish() {
 		r.observedSent = true
 		close(r.observed)
 	}
+	r.sendStatus(ps)
+}
 
-	since := time.Since(r.writtenAt)
+// statusEntry is this pod's status entry but for its readiness, from what
+// the reconciler holds and from the latest look at Redis (nil: none of the
+// process running now).
+func (r *reconciler) statusEntry(sup supervisorState, obs *observation, crashed string) instanceStatus {
+	st := instanceStatus{
+		Role:               "none",
+		Address:            r.settings.announceAddr(),
+		Fenced:             r.fenced,
+		ManagerVersion:     version,
+		ExecutableHash:     r.exeHash,
+		Restarts:           sup.restarts,
+		ObservedGeneration: r.view.cluster.Metadata.Generation,
+		LastError:          cmp.Or(r.viewErr, r.confErr, r.writeErr, r.fenceErr, r.guardErr, r.restoreErr, sup.refused, crashed, r.roleErr, r.authErr, r.liveErr),
+		PendingRestart:     []string{},
+		Keys:               r.heldKeys, // while redis-server does not run: what it held
+		UpdatedAt:          time.Now().UTC(),
+	}
+	if sup.running {
+		st.ConfigHash, st.PendingRestart = r.configStatus()
+	}
+	if obs == nil || obs.err != nil {
+		return st
+	}
+	i := obs.info
+	switch obs.role() {
+	case "master":
+		st.Role = "master"
+	case "slave":
+		st.Role = "replica"
+		st.MasterLinkStatus = i["master_link_status"]
+		st.LagBytes = lagBytes(obs)
+	}
+	st.ReplicationID = i["master_replid"]
+	st.ReplicationOffset = i.int("master_repl_offset")
+	st.ConnectedReplicas = i.int("connected_slaves")
+	st.UsedMemoryBytes = i.int("used_memory")
+	st.Keys = i.keys()
+	st.RedisVersion = i["redis_version"]
+	return st
+}
+
+// sendStatus hands the entry to the status writer when it changed in what
+// matters, or when the heartbeat is due. The writer retries until it
+// succeeds, so the entry counts as written.
+func (r *reconciler) sendStatus(ps *probeState) {
 	switch {
 	case !r.haveView: // no object to write to yet
 		return
 	case r.adopted && !r.observedSent && time.Since(r.began) < 5*time.Second:
 		return // an upgrade's first moments: the entry of before holds until Redis is seen
-
-	case r.writtenAt.IsZero(), !sameStatus(st, r.written), since >= heartbeatEvery:
+	case r.writtenAt.IsZero(), !sameStatus(ps.status, r.written), time.Since(r.writtenAt) >= heartbeatEvery:
 	default:
 		return
 	}
-	// The writer retries until it succeeds, so this entry counts as written.
-	offer(r.statuses, statusUpdate{entry: ps.status, primary: r.role.primary && ps.ready && st.Role == "master"})
-	r.written, r.writtenAt = st, time.Now()
+	offer(r.statuses, statusUpdate{entry: ps.status, primary: r.role.primary && ps.ready && ps.status.Role == "master"})
+	r.written, r.writtenAt = ps.status, time.Now()
 }
 
 // stopped publishes that this instance serves no more: from the stop
@@ -199,15 +181,20 @@ func runStatusWriter(ctx context.Context, log *slog.Logger, updates <-chan statu
 }
 
 // sameStatus says whether two entries differ only in figures that move
-// with every write (offsets, memory, how many keys).
+// with every write: offsets, memory, how many keys, and the figures a
+// reason quotes (loading progress, lag, a download's progress). A reason
+// that changes in its words is news, and goes out at once.
 func sameStatus(a, b instanceStatus) bool {
 	a.ReplicationOffset, a.LagBytes, a.UsedMemoryBytes = b.ReplicationOffset, b.LagBytes, b.UsedMemoryBytes
 	if (a.Keys == 0) == (b.Keys == 0) {
 		a.Keys = b.Keys // the empty-primary guards read whether an entry holds keys
 	}
-	if a.Ready == b.Ready {
-		a.NotReadyReason = b.NotReadyReason // it quotes loading progress and lag
+	if figures.ReplaceAllString(a.NotReadyReason, "#") == figures.ReplaceAllString(b.NotReadyReason, "#") {
+		a.NotReadyReason = b.NotReadyReason
 	}
 	a.UpdatedAt = b.UpdatedAt
 	return reflect.DeepEqual(a, b)
 }
+
+// figures are the numbers in a reason.
+var figures = regexp.MustCompile(`[0-9]+(\.[0-9]+)?`)

@@ -21,14 +21,6 @@ import (
 	"time"
 )
 
-// Restart backoff: redis-server that dies at once is retried quickly, then
-// ever more slowly; one that ran for a healthy minute starts the count anew.
-const (
-	backoffMin     = 100 * time.Millisecond
-	backoffMax     = 30 * time.Second
-	healthyRunTime = time.Minute
-)
-
 // supervisorState is what the rest of the manager may know of redis-server.
 type supervisorState struct {
 	wanted      bool      // the manager wants redis-server running
@@ -44,69 +36,75 @@ type supervisorState struct {
 	beat        time.Time // the loop is alive
 }
 
-// supervisor owns the redis-server process.
+// supervisor owns the redis-server process: one goroutine (run) starts,
+// stops and restarts it, and publishes its state for every other.
 type supervisor struct {
 	log         *slog.Logger // the manager's
 	redisLog    *slog.Logger // for redis-server's own lines
 	reaper      *reaper
+	creds       *credentials
 	redisServer string
 	confPath    string
 	dataDir     string
 	port        int
 	shutdown    time.Duration // budget for a graceful stop
-	// restartGuard says why redis-server must not be started again after
-	// it died, given the redis.conf it ran on, or "".
-	restartGuard func(conf string) string
-	// credentials are the passwords redis-server may answer to.
-	credentials func() []string
+	// guard says why redis-server must not be started again after it
+	// died, given the redis.conf it ran on, or "".
+	guard func(conf string) string
 
 	want     chan bool // latest wish wins
 	restarts chan chan error
 	pauses   chan supervisorPause
+	state    atomic.Pointer[supervisorState]
 
-	// A redis-server started by the manager this one replaced, if any.
-	adoptProc   *os.Process
-	adoptExited <-chan syscall.WaitStatus
-	state       atomic.Pointer[supervisorState]
+	// Owned by run's goroutine (and by stopAdopted, before run).
+	st         supervisorState
+	proc       *os.Process
+	exited     <-chan syscall.WaitStatus
+	retry      backoff
+	retryTimer *time.Timer
+	retryC     <-chan time.Time
 
 	logR, logW *os.File // one pipe carries the log of every redis-server we start
 	logDone    chan struct{}
 	tail       redisTail // of the redis-server started last
 }
 
-// newSupervisor makes the pipe of redis-server's log, unless it was
-// inherited with an adopted redis-server (see adopt).
-func newSupervisor(s *supervisor) (*supervisor, error) {
-	if s.logR == nil {
+// newSupervisor makes the pipe of redis-server's log and starts forwarding
+// it. With a handoff, it adopts the redis-server the previous manager
+// started, and its log pipe; it must then be made before the reaper first
+// sweeps, which would reap that redis-server as an orphan.
+func newSupervisor(s *settings, log, redisLog *slog.Logger, reaper *reaper, creds *credentials, guard func(conf string) string, inherited *handoff) (*supervisor, error) {
+	sup := &supervisor{log: log, redisLog: redisLog, reaper: reaper, creds: creds, guard: guard,
+		redisServer: s.redisServer, confPath: s.confPath(), dataDir: s.dataDir, port: s.redisPort, shutdown: s.shutdownTimeout,
+		want: make(chan bool, 1), restarts: make(chan chan error), pauses: make(chan supervisorPause),
+		retry: newBackoff(), logDone: make(chan struct{})}
+	if inherited != nil {
+		sup.logR, sup.logW = inheritedFile(inherited.LogR, "redis-log"), inheritedFile(inherited.LogW, "redis-log-w")
+		sup.adopt(inherited)
+	} else {
 		r, w, err := os.Pipe()
 		if err != nil {
 			return nil, fmt.Errorf("redis-server log pipe: %w", err)
 		}
-		s.logR, s.logW = r, w
+		sup.logR, sup.logW = r, w
 	}
-	s.want = make(chan bool, 1)
-	s.restarts = make(chan chan error)
-	s.pauses = make(chan supervisorPause)
-	s.logDone = make(chan struct{})
-	if s.state.Load() == nil {
-		s.state.Store(&supervisorState{beat: time.Now()})
-	}
-	go s.forwardLog()
-	return s, nil
+	sup.publish()
+	go sup.forwardLog()
+	return sup, nil
 }
 
-// adopt takes over a redis-server the previous manager started, before
-// run: its PID, the redis.conf it read, and the count of its restarts. One
-// that exited in between is reaped by the reaper's first sweep and
-// restarted like any that dies.
-func (s *supervisor) adopt(h *handoff, reaper *reaper) {
-	st := &supervisorState{restarts: h.Restarts, beat: time.Now()}
-	if exited, ok := reaper.adopt(h.RedisPID); ok {
-		s.adoptProc, _ = os.FindProcess(h.RedisPID)
-		s.adoptExited = exited
-		st.running, st.pid, st.startedAt, st.startedConf = true, h.RedisPID, h.StartedAt, h.StartedConf
+// adopt takes over a redis-server the previous manager started: its PID,
+// the redis.conf it read, and the count of its restarts. One that exited
+// in between is reaped by the reaper's first sweep and restarted like any
+// that dies.
+func (s *supervisor) adopt(h *handoff) {
+	s.st.restarts = h.Restarts
+	if exited, ok := s.reaper.adopt(h.RedisPID); ok {
+		s.proc, _ = os.FindProcess(h.RedisPID)
+		s.exited = exited
+		s.st.running, s.st.pid, s.st.startedAt, s.st.startedConf = true, h.RedisPID, h.StartedAt, h.StartedConf
 	}
-	s.state.Store(st)
 }
 
 // setWanted tells the supervisor whether redis-server should run. It never
@@ -127,130 +125,173 @@ func (s *supervisor) snapshot() supervisorState {
 	return st
 }
 
+// publish makes the loop's state what snapshot returns.
+func (s *supervisor) publish() {
+	s.st.beat = time.Now()
+	c := s.st
+	s.state.Store(&c)
+}
+
 // run owns redis-server until ctx ends, then stops it gracefully.
 func (s *supervisor) run(ctx context.Context) {
-	st := *s.state.Load()
-	publish := func() { st.beat = time.Now(); c := st; s.state.Store(&c) }
-	var (
-		proc    = s.adoptProc
-		exited  = s.adoptExited
-		backoff time.Duration
-		retry   *time.Timer
-		retryC  <-chan time.Time
-		beat    = time.NewTicker(5 * time.Second) // well inside loopStale; an idle pod should sleep
-	)
+	beat := time.NewTicker(5 * time.Second) // well inside loopStale; an idle pod should sleep
 	defer beat.Stop()
-	retryLater := func() {
-		backoff = nextBackoff(backoff)
-		st.retryAt = time.Now().Add(backoff)
-		retry = time.NewTimer(backoff)
-		retryC = retry.C
-	}
-	// refuse keeps redis-server stopped for now, for the guard's reason.
-	refuse := func(why string) {
-		if why != st.refused {
-			s.log.Error("not starting redis-server again", "reason", why)
-		}
-		st.refused, st.lastExit, st.exitStatus = why, why, 0
-		retryLater()
-	}
-	start := func() {
-		retryC = nil
-		p, ch, conf, err := s.startRedis()
-		if err != nil {
-			s.log.Error("cannot start redis-server", "error", err)
-			st.lastExit, st.exitStatus = err.Error(), 0
-			exited = nil
-			retryLater()
-			return
-		}
-		proc, exited = p, ch
-		st.running, st.pid, st.startedAt, st.retryAt, st.exitStatus = true, p.Pid, time.Now(), time.Time{}, 0
-		st.startedConf = conf
-		s.log.Info("redis-server started", "pid", p.Pid)
-	}
 	for {
-		publish()
+		s.publish()
 		select {
 		case <-ctx.Done():
-			if proc != nil {
-				s.stop(proc, exited, time.Now().Add(s.shutdown), "SHUTDOWN")
-				st.running, st.pid = false, 0
-				publish()
-			}
-			s.logW.Close() // lets the forwarder drain and finish
-			select {
-			case <-s.logDone:
-			case <-time.After(time.Second):
-			}
+			s.stopForGood()
 			return
-		case st.wanted = <-s.want:
-			switch {
-			case st.wanted && proc == nil && retryC == nil:
-				start()
-			case !st.wanted && proc != nil:
-				s.stop(proc, exited, time.Now().Add(s.shutdown), fenceStop...)
-				proc, exited, st.running, st.pid = nil, nil, false, 0
-			case !st.wanted && retryC != nil:
-				retry.Stop()
-				retryC, st.retryAt = nil, time.Time{}
-			}
+		case s.st.wanted = <-s.want:
+			s.follow()
 		case p := <-s.pauses:
-			p.state <- st
+			p.state <- s.st
 			<-p.resume
 		case done := <-s.restarts:
-			if !st.wanted || proc == nil {
-				done <- errNotRunning
-				break
-			}
-			s.stop(proc, exited, time.Now().Add(s.shutdown), "SHUTDOWN")
-			proc, exited, st.running, st.pid = nil, nil, false, 0
-			// The guard of a crash holds here too, on the file the new
-			// process would read: it may name other data files.
-			conf, _ := os.ReadFile(s.confPath)
-			if why := s.restartGuard(string(conf)); why != "" {
-				refuse(why)
-				publish()
-				done <- errors.New(why)
-				break
-			}
-			start()
-			publish() // before the answer: the caller goes on to watch the new process
-			if proc == nil {
-				done <- fmt.Errorf("start redis-server again: %s", st.lastExit)
-			} else {
-				done <- nil
-			}
-		case ws := <-exited:
-			proc.Release()
-			ran := time.Since(st.startedAt)
-			proc, exited, st.running, st.pid = nil, nil, false, 0
-			st.lastExit, st.exitStatus = describeExit(ws), 0
-			if ws.Exited() {
-				st.exitStatus = ws.ExitStatus()
-			}
-			if !st.wanted {
-				break
-			}
-			if ran >= healthyRunTime {
-				backoff = 0
-			}
-			retryLater()
-			st.restarts++
-			s.log.Error("redis-server exited unexpectedly; restarting", "status", st.lastExit, "ranFor", ran.Round(time.Millisecond).String(), "restartIn", backoff.String(), "restarts", st.restarts)
-		case <-retryC:
-			if !st.wanted || proc != nil {
-				break
-			}
-			if why := s.restartGuard(st.startedConf); why != "" {
-				refuse(why)
-				break
-			}
-			st.refused = ""
-			start()
+			done <- s.restartNow()
+		case ws := <-s.exited:
+			s.died(ws)
+		case <-s.retryC:
+			s.retryStart()
 		case <-beat.C:
 		}
 	}
+}
+
+// follow starts or stops redis-server as the latest wish says.
+func (s *supervisor) follow() {
+	switch {
+	case s.st.wanted && s.proc == nil && s.retryC == nil:
+		s.start()
+	case !s.st.wanted && s.proc != nil:
+		s.stopNow(fenceStop...)
+	case !s.st.wanted && s.retryC != nil:
+		s.retryTimer.Stop()
+		s.retryC, s.st.retryAt = nil, time.Time{}
+	}
+}
+
+// start starts redis-server, or schedules a retry when it cannot.
+func (s *supervisor) start() {
+	s.retryC = nil
+	p, ch, conf, err := s.startRedis()
+	if err != nil {
+		s.log.Error("cannot start redis-server", "error", err)
+		s.st.lastExit, s.st.exitStatus = err.Error(), 0
+		s.exited = nil
+		s.retryLater()
+		return
+	}
+	s.proc, s.exited = p, ch
+	s.st.running, s.st.pid, s.st.startedAt, s.st.retryAt, s.st.exitStatus = true, p.Pid, time.Now(), time.Time{}, 0
+	s.st.startedConf = conf
+	s.log.Info("redis-server started", "pid", p.Pid)
+}
+
+// stopNow stops the running redis-server gracefully, with the given
+// SHUTDOWN, within the shutdown budget.
+func (s *supervisor) stopNow(shutdown ...string) {
+	s.stop(s.proc, s.exited, time.Now().Add(s.shutdown), shutdown...)
+	s.proc, s.exited, s.st.running, s.st.pid = nil, nil, false, 0
+}
+
+// stopForGood is the end of run: redis-server stops as the pod's does
+// (SHUTDOWN saves where persistence is on), then its log drains.
+func (s *supervisor) stopForGood() {
+	if s.proc != nil {
+		s.stopNow("SHUTDOWN")
+		s.publish()
+	}
+	s.logW.Close() // lets the forwarder drain and finish
+	select {
+	case <-s.logDone:
+	case <-time.After(time.Second):
+	}
+}
+
+// stopAdopted stops a redis-server adopted from an upgrade when the new
+// manager cannot run after all, before run: as PID 1, its exit would kill
+// redis-server with no chance to save. The reaper must be running.
+func (s *supervisor) stopAdopted() {
+	if s.proc != nil {
+		s.log.Error("cannot run after the upgrade; stopping the inherited redis-server", "pid", s.proc.Pid)
+		s.stopNow("SHUTDOWN")
+	}
+}
+
+// restartNow stops redis-server gracefully and starts it again, unless the
+// guard of a crash refuses the start.
+func (s *supervisor) restartNow() error {
+	if !s.st.wanted || s.proc == nil {
+		return errNotRunning
+	}
+	s.stopNow("SHUTDOWN")
+	// The guard of a crash holds here too, on the file the new process
+	// would read: it may name other data files.
+	conf, _ := os.ReadFile(s.confPath)
+	if why := s.guard(string(conf)); why != "" {
+		s.refuse(why)
+		s.publish()
+		return errors.New(why)
+	}
+	s.start()
+	s.publish() // before the answer: the caller goes on to watch the new process
+	if s.proc == nil {
+		return fmt.Errorf("start redis-server again: %s", s.st.lastExit)
+	}
+	return nil
+}
+
+// died takes an exit of redis-server; one that was not asked for is
+// followed by a restart, after the backoff.
+func (s *supervisor) died(ws syscall.WaitStatus) {
+	s.proc.Release()
+	ran := time.Since(s.st.startedAt)
+	s.proc, s.exited, s.st.running, s.st.pid = nil, nil, false, 0
+	s.st.lastExit, s.st.exitStatus = describeExit(ws), 0
+	if ws.Exited() {
+		s.st.exitStatus = ws.ExitStatus()
+	}
+	if !s.st.wanted {
+		return
+	}
+	if ran >= healthyRunTime {
+		s.retry.reset()
+	}
+	wait := s.retryLater()
+	s.st.restarts++
+	s.log.Error("redis-server exited unexpectedly; restarting", "status", s.st.lastExit, "ranFor", ran.Round(time.Millisecond).String(), "restartIn", wait.String(), "restarts", s.st.restarts)
+}
+
+// retryStart starts redis-server again once the backoff is over, unless
+// the guard refuses: a primary that would come back empty stays stopped.
+func (s *supervisor) retryStart() {
+	if !s.st.wanted || s.proc != nil {
+		return
+	}
+	if why := s.guard(s.st.startedConf); why != "" {
+		s.refuse(why)
+		return
+	}
+	s.st.refused = ""
+	s.start()
+}
+
+func (s *supervisor) retryLater() time.Duration {
+	wait := s.retry.next()
+	s.st.retryAt = time.Now().Add(wait)
+	s.retryTimer = time.NewTimer(wait)
+	s.retryC = s.retryTimer.C
+	return wait
+}
+
+// refuse keeps redis-server stopped for now, for the guard's reason.
+func (s *supervisor) refuse(why string) {
+	if why != s.st.refused {
+		s.log.Error("not starting redis-server again", "reason", why)
+	}
+	s.st.refused, s.st.lastExit, s.st.exitStatus = why, why, 0
+	s.retryLater()
 }
 
 // startRedis starts redis-server on the generated redis.conf, in its own
@@ -325,7 +366,7 @@ func (s *supervisor) stop(proc *os.Process, exited <-chan syscall.WaitStatus, de
 // askShutdown sends SHUTDOWN. Redis closes the connection instead of
 // answering when it goes, so an EOF is success.
 func (s *supervisor) askShutdown(deadline time.Time, args []string) error {
-	c, err := dialRedis(localAddr(s.port), s.credentials(), time.Until(deadline))
+	c, err := dialRedis(localAddr(s.port), s.creds.list(), time.Until(deadline))
 	if err != nil {
 		return err
 	}
@@ -394,19 +435,22 @@ func (s *supervisor) pause(ctx context.Context, wait time.Duration) (supervisorS
 // releaseLog stops forwarding redis-server's log and returns its pipe for
 // the next manager; resume forwards again, should the exec not happen.
 // What the pipe holds and was not read yet stays in it for the next reader.
-func (s *supervisor) releaseLog() (r, w *os.File, resume func()) {
-	s.logR.SetReadDeadline(time.Now())
-	<-s.logDone
+// A pipe whose reads take no deadline (one inherited in blocking mode)
+// cannot be released: an upgrade must refuse rather than wait for ever,
+// with the reaper held, for a forwarder that never stops.
+func (s *supervisor) releaseLog() (r, w *os.File, resume func(), err error) {
+	if err := s.logR.SetReadDeadline(time.Now()); err != nil {
+		return nil, nil, nil, fmt.Errorf("cannot stop forwarding redis-server's log: %w", err)
+	}
+	select {
+	case <-s.logDone:
+	case <-time.After(time.Second):
+		s.logR.SetReadDeadline(time.Time{})
+		return nil, nil, nil, errors.New("redis-server's log forwarder did not stop")
+	}
 	return s.logR, s.logW, func() {
 		s.logR.SetReadDeadline(time.Time{})
 		s.logDone = make(chan struct{})
 		go s.forwardLog()
-	}
-}
-
-func nextBackoff(d time.Duration) time.Duration {
-	if d == 0 {
-		return backoffMin
-	}
-	return min(2*d, backoffMax)
+	}, nil
 }

@@ -209,11 +209,13 @@ func TestRedisLogLinesBecomeRecords(t *testing.T) {
 }
 
 func TestBackoffDoublesToThirtySeconds(t *testing.T) {
-	var d time.Duration
+	b := newBackoff()
 	var seen []time.Duration
 	for range 12 {
-		d = nextBackoff(d)
-		seen = append(seen, d)
+		seen = append(seen, b.next())
+	}
+	if b.reset(); b.next() != 100*time.Millisecond {
+		t.Fatal("a reset backoff does not start anew")
 	}
 	if seen[0] != 100*time.Millisecond || seen[1] != 200*time.Millisecond || seen[8] != 25600*time.Millisecond || seen[9] != 30*time.Second || seen[11] != 30*time.Second {
 		t.Fatalf("backoff sequence %v", seen)
@@ -318,7 +320,7 @@ func TestFaultRedisKilledInALoop(t *testing.T) {
 	in.waitReady(20 * time.Second)
 	w := startCounterWriter(t, in)
 	const kills = 6
-	var backoff time.Duration
+	retry := newBackoff()
 	var downs []time.Duration
 	for i := 1; i <= kills; i++ {
 		before, _ := w.last()
@@ -338,9 +340,9 @@ func TestFaultRedisKilledInALoop(t *testing.T) {
 			return os.IsNotExist(err)
 		})
 		goneAt := time.Now()
-		backoff = nextBackoff(backoff)
+		wait := retry.next()
 		var unhealthy []string
-		eventually(t, backoff+10*time.Second, fmt.Sprintf("kill %d: writes to be acknowledged again", i), func() bool {
+		eventually(t, wait+10*time.Second, fmt.Sprintf("kill %d: writes to be acknowledged again", i), func() bool {
 			if code, body := in.get("/healthz"); code != http.StatusOK {
 				unhealthy = append(unhealthy, fmt.Sprintf("%d %s", code, body))
 			}
@@ -353,11 +355,11 @@ func TestFaultRedisKilledInALoop(t *testing.T) {
 		if len(unhealthy) > 0 {
 			t.Errorf("kill %d: /healthz failed while the manager restarted redis-server: %v", i, unhealthy)
 		}
-		if down < backoff {
-			t.Errorf("kill %d: writes were acknowledged again %s after the kill, before the backoff of %s", i, down, backoff)
+		if down < wait {
+			t.Errorf("kill %d: writes were acknowledged again %s after the kill, before the backoff of %s", i, down, wait)
 		}
-		if down > backoff+3*time.Second {
-			t.Errorf("kill %d: writes were acknowledged again only %s after the kill, with a backoff of %s", i, down, backoff)
+		if down > wait+3*time.Second {
+			t.Errorf("kill %d: writes were acknowledged again only %s after the kill, with a backoff of %s", i, down, wait)
 		}
 		// The status is what the reconciler last published: it may trail
 		// by one look at Redis.

@@ -47,6 +47,10 @@ type updater struct {
 	requests chan upgradeRequest
 }
 
+func newUpdater(ctx context.Context, exe string, start startFunc, log *slog.Logger) *updater {
+	return &updater{exe: exe, start: start, ctx: ctx, log: log, requests: make(chan upgradeRequest)}
+}
+
 type upgradeRequest struct {
 	conn    net.Conn // hijacked, for the new manager to answer on; nil when answered
 	version string
@@ -219,41 +223,23 @@ func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, r
 		return refuse(http.StatusConflict, "the manager is busy with a role change; try again")
 	}
 	defer resumeRec()
+	logR, logW, resumeLog, err := sup.releaseLog()
+	if err != nil {
+		return refuse(http.StatusInternalServerError, "cannot hand redis-server's log over: "+err.Error())
+	}
+	defer resumeLog()
 	// From here no exit of redis-server is reaped by this process: the next
 	// one must see it.
 	defer reaper.hold()()
-	logR, logW, resumeLog := sup.releaseLog()
-	defer resumeLog()
 
-	// The descriptors to inherit are duplicates made without close-on-exec,
-	// under ForkLock so that no other child inherits them meanwhile.
-	syscall.ForkLock.Lock()
-	var dups []int
-	closeDups := func() {
-		for _, fd := range dups {
-			syscall.Close(fd)
-		}
-		syscall.ForkLock.Unlock()
-	}
-	dup := func(c syscall.Conn) int {
-		raw, err := c.SyscallConn()
-		if err != nil {
-			return -1
-		}
-		fd := -1
-		raw.Control(func(f uintptr) { fd, _ = syscall.Dup(int(f)) })
-		if fd >= 0 {
-			dups = append(dups, fd)
-		}
-		return fd
-	}
+	fds := inherit()
 	h := handoff{Version: handoffVersion, From: version, Restarts: st.restarts, NewHash: req.sha256, Fenced: rec.fenced, Upgrades: counts.upgrades.Load() + 1,
-		Listener: dup(ln.(*net.TCPListener)), LogR: dup(logR), LogW: dup(logW), Reply: -1}
+		Listener: fds.dup(ln.(*net.TCPListener)), LogR: fds.dup(logR), LogW: fds.dup(logW), Reply: -1}
 	if c, ok := req.conn.(*net.TCPConn); ok {
-		h.Reply = dup(c)
+		h.Reply = fds.dup(c)
 	}
 	if h.Listener < 0 || h.LogR < 0 || h.LogW < 0 || req.conn != nil && h.Reply < 0 {
-		closeDups()
+		fds.close()
 		return refuse(http.StatusInternalServerError, "cannot keep the listener, the log pipe or this connection across the exec")
 	}
 	if rec.haveView { // read while the reconciler is paused
@@ -264,39 +250,73 @@ func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, r
 	}
 	// Written while HTTP still serves: a full disk refuses the upgrade and
 	// changes nothing else.
-	path := filepath.Join(privateDir(dataDir), handoffFile)
-	h.ExecAt = time.Now()
-	data, _ := json.Marshal(h)
-	if err := writeFileAtomic(path, data, 0o600); err != nil {
-		closeDups()
+	path, err := h.write(dataDir)
+	if err != nil {
+		fds.close()
 		return refuse(http.StatusInternalServerError, "cannot write the handoff: "+err.Error())
 	}
 	// Requests in flight are answered; new connections wait in the listen
 	// queue for the next manager.
 	srv.quiesce(2 * time.Second)
-	err := errStopping
+	err = errStopping
 	if ctx.Err() == nil {
 		err = syscall.Exec(exe, os.Args, append(os.Environ(), handoffEnv+"="+path))
 	}
 	// Still here: the exec did not happen.
 	os.Remove(path)
 	if errors.Is(err, errStopping) {
-		closeDups()
+		fds.close()
 		replyRaw(req.conn, http.StatusConflict, map[string]any{"error": "the manager is stopping; the new binary runs at its next start"})
 		return nil, err
 	}
-	// Serve again, on the listener's duplicate: Serve closed the original.
-	dups = slices.DeleteFunc(dups, func(fd int) bool { return fd == h.Listener })
-	closeDups()
-	syscall.CloseOnExec(h.Listener)
-	f := os.NewFile(uintptr(h.Listener), "http-listener")
-	next, lerr := net.FileListener(f)
-	f.Close()
 	replyRaw(req.conn, http.StatusInternalServerError, map[string]any{"error": "exec of the new binary failed: " + err.Error()})
+	next, lerr := fds.listenerAgain(h.Listener)
 	if lerr != nil {
 		return nil, fmt.Errorf("exec %s: %w; and the listener is lost: %v", exe, err, lerr)
 	}
 	return next, fmt.Errorf("exec %s: %w", exe, err)
+}
+
+// inheritance is the descriptors the new manager inherits: duplicates made
+// without close-on-exec, under ForkLock so that no other child inherits
+// them meanwhile. close releases them, and the lock.
+type inheritance struct{ fds []int }
+
+func inherit() *inheritance {
+	syscall.ForkLock.Lock()
+	return &inheritance{}
+}
+
+// dup duplicates c's descriptor; -1 when it cannot.
+func (in *inheritance) dup(c syscall.Conn) int {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	fd := -1
+	raw.Control(func(f uintptr) { fd, _ = syscall.Dup(int(f)) })
+	if fd >= 0 {
+		in.fds = append(in.fds, fd)
+	}
+	return fd
+}
+
+func (in *inheritance) close() {
+	for _, fd := range in.fds {
+		syscall.Close(fd)
+	}
+	syscall.ForkLock.Unlock()
+}
+
+// listenerAgain serves again, after an exec that failed, on the listener's
+// duplicate: Serve closed the original. The other duplicates are closed.
+func (in *inheritance) listenerAgain(fd int) (net.Listener, error) {
+	in.fds = slices.DeleteFunc(in.fds, func(d int) bool { return d == fd })
+	in.close()
+	syscall.CloseOnExec(fd)
+	f := os.NewFile(uintptr(fd), "http-listener")
+	defer f.Close()
+	return net.FileListener(f)
 }
 
 // replyRaw answers on a hijacked connection and closes it.

@@ -117,27 +117,38 @@ const (
 	watchTimeout = 5 * time.Minute
 )
 
+// kubeSource lists the RedisCluster once, then watches it from the
+// resourceVersion it got to: an event's or a bookmark's. The server ends a
+// watch after the timeout asked for; the next one resumes from there, with
+// no list and no GET. Only a failure (an error, a 410 Gone, a watch that
+// closes at once) costs a new list, after a backoff.
 type kubeSource struct {
 	client             dynamic.Interface
 	namespace, cluster string
 	pod                string
 	log                *slog.Logger
 	resync             time.Duration
+	quickClose         time.Duration // a watch closed sooner than this failed
 	beat               atomic.Int64
+
+	// Owned by run's goroutine.
+	current *unstructured.Unstructured // the object as last seen; nil once deleted
+	sent    *clusterView               // the last view sent, whose ConfigMap and Secret a change of status reuses
+	rv      string                     // where the next watch resumes
 }
 
 func newKubeSource(client dynamic.Interface, namespace, cluster, pod string, log *slog.Logger) *kubeSource {
-	k := &kubeSource{client: client, namespace: namespace, cluster: cluster, pod: pod, log: log, resync: resyncEvery}
+	k := &kubeSource{client: client, namespace: namespace, cluster: cluster, pod: pod, log: log, resync: resyncEvery, quickClose: time.Second}
 	k.beat.Store(time.Now().UnixNano())
 	return k
 }
 
 func (k *kubeSource) heartbeat() time.Time { return time.Unix(0, k.beat.Load()) }
 
-// run lists and watches until ctx ends. A watch that ends, fails or
-// answers 410 Gone leads to a fresh list, after a backoff when it failed.
+// run lists and watches until ctx ends, and lists again, after a backoff,
+// when watching fails.
 func (k *kubeSource) run(ctx context.Context, f *feed) {
-	var backoff time.Duration
+	retry := newBackoff()
 	for {
 		began := time.Now()
 		err := k.listAndWatch(ctx, f)
@@ -145,69 +156,87 @@ func (k *kubeSource) run(ctx context.Context, f *feed) {
 			return
 		}
 		if time.Since(began) > healthyRunTime {
-			backoff = 0
+			retry.reset()
 		}
-		backoff = nextBackoff(backoff)
+		wait := retry.next()
 		counts.watchRestarts.Add(1)
-		k.log.Warn("watch of the RedisCluster ended; listing again", "error", err, "retryIn", backoff.String())
+		k.log.Warn("watch of the RedisCluster failed; listing again", "error", err, "retryIn", wait.String())
 		k.beat.Store(time.Now().UnixNano())
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
 	}
 }
 
+// errWatchExpired ends a watch the server closed after its timeout, as
+// asked: not a failure.
+var errWatchExpired = errors.New("the watch expired")
+
+// listAndWatch lists, then watches until a watch fails; one that expires
+// is followed by the next from where it got to.
 func (k *kubeSource) listAndWatch(ctx context.Context, f *feed) error {
-	k.beat.Store(time.Now().UnixNano())
-	rcs := k.client.Resource(redisClusterGVR).Namespace(k.namespace)
-	selector := fields.OneTermEqualSelector("metadata.name", k.cluster).String()
-	lctx, cancel := context.WithTimeout(ctx, requestTimeout)
-	list, err := rcs.List(lctx, metav1.ListOptions{FieldSelector: selector})
-	cancel()
-	if err != nil {
-		err = fmt.Errorf("list RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
+	if err := k.list(ctx, f); err != nil {
 		f.fail(err)
 		return err
 	}
-	var current *unstructured.Unstructured
+	resync := time.NewTicker(k.resync)
+	defer resync.Stop()
+	for {
+		began := time.Now()
+		err := k.watch(ctx, f, resync.C)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, errWatchExpired) && time.Since(began) < k.quickClose:
+			return fmt.Errorf("watch closed by the server after %s", time.Since(began).Round(time.Millisecond))
+		case errors.Is(err, errWatchExpired):
+			k.log.Debug("the watch expired; watching on", "resourceVersion", k.rv)
+		default:
+			return err
+		}
+	}
+}
+
+// list reads the object, sends its view, and notes where to watch from.
+func (k *kubeSource) list(ctx context.Context, f *feed) error {
+	k.beat.Store(time.Now().UnixNano())
+	lctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	list, err := k.client.Resource(redisClusterGVR).Namespace(k.namespace).List(lctx, metav1.ListOptions{FieldSelector: k.selector()})
+	if err != nil {
+		return fmt.Errorf("list RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
+	}
+	k.current, k.sent, k.rv = nil, nil, list.GetResourceVersion()
 	for i := range list.Items {
 		if list.Items[i].GetName() == k.cluster { // the fake client ignores selectors
-			current = &list.Items[i]
+			k.current = &list.Items[i]
 		}
 	}
-	// The ConfigMap and Secret are read again when the spec changes and on
-	// every resync; the many changes that are only other instances'
-	// status entries reuse what was read, or each would cost two GETs.
-	var refs *clusterView
-	emit := func(reread bool) {
-		if current == nil {
-			f.fail(fmt.Errorf("RedisCluster %s/%s does not exist", k.namespace, k.cluster))
-			return
-		}
-		v, err := k.view(ctx, current, refs, reread)
-		if err != nil {
-			f.fail(err)
-			return
-		}
-		refs = &v
-		f.view(v)
-	}
-	emit(true)
+	k.emit(ctx, f, true)
+	return nil
+}
+
+func (k *kubeSource) selector() string {
+	return fields.OneTermEqualSelector("metadata.name", k.cluster).String()
+}
+
+// watch follows one watch until it ends: errWatchExpired when the server
+// closed it, another error when it failed. The resync re-reads the
+// ConfigMap and Secret, whose changes this watch does not see.
+func (k *kubeSource) watch(ctx context.Context, f *feed, resync <-chan time.Time) error {
 	// The server ends the watch after a while, as client-go's reflector
 	// asks, so that a watch that went quiet without closing is replaced.
 	timeout := int64(watchTimeout/time.Second) + rand.Int64N(int64(watchTimeout/time.Second))
-	w, err := rcs.Watch(ctx, metav1.ListOptions{FieldSelector: selector, ResourceVersion: list.GetResourceVersion(),
-		AllowWatchBookmarks: true, TimeoutSeconds: &timeout})
+	w, err := k.client.Resource(redisClusterGVR).Namespace(k.namespace).Watch(ctx, metav1.ListOptions{FieldSelector: k.selector(),
+		ResourceVersion: k.rv, AllowWatchBookmarks: true, TimeoutSeconds: &timeout})
 	if err != nil {
 		err = fmt.Errorf("watch RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
 		f.fail(err)
 		return err
 	}
 	defer w.Stop()
-	resync := time.NewTicker(k.resync)
-	defer resync.Stop()
 	beat := time.NewTicker(5 * time.Second)
 	defer beat.Stop()
 	for {
@@ -216,34 +245,64 @@ func (k *kubeSource) listAndWatch(ctx context.Context, f *feed) error {
 			return nil
 		case <-beat.C:
 			k.beat.Store(time.Now().UnixNano())
-		case <-resync.C:
-			emit(true)
+		case <-resync:
+			k.emit(ctx, f, true)
 		case ev, ok := <-w.ResultChan():
 			if !ok {
-				return errors.New("watch closed by the server")
+				return errWatchExpired
 			}
-			switch ev.Type {
-			case watch.Error:
-				err := apierrors.FromObject(ev.Object)
-				if !apierrors.IsResourceExpired(err) && !apierrors.IsGone(err) {
-					f.fail(fmt.Errorf("watch RedisCluster %s/%s: %w", k.namespace, k.cluster, err))
-				}
-				return fmt.Errorf("watch: %w", err)
-			case watch.Bookmark:
-				continue
+			if err := k.take(ctx, f, ev); err != nil {
+				return err
 			}
-			u, ok := ev.Object.(*unstructured.Unstructured)
-			if !ok || u.GetName() != k.cluster {
-				continue
-			}
-			if ev.Type == watch.Deleted {
-				current = nil
-			} else {
-				current = u
-			}
-			emit(false)
 		}
 	}
+}
+
+// take applies one event. A 410 Gone (the resourceVersion is too old to
+// resume from) is no complaint: the list that follows recovers from it.
+func (k *kubeSource) take(ctx context.Context, f *feed, ev watch.Event) error {
+	if ev.Type == watch.Error {
+		err := apierrors.FromObject(ev.Object)
+		if !apierrors.IsResourceExpired(err) && !apierrors.IsGone(err) {
+			f.fail(fmt.Errorf("watch RedisCluster %s/%s: %w", k.namespace, k.cluster, err))
+		}
+		return fmt.Errorf("watch: %w", err)
+	}
+	u, ok := ev.Object.(*unstructured.Unstructured)
+	if !ok {
+		return nil
+	}
+	if rv := u.GetResourceVersion(); rv != "" {
+		k.rv = rv
+	}
+	if ev.Type == watch.Bookmark || u.GetName() != k.cluster {
+		return nil
+	}
+	if ev.Type == watch.Deleted {
+		k.current = nil
+	} else {
+		k.current = u
+	}
+	k.emit(ctx, f, false)
+	return nil
+}
+
+// emit sends the view of the object as last seen. The ConfigMap and Secret
+// are read again when the spec changes and on every resync; the many
+// changes that are only other instances' status entries reuse what was
+// read, or each would cost two GETs.
+func (k *kubeSource) emit(ctx context.Context, f *feed, reread bool) {
+	if k.current == nil {
+		f.fail(fmt.Errorf("RedisCluster %s/%s does not exist", k.namespace, k.cluster))
+		return
+	}
+	v, err := k.view(ctx, k.current, k.sent, reread)
+	if err != nil {
+		f.fail(err)
+		return
+	}
+	k.sent = &v
+	f.view(v)
 }
 
 // view reads the ConfigMap and Secret the object names, or takes them from

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -245,11 +246,27 @@ type kubeHarness struct {
 }
 
 func startKubeHarness(t *testing.T, watchReactors ...k8stesting.WatchReactionFunc) *kubeHarness {
-	return startKubeHarnessFor(t, "cache-1", watchReactors...)
+	return startKubeHarnessWith(t, harnessOpts{pod: "cache-1", watches: watchReactors})
 }
 
 func startKubeHarnessFor(t *testing.T, pod string, watchReactors ...k8stesting.WatchReactionFunc) *kubeHarness {
+	return startKubeHarnessWith(t, harnessOpts{pod: pod, watches: watchReactors})
+}
+
+// harnessOpts vary the harness: the pod it runs as, watch reactors tried
+// before the fake's own, a handover of the test's (nil: the real one), and
+// the resync period (default 300 ms).
+type harnessOpts struct {
+	pod      string
+	watches  []k8stesting.WatchReactionFunc
+	handover handoverFunc
+	resync   time.Duration
+	quick    time.Duration // kubeSource.quickClose
+}
+
+func startKubeHarnessWith(t *testing.T, o harnessOpts) *kubeHarness {
 	t.Helper()
+	pod, watchReactors := o.pod, o.watches
 	objs := []runtime.Object{
 		unstructuredFrom(t, fakeCluster),
 		unstructuredFrom(t, "apiVersion: redisoperator.io/v1\nkind: RedisCluster\nmetadata: {name: other, namespace: prod}\nspec: {targetPrimary: other-0}\n"),
@@ -269,10 +286,10 @@ func startKubeHarnessFor(t *testing.T, pod string, watchReactors ...k8stesting.W
 	dir := t.TempDir()
 	h.conf = filepath.Join(dir, "redis.conf")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	h.rec = newReconciler(&reconciler{log: log, sup: h.proc,
-		settings: &settings{podName: pod, cluster: "cache", namespace: "prod", dataDir: dir, redisPort: 6379, announceHost: "10.0.0.2"}})
+	s := &settings{podName: pod, cluster: "cache", namespace: "prod", dataDir: dir, redisPort: 6379, announceHost: "10.0.0.2"}
+	h.rec = newReconciler(s, log, reconcilerDeps{sup: h.proc, creds: newCredentials(), primaryKeys: new(atomic.Int64), handover: o.handover})
 	src := newKubeSource(client, "prod", "cache", pod, log)
-	src.resync = 300 * time.Millisecond
+	src.resync, src.quickClose = cmp.Or(o.resync, 300*time.Millisecond), o.quick
 	ctx, cancel := context.WithCancel(context.Background())
 	news := newFeed()
 	var wg sync.WaitGroup
