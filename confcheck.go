@@ -98,11 +98,7 @@ func checkFragment(redisServer, dataDir string, frag []directive, start startFun
 	var b strings.Builder
 	mentions := map[string]bool{}
 	for _, d := range frag {
-		b.WriteString(quoteArg(d.name))
-		for _, a := range d.args {
-			b.WriteString(" " + quoteArg(a))
-		}
-		b.WriteByte('\n')
+		b.WriteString(directiveLine(d.name, d.args...))
 		mentions[d.name] = true
 	}
 	// After the fragment, so that they win. The socket's path is relative

@@ -118,7 +118,9 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	syncDir(dir)
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("write %s: make it durable: %w", path, err)
+	}
 	return nil
 }
 
@@ -126,10 +128,13 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 // a file named base through.
 func atomicTempPrefix(base string) string { return "." + base + ".tmp-" }
 
-// syncDir makes a rename, link or creation in dir durable.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
+// syncDir makes a rename, link or creation in dir durable: until then, a
+// crash of the node may undo it.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
 	}
+	defer d.Close()
+	return d.Sync()
 }

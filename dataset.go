@@ -202,6 +202,20 @@ func rdbDamage(path string) string {
 	return why
 }
 
+// rdbHeaderLen is the length of an RDB file's header: "REDIS" and the
+// format version in four digits.
+const rdbHeaderLen = 9
+
+// rdbVersion reads an RDB file's header: its format version, and whether
+// it is one.
+func rdbVersion(head []byte) (int, bool) {
+	if len(head) < rdbHeaderLen || string(head[:5]) != "REDIS" {
+		return 0, false
+	}
+	v, err := strconv.Atoi(string(head[5:rdbHeaderLen]))
+	return v, err == nil
+}
+
 // redisCRC64 is the table of Redis's CRC-64 (Jones, reflected), the
 // checksum of an RDB file's every byte but the last 8, which hold it.
 var redisCRC64 = crc64.MakeTable(0x95ac9329ac4bc9b5)
@@ -210,12 +224,12 @@ func readRDBDamage(f *os.File, size int64) string {
 	if size == 0 {
 		return "is empty"
 	}
-	head := make([]byte, 9) // "REDIS" and the format version
-	if _, err := io.ReadFull(f, head); err != nil || string(head[:5]) != "REDIS" {
+	head := make([]byte, rdbHeaderLen)
+	if _, err := io.ReadFull(f, head); err != nil {
 		return "is not an RDB file"
 	}
-	version, err := strconv.Atoi(string(head[5:]))
-	if err != nil {
+	version, ok := rdbVersion(head)
+	if !ok {
 		return "is not an RDB file"
 	}
 	if version < 5 {
@@ -270,8 +284,11 @@ func rdbFileKeys(path string) int64 {
 	}
 	defer f.Close()
 	r := bufio.NewReader(f)
-	magic := make([]byte, 9)
-	if _, err := io.ReadFull(r, magic); err != nil || string(magic[:5]) != "REDIS" {
+	head := make([]byte, rdbHeaderLen)
+	if _, err := io.ReadFull(r, head); err != nil {
+		return 1
+	}
+	if _, ok := rdbVersion(head); !ok {
 		return 1
 	}
 	for {

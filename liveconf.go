@@ -160,11 +160,7 @@ func configHash(v confValues) string {
 	h := sha256.New()
 	for _, n := range names {
 		for _, args := range v[n] {
-			h.Write([]byte(quoteArg(n)))
-			for _, a := range args {
-				h.Write([]byte(" " + quoteArg(a)))
-			}
-			h.Write([]byte("\n"))
+			h.Write([]byte(directiveLine(n, args...)))
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)[:8])
@@ -239,15 +235,19 @@ func (r *reconciler) syncLive() {
 	}
 	r.resetApplied()
 	d := diffConfig(r.applied, r.wantedValues, r.restartOnly)
-	if len(d.set) == 0 || fmt.Sprint(d.set...) == r.liveRefused {
+	if len(d.set) == 0 || changeKey(d.set) == r.liveRefused {
 		return
 	}
 	if err := r.setLive(r.wantedValues, time.Now()); err != nil {
 		counts.configErrors.Add(1)
-		r.liveRefused, r.liveErr = fmt.Sprint(d.set...), err.Error()+"; it applies at the next restart"
+		r.liveRefused, r.liveErr = changeKey(d.set), err.Error()+"; it applies at the next restart"
 		r.log.Error("redis-server refuses a configuration change live", "error", err)
 	}
 }
+
+// changeKey names a live change, to tell it from another: each name and
+// value quoted, so that no two changes share one.
+func changeKey(set []any) string { return fmt.Sprintf("%q", set) }
 
 // configStatus is configHash and pendingRestart of the running server.
 func (r *reconciler) configStatus() (string, []string) {

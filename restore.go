@@ -289,11 +289,11 @@ func (rs *restorer) run(ctx context.Context, job *restoreJob) (int64, error) {
 	}
 	defer src.Close()
 	// Nothing more is read, counted or shown of a source that is no RDB.
-	head := make([]byte, 9)
+	head := make([]byte, rdbHeaderLen)
 	if _, err := io.ReadFull(src, head); err != nil {
 		return 0, errDownload(err)
 	}
-	if string(head[:5]) != "REDIS" {
+	if _, ok := rdbVersion(head); !ok {
 		return 0, &restoreError{public: "the source is not an RDB file"}
 	}
 	job.total.Store(total)
@@ -620,8 +620,7 @@ func (rs *restorer) place(ctx context.Context, job *restoreJob, work, tmp string
 			return "", &restoreError{public: "cannot put the backup in place as " + df.rdb, detail: err}
 		}
 		job.placed = true
-		syncDir(rs.dir)
-		return dest, nil
+		return dest, rs.durable()
 	}
 	aside := filepath.Join(work, "aof")
 	base := df.aofName + ".1.base.rdb"
@@ -647,6 +646,15 @@ func (rs *restorer) place(ctx context.Context, job *restoreJob, work, tmp string
 		return "", &restoreError{public: "cannot put the backup in place as " + df.aofDir, detail: err}
 	}
 	job.placed = true
-	syncDir(rs.dir)
-	return filepath.Join(dest, base), nil
+	return filepath.Join(dest, base), rs.durable()
+}
+
+// durable makes the backup's place in the data directory survive a crash
+// of the node. It is in place either way: a restore that fails here finds
+// it at its next attempt, and keeps it.
+func (rs *restorer) durable() error {
+	if err := syncDir(rs.dir); err != nil {
+		return &restoreError{public: "cannot make the backup's place in the data directory durable", detail: err}
+	}
+	return nil
 }

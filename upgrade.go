@@ -170,7 +170,12 @@ func (u *updater) receive(body io.Reader, want string) (string, int, error) {
 	if err := os.Rename(f.Name(), u.exe); err != nil {
 		return "", http.StatusInternalServerError, fmt.Errorf("cannot put the new binary in place: %w", err)
 	}
-	syncDir(dir)
+	if err := syncDir(dir); err != nil {
+		// In place now, whatever this says: the exec goes ahead, and only
+		// a crash of the node before the kernel writes it back would bring
+		// the old binary back at the next start.
+		u.log.Warn("the new binary is in place, but its rename may not be durable yet", "error", err)
+	}
 	return fields[1], 0, nil
 }
 

@@ -194,6 +194,7 @@ type fakeProcess struct {
 	mu      sync.Mutex
 	wanted  bool
 	started time.Time
+	slow    time.Duration // how long each snapshot takes
 }
 
 func (f *fakeProcess) setWanted(run bool) {
@@ -206,6 +207,7 @@ func (f *fakeProcess) setWanted(run bool) {
 }
 func (f *fakeProcess) isWanted() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.wanted }
 func (f *fakeProcess) snapshot() supervisorState {
+	time.Sleep(f.slow)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return supervisorState{wanted: f.wanted, running: f.wanted, startedAt: f.started, beat: time.Now()}
@@ -262,6 +264,9 @@ type harnessOpts struct {
 	handover handoverFunc
 	resync   time.Duration
 	quick    time.Duration // kubeSource.quickClose
+	port     int           // redis-server's; default 6379, where nothing may answer
+	slow     time.Duration // fakeProcess.slow
+	restore  restoreFunc
 }
 
 func startKubeHarnessWith(t *testing.T, o harnessOpts) *kubeHarness {
@@ -275,7 +280,7 @@ func startKubeHarnessWith(t *testing.T, o harnessOpts) *kubeHarness {
 	}
 	client := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
 		map[schema.GroupVersionResource]string{redisClusterGVR: "RedisClusterList"}, objs...)
-	h := &kubeHarness{t: t, pod: pod, client: client, proc: &fakeProcess{}, observations: make(chan *observation)}
+	h := &kubeHarness{t: t, pod: pod, client: client, proc: &fakeProcess{slow: o.slow}, observations: make(chan *observation)}
 	client.PrependReactor("list", "redisclusters", func(k8stesting.Action) (bool, runtime.Object, error) {
 		h.lists.Add(1)
 		return false, nil, nil
@@ -286,7 +291,7 @@ func startKubeHarnessWith(t *testing.T, o harnessOpts) *kubeHarness {
 	dir := t.TempDir()
 	h.conf = filepath.Join(dir, "redis.conf")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	s := &settings{podName: pod, cluster: "cache", namespace: "prod", dataDir: dir, redisPort: 6379, announceHost: "10.0.0.2"}
+	s := &settings{podName: pod, cluster: "cache", namespace: "prod", dataDir: dir, redisPort: cmp.Or(o.port, 6379), announceHost: "10.0.0.2"}
 	h.rec = newReconciler(s, log, reconcilerDeps{sup: h.proc, creds: newCredentials(), primaryKeys: new(atomic.Int64), handover: o.handover})
 	src := newKubeSource(client, "prod", "cache", pod, log)
 	src.resync, src.quickClose = cmp.Or(o.resync, 300*time.Millisecond), o.quick
