@@ -554,3 +554,49 @@ func TestStatusWriterRetriesTheLatest(t *testing.T) {
 		return len(written) > 0 && written[len(written)-1] == 5
 	})
 }
+
+// A reason for not being ready that changes in its words is news for the
+// operator and for whoever reads the status: it is written at once, not
+// with the next heartbeat a minute later. The figures a reason quotes
+// (loading progress) ride the heartbeat, as the other figures do.
+func TestKubeNewReasonIsWrittenAtOnce(t *testing.T) {
+	h := startKubeHarnessWith(t, harnessOpts{pod: "cache-1", port: freePort(t)})
+	eventually(t, 5*time.Second, "redis-server to be wanted", h.proc.isWanted)
+	look := func(i redisInfo) {
+		i["redis_version"] = "7.0.15"
+		h.observations <- &observation{at: time.Now(), primaryOffset: -1, info: i}
+	}
+	loading := func(percent string) redisInfo { return redisInfo{"role": "slave", "loading": "1", "loading_loaded_perc": percent} }
+	look(loading("10.0"))
+	eventually(t, 5*time.Second, "the entry of a replica loading its dataset", func() bool {
+		return strings.Contains(fmt.Sprint(h.lastEntry()["notReadyReason"]), "loading its dataset (10.0%)")
+	})
+	n := len(h.patches())
+	for _, p := range []string{"20.0", "30.0", "40.0"} {
+		look(loading(p))
+		time.Sleep(200 * time.Millisecond)
+	}
+	if got := len(h.patches()); got != n {
+		t.Errorf("%d patches for loading progress alone; it must wait for the heartbeat", got-n)
+	}
+	look(redisInfo{"role": "slave", "master_host": "10.0.0.1", "master_port": "6379", "master_link_status": "down"})
+	eventually(t, 2*time.Second, "the link's state to be written", func() bool {
+		return h.lastEntry()["notReadyReason"] == "replication link to the primary is down"
+	})
+	// Only the reason changes now: the target is fenced.
+	h.annotate("cache", `["cache-0"]`)
+	eventually(t, 2*time.Second, "the new reason to be written at once", func() bool {
+		return h.lastEntry()["notReadyReason"] == "the target primary cache-0 is fenced"
+	})
+}
+
+// Two different changes Redis is asked to make live are told apart, however
+// their names and values run together.
+func TestLiveChangesAreToldApart(t *testing.T) {
+	if changeKey([]any{"ab", "c"}) == changeKey([]any{"a", "bc"}) {
+		t.Fatal(`the changes ("ab", "c") and ("a", "bc") are taken for one`)
+	}
+	if changeKey([]any{"maxmemory", "1mb"}) != changeKey([]any{"maxmemory", "1mb"}) {
+		t.Fatal("one change is taken for two")
+	}
+}
