@@ -4,8 +4,6 @@ go 1.26.0
 
 require (
 	github.com/gomodule/redigo v1.9.3
-	github.com/prometheus/client_model v0.6.2
-	github.com/prometheus/common v0.70.0
 	k8s.io/apimachinery v0.37.2
 	k8s.io/client-go v0.37.2
 	k8s.io/klog/v2 v2.140.0

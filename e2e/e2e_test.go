@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,6 +28,9 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -336,6 +340,56 @@ func (in *instance) get(p string) int {
 	return resp.StatusCode
 }
 
+// scrape reads the instance's /metrics as Prometheus would: it must parse,
+// hold no series twice, and show no password.
+func (in *instance) scrape(t testing.TB) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", in.httpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || strings.Contains(string(body), password) {
+		t.Fatalf("%s's /metrics: %s, or it shows the password", in.pod, resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("%s's /metrics does not parse: %v\n%s", in.pod, err, body)
+	}
+	for name, f := range families {
+		seen := map[string]bool{}
+		for _, m := range f.GetMetric() {
+			key := fmt.Sprint(m.GetLabel())
+			if seen[key] {
+				t.Fatalf("%s's /metrics has %s%s twice", in.pod, name, key)
+			}
+			seen[key] = true
+		}
+	}
+	return families
+}
+
+// value is the value of a series; -1 when there is no such series.
+func value(families map[string]*dto.MetricFamily, name string, labels ...string) float64 {
+next:
+	for _, m := range families[name].GetMetric() {
+		for i := 0; i+1 < len(labels); i += 2 {
+			if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == labels[i] && l.GetValue() == labels[i+1] }) {
+				continue next
+			}
+		}
+		switch {
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		}
+	}
+	return -1
+}
+
 // redis runs redis-cli against the instance, so that the e2e module needs no
 // Redis client of its own.
 func (in *instance) redis(args ...string) (string, error) {
@@ -572,6 +626,15 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 		v, _ := nodes[2].redis("GET", "greeting")
 		return v == "hello"
 	})
+	// Prometheus's own parser reads every manager's /metrics.
+	for _, n := range nodes {
+		f := n.scrape(t)
+		role := map[string]string{"cache-0": "master", "cache-1": "replica", "cache-2": "replica"}[n.pod]
+		if value(f, "redis_up") != 1 || value(f, "redis_operator_role", "role", role) != 1 || value(f, "redis_operator_ready") != 1 {
+			t.Errorf("%s's /metrics: redis_up %v, role %s %v, ready %v", n.pod, value(f, "redis_up"), role,
+				value(f, "redis_operator_role", "role", role), value(f, "redis_operator_ready"))
+		}
+	}
 
 	// The entries follow Redis: a crash of cache-2's redis-server shows.
 	syscall.Kill(nodes[2].redisPID(t), syscall.SIGKILL)
