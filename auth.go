@@ -1,5 +1,9 @@
 package main
 
+// Credentials: the passwords the manager offers, the instances it offers
+// them to, and their rotation. Secrets never reach a log line, a status
+// field or an error: see secretsIn, redact and secretFree.
+
 import (
 	"errors"
 	"fmt"
@@ -11,10 +15,6 @@ import (
 
 	"github.com/gomodule/redigo/redis"
 )
-
-// Credentials: the passwords the manager offers, the instances it offers
-// them to, and their rotation. Secrets never reach a log line, a status
-// field or an error: see secretsIn, redact and secretFree.
 
 // credentials are what the manager's connections to Redis may offer, and
 // to whom. The reconciler sets them; every goroutine that dials Redis (the

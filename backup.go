@@ -1,5 +1,13 @@
 package main
 
+// GET /v1/backup: the snapshot Redis sends a new replica, taken by the
+// manager itself. Redis forks once, as for any full sync, and the RDB goes
+// from the fork to the HTTP client without touching the disk (unless
+// repl-diskless-sync is off, when Redis writes the RDB file it writes for any
+// replica). "REPLCONF rdb-only" asks for the snapshot and nothing after it,
+// so the write stream does not pile up in an output buffer while a slow
+// client reads.
+
 import (
 	"bufio"
 	"bytes"
@@ -17,14 +25,6 @@ import (
 
 	"github.com/gomodule/redigo/redis"
 )
-
-// GET /v1/backup: the snapshot Redis sends a new replica, taken by the
-// manager itself. Redis forks once, as for any full sync, and the RDB goes
-// from the fork to the HTTP client without touching the disk (unless
-// repl-diskless-sync is off, when Redis writes the RDB file it writes for any
-// replica). "REPLCONF rdb-only" asks for the snapshot and nothing after it,
-// so the write stream does not pile up in an output buffer while a slow
-// client reads.
 
 // backup is GET /v1/backup: one at a time, and not under a restart or an
 // upgrade, which would cut it; each backup costs Redis a fork.

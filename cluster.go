@@ -1,9 +1,9 @@
 package main
 
-import "time"
-
 // The RedisCluster object as the manager reads it (the contract's spec and
 // status), and the entry of status.instancesStatus it writes for its pod.
+
+import "time"
 
 // redisCluster is the part of the RedisCluster object the manager reads.
 type redisCluster struct {

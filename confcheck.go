@@ -1,5 +1,9 @@
 package main
 
+// A new fragment is accepted only once redis-server itself has read it:
+// parsing and refusing what the manager owns (conf.go) catches what the
+// manager knows of, and redis-server's verdict everything else.
+
 import (
 	"context"
 	"errors"
@@ -11,10 +15,6 @@ import (
 	"strings"
 	"time"
 )
-
-// A new fragment is accepted only once redis-server itself has read it:
-// parsing and refusing what the manager owns (conf.go) catches what the
-// manager knows of, and redis-server's verdict everything else.
 
 // The reconciler's side of the configuration: a new fragment is checked by
 // redis-server, applied to the running one where it can be, and only then

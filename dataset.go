@@ -1,5 +1,9 @@
 package main
 
+// The dataset on disk, as the guards read it before a start: which files
+// Redis would load (the RDB, or the AOF directory), how many keys they hold,
+// and whether Redis could load them at all.
+
 import (
 	"bufio"
 	"fmt"
@@ -14,10 +18,6 @@ import (
 	"syscall"
 	"time"
 )
-
-// The dataset on disk, as the guards read it before a start: which files
-// Redis would load (the RDB, or the AOF directory), how many keys they hold,
-// and whether Redis could load them at all.
 
 // dataFiles names the dataset's files in the data directory, as the
 // fragment sets them: Redis reads the AOF when appendonly is on, the RDB

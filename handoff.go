@@ -1,5 +1,10 @@
 package main
 
+// The handoff is what one manager leaves the next across the exec of an
+// in-place upgrade (upgrade.go): the inherited descriptors, the
+// redis-server it adopts, and the last view of the cluster. It is read once
+// and removed, for it holds the password redis-server started with.
+
 import (
 	"encoding/json"
 	"fmt"
@@ -12,11 +17,6 @@ import (
 	"syscall"
 	"time"
 )
-
-// The handoff is what one manager leaves the next across the exec of an
-// in-place upgrade (upgrade.go): the inherited descriptors, the
-// redis-server it adopts, and the last view of the cluster. It is read once
-// and removed, for it holds the password redis-server started with.
 
 // handoffEnv names the handoff file in the new process's environment.
 const (

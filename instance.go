@@ -68,9 +68,9 @@ func runInstance(ctx context.Context, s *settings, stdout io.Writer) error {
 // newManager makes the parts. A manager that adopted a redis-server must
 // not just return on an error: as PID 1 its exit would kill redis-server
 // with no chance to save. It stops it the way a stop would.
-func newManager(ctx context.Context, s *settings, stdout io.Writer) (m *manager, err error) {
+func newManager(ctx context.Context, s *settings, stdout io.Writer) (_ *manager, err error) {
 	base := newLogger(s.logFormat, stdout)
-	m = &manager{settings: s, base: base, log: base.With("logger", "manager"), srvErr: make(chan error, 1), supDone: make(chan struct{})}
+	m := &manager{settings: s, base: base, log: base.With("logger", "manager"), srvErr: make(chan error, 1), supDone: make(chan struct{})}
 	if m.inherited, err = takeHandoff(); err != nil {
 		return nil, err
 	}

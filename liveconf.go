@@ -1,5 +1,10 @@
 package main
 
+// The configuration redis-server runs is brought to the wanted one without a
+// restart where Redis allows: the difference between the two, by name, goes
+// into one atomic CONFIG SET, and what Redis reads only at start waits for a
+// restart, named in pendingRestart.
+
 import (
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,11 +16,6 @@ import (
 
 	"github.com/gomodule/redigo/redis"
 )
-
-// The configuration redis-server runs is brought to the wanted one without a
-// restart where Redis allows: the difference between the two, by name, goes
-// into one atomic CONFIG SET, and what Redis reads only at start waits for a
-// restart, named in pendingRestart.
 
 // The configuration redis-server runs is brought to the wanted one without a
 // restart where Redis allows: the difference between the two, by name, goes

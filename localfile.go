@@ -1,5 +1,10 @@
 package main
 
+// Local mode (--cluster-file): the RedisCluster, its ConfigMap and its
+// Secret come from one multi-document YAML file, and the instances' status
+// entries are files beside it, so that several managers on one machine
+// form a cluster without an API server.
+
 import (
 	"bufio"
 	"bytes"
@@ -18,11 +23,6 @@ import (
 	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 )
-
-// Local mode (--cluster-file): the RedisCluster, its ConfigMap and its
-// Secret come from one multi-document YAML file, and the instances' status
-// entries are files beside it, so that several managers on one machine
-// form a cluster without an API server.
 
 // localSource reads the cluster from a multi-document YAML file and keeps
 // the instances' status entries as files beside it.
@@ -97,74 +97,23 @@ func (s *localSource) load() (clusterView, error) {
 	if err != nil {
 		return v, fmt.Errorf("read cluster file: %w", err)
 	}
-	docs := k8syaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
-	var found bool
-	configMaps := map[string]map[string]string{}
-	secrets := map[string]map[string][]byte{}
-	for i := 1; ; i++ {
-		doc, err := docs.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return v, fmt.Errorf("cluster file %s: %w", s.path, err)
-		}
-		var head struct {
-			Kind     string     `json:"kind"`
-			Metadata objectMeta `json:"metadata"`
-		}
-		if err := yaml.Unmarshal(doc, &head); err != nil {
-			return v, fmt.Errorf("cluster file %s: document %d is not valid YAML%s", s.path, i, yamlErrorLine(err))
-		}
-		if head.Metadata.Namespace != "" && head.Metadata.Namespace != s.namespace {
-			continue
-		}
-		switch head.Kind {
-		case "RedisCluster":
-			if head.Metadata.Name == s.cluster {
-				if err := yaml.Unmarshal(doc, &v.cluster); err != nil {
-					return v, fmt.Errorf("cluster file %s, RedisCluster %s: %w", s.path, s.cluster, err)
-				}
-				found = true
-			}
-		case "ConfigMap":
-			var cm struct {
-				Data map[string]string `json:"data"`
-			}
-			if err := yaml.Unmarshal(doc, &cm); err != nil {
-				return v, fmt.Errorf("cluster file %s, ConfigMap %s: %w", s.path, head.Metadata.Name, err)
-			}
-			configMaps[head.Metadata.Name] = cm.Data
-		case "Secret":
-			var sec struct {
-				Data       map[string][]byte `json:"data"`
-				StringData map[string]string `json:"stringData"`
-			}
-			// The error would quote the document, and with it the secret.
-			if err := yaml.Unmarshal(doc, &sec); err != nil {
-				return v, fmt.Errorf("cluster file %s: Secret %s is not valid", s.path, head.Metadata.Name)
-			}
-			if sec.Data == nil {
-				sec.Data = map[string][]byte{}
-			}
-			for k, val := range sec.StringData {
-				sec.Data[k] = []byte(val)
-			}
-			secrets[head.Metadata.Name] = sec.Data
-		}
+	file, err := s.parse(data)
+	if err != nil {
+		return v, err
 	}
-	if !found {
+	if file.cluster == nil {
 		return v, fmt.Errorf("cluster file %s holds no RedisCluster named %q in namespace %q", s.path, s.cluster, s.namespace)
 	}
+	v.cluster = *file.cluster
 	if ref := v.cluster.Spec.ConfigMapRef; ref != nil {
-		frag, ok := configMaps[ref.Name][ref.Key]
+		frag, ok := file.configMaps[ref.Name][ref.Key]
 		if !ok {
 			return v, fmt.Errorf("cluster file %s holds no ConfigMap %s with key %q", s.path, ref.Name, ref.Key)
 		}
 		v.fragment = frag
 	}
 	if ref := v.cluster.Spec.AuthSecretRef; ref != nil {
-		pw, ok := secrets[ref.Name][ref.Key]
+		pw, ok := file.secrets[ref.Name][ref.Key]
 		if !ok {
 			return v, fmt.Errorf("cluster file %s holds no Secret %s with key %q", s.path, ref.Name, ref.Key)
 		}
@@ -173,6 +122,80 @@ func (s *localSource) load() (clusterView, error) {
 	v.cluster.Status.InstancesStatus = s.readEntries()
 	v.cluster.Status.CurrentPrimary = readCurrentPrimary(s.statusDir)
 	return v, nil
+}
+
+// clusterFile is what a cluster file holds for this namespace.
+type clusterFile struct {
+	cluster    *redisCluster // the one named by --cluster
+	configMaps map[string]map[string]string
+	secrets    map[string]map[string][]byte
+}
+
+// parse reads the file's documents. An error never quotes a Secret.
+func (s *localSource) parse(data []byte) (clusterFile, error) {
+	file := clusterFile{configMaps: map[string]map[string]string{}, secrets: map[string]map[string][]byte{}}
+	docs := k8syaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for i := 1; ; i++ {
+		doc, err := docs.Read()
+		if errors.Is(err, io.EOF) {
+			return file, nil
+		}
+		if err != nil {
+			return file, fmt.Errorf("cluster file %s: %w", s.path, err)
+		}
+		var head struct {
+			Kind     string     `json:"kind"`
+			Metadata objectMeta `json:"metadata"`
+		}
+		if err := yaml.Unmarshal(doc, &head); err != nil {
+			return file, fmt.Errorf("cluster file %s: document %d is not valid YAML%s", s.path, i, yamlErrorLine(err))
+		}
+		if head.Metadata.Namespace != "" && head.Metadata.Namespace != s.namespace {
+			continue
+		}
+		if err := s.parseDocument(&file, head.Kind, head.Metadata.Name, doc); err != nil {
+			return file, err
+		}
+	}
+}
+
+// parseDocument adds one document of the kinds the file may hold.
+func (s *localSource) parseDocument(file *clusterFile, kind, name string, doc []byte) error {
+	switch kind {
+	case "RedisCluster":
+		if name != s.cluster {
+			return nil
+		}
+		file.cluster = &redisCluster{}
+		if err := yaml.Unmarshal(doc, file.cluster); err != nil {
+			return fmt.Errorf("cluster file %s, RedisCluster %s: %w", s.path, s.cluster, err)
+		}
+	case "ConfigMap":
+		var cm struct {
+			Data map[string]string `json:"data"`
+		}
+		if err := yaml.Unmarshal(doc, &cm); err != nil {
+			return fmt.Errorf("cluster file %s, ConfigMap %s: %w", s.path, name, err)
+		}
+		file.configMaps[name] = cm.Data
+	case "Secret":
+		var sec struct {
+			Data       map[string][]byte `json:"data"`
+			StringData map[string]string `json:"stringData"`
+		}
+		// The error would quote the document, and with it the secret.
+		if err := yaml.Unmarshal(doc, &sec); err != nil {
+			return fmt.Errorf("cluster file %s: Secret %s is not valid", s.path, name)
+		}
+		if sec.Data == nil {
+			sec.Data = map[string][]byte{}
+		}
+		for k, val := range sec.StringData {
+			sec.Data[k] = []byte(val)
+		}
+		file.secrets[name] = sec.Data
+	}
+	return nil
 }
 
 var yamlLine = regexp.MustCompile(`line (\d+)`)

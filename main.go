@@ -20,9 +20,6 @@ import (
 	"syscall"
 )
 
-func (e configError) Error() string { return e.err.Error() }
-func (e configError) Unwrap() error { return e.err }
-
 // Set at build time with -ldflags "-X main.version=... -X main.commit=...".
 var (
 	version = "dev"
@@ -39,6 +36,9 @@ func main() {
 
 // configError is a mistake in how the manager was started: exit 2, one line.
 type configError struct{ err error }
+
+func (e configError) Error() string { return e.err.Error() }
+func (e configError) Unwrap() error { return e.err }
 
 // errHelp ends a run that only printed its usage, as asked.
 var errHelp = errors.New("help requested")

@@ -1,5 +1,10 @@
 package main
 
+// Metrics. /metrics is read from what the reconciler last published: the
+// observer's INFO of each second and the manager's own counters. A scrape
+// never waits on Redis, however slow it is, and costs it nothing: the INFO
+// it shows was taken anyway.
+
 import (
 	"fmt"
 	"net/http"
@@ -9,11 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 )
-
-// Metrics. /metrics is read from what the reconciler last published: the
-// observer's INFO of each second and the manager's own counters. A scrape
-// never waits on Redis, however slow it is, and costs it nothing: the INFO
-// it shows was taken anyway.
 
 // Metrics. /metrics is read from what the reconciler last published: the
 // observer's INFO of each second and the manager's own counters. A scrape
@@ -94,7 +94,7 @@ func renderMetrics(ps *probeState, now time.Time) []byte {
 	m.one("redis_operator_pending_restart_parameters", "gauge", "Parameters changed that apply only at redis-server's next restart.", float64(len(st.PendingRestart)))
 	m.one("redis_operator_status_patches_total", "counter", "Status entries written.", float64(counts.statusPatches.Load()))
 	m.one("redis_operator_status_patch_errors_total", "counter", "Status writes that failed (each is retried).", float64(counts.statusPatchErrors.Load()))
-	m.one("redis_operator_watch_restarts_total", "counter", "Watches of the RedisCluster that ended and were listed again.", float64(counts.watchRestarts.Load()))
+	m.one("redis_operator_watch_restarts_total", "counter", "Watches of the RedisCluster that failed and were listed again; a watch the server ends on time resumes and is not counted.", float64(counts.watchRestarts.Load()))
 	m.one("redis_operator_upgrades_total", "counter", "In-place upgrades of this pod's manager.", float64(counts.upgrades.Load()))
 
 	i := ps.info

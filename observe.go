@@ -1,5 +1,10 @@
 package main
 
+// The observer looks at the local redis-server (PING and INFO in one round
+// trip) once a second, faster while it starts or loads, and hands each look
+// to the reconciler; for a replica it also reads its primary's offset, for
+// the lag.
+
 import (
 	"context"
 	"log/slog"
@@ -9,11 +14,6 @@ import (
 
 	"github.com/gomodule/redigo/redis"
 )
-
-// The observer looks at the local redis-server (PING and INFO in one round
-// trip) once a second, faster while it starts or loads, and hands each look
-// to the reconciler; for a replica it also reads its primary's offset, for
-// the lag.
 
 // observation is one look at the local redis-server.
 type observation struct {

@@ -1,5 +1,12 @@
 package main
 
+// Operator commands (restart, backup, update) change an instance. They need
+// a client certificate verified against --tls-client-ca-file, or the bearer
+// token in --operator-token-file, read at each request so that a rotated
+// token (a re-mounted Secret) counts at once. With neither configured they
+// are refused outright, for an open restart endpoint on every Redis pod
+// would be an outage waiting for a caller.
+
 import (
 	"crypto/sha256"
 	"crypto/subtle"
@@ -12,13 +19,6 @@ import (
 	"sync"
 	"time"
 )
-
-// Operator commands (restart, backup, update) change an instance. They need
-// a client certificate verified against --tls-client-ca-file, or the bearer
-// token in --operator-token-file, read at each request so that a rotated
-// token (a re-mounted Secret) counts at once. With neither configured they
-// are refused outright, for an open restart endpoint on every Redis pod
-// would be an outage waiting for a caller.
 
 // operator guards the commands that change an instance. They need a client
 // certificate verified against --tls-client-ca-file, or the bearer token in

@@ -1,16 +1,16 @@
 package main
 
+// Probes for the kubelet. They never talk to Redis: readiness and
+// startup serve what the reconciler last published, so a hung Redis cannot
+// pile up probe connections, and liveness reads the loops' heartbeats, so
+// a hung manager fails it.
+
 import (
 	"cmp"
 	"fmt"
 	"net/http"
 	"time"
 )
-
-// Probes for the kubelet. They never talk to Redis: readiness and
-// startup serve what the reconciler last published, so a hung Redis cannot
-// pile up probe connections, and liveness reads the loops' heartbeats, so
-// a hung manager fails it.
 
 // probeState is what the HTTP handlers serve, published by the reconciler.
 type probeState struct {

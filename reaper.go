@@ -1,5 +1,11 @@
 package main
 
+// The manager is PID 1 of its pod. Exactly one goroutine waits for
+// children (the reaper): a second wait, such as exec.Cmd.Wait, would race it
+// for redis-server's exit status. It also reaps every orphan in the
+// container, and runs the short-lived helpers (redis-server checking a
+// fragment, redis-check-rdb, a new binary checking itself).
+
 import (
 	"bytes"
 	"context"
@@ -13,12 +19,6 @@ import (
 	"syscall"
 	"time"
 )
-
-// The manager is PID 1 of its pod. Exactly one goroutine waits for
-// children (the reaper): a second wait, such as exec.Cmd.Wait, would race it
-// for redis-server's exit status. It also reaps every orphan in the
-// container, and runs the short-lived helpers (redis-server checking a
-// fragment, redis-check-rdb, a new binary checking itself).
 
 // prSetChildSubreaper makes orphans of our descendants our children, so that
 // we reap them as PID 1 would when we are not PID 1 (local mode, tests).

@@ -1,5 +1,13 @@
 package main
 
+// The reconciler owns the desired state of this pod: it turns each new
+// view of the RedisCluster, and each new look at Redis, into redis.conf,
+// into whether redis-server should run, into the role Redis must have, and
+// into the status it publishes. One goroutine runs it (run), one select
+// loop; each of its steps is named and lives in the file of its concern:
+// the configuration (confcheck.go, liveconf.go), credentials (auth.go),
+// the role (role.go), restores (restore.go), the status (status.go).
+
 import (
 	"context"
 	"fmt"
@@ -8,14 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 )
-
-// The reconciler owns the desired state of this pod: it turns each new
-// view of the RedisCluster, and each new look at Redis, into redis.conf,
-// into whether redis-server should run, into the role Redis must have, and
-// into the status it publishes. One goroutine runs it (run), one select
-// loop; each of its steps is named and lives in the file of its concern:
-// the configuration (confcheck.go, liveconf.go), credentials (auth.go),
-// the role (role.go), restores (restore.go), the status (status.go).
 
 // redisProcess is the supervisor as the reconciler sees it.
 type redisProcess interface {

@@ -1,5 +1,9 @@
 package main
 
+// The manager's Redis client: connections that offer every password the
+// server may answer to, with a deadline on every step, and INFO read as
+// key/value pairs.
+
 import (
 	"errors"
 	"fmt"
@@ -11,10 +15,6 @@ import (
 
 	"github.com/gomodule/redigo/redis"
 )
-
-// The manager's Redis client: connections that offer every password the
-// server may answer to, with a deadline on every step, and INFO read as
-// key/value pairs.
 
 // dialRedis connects and authenticates with the first of passwords that
 // works ("" for none), with a deadline on every step. The manager offers

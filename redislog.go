@@ -1,5 +1,9 @@
 package main
 
+// redis-server logs to a pipe the manager reads: each line becomes a
+// record of the manager's own log, and the last lines are kept, for they
+// say why Redis stopped, which its exit status does not.
+
 import (
 	"bufio"
 	"context"
@@ -9,10 +13,6 @@ import (
 	"strings"
 	"sync"
 )
-
-// redis-server logs to a pipe the manager reads: each line becomes a
-// record of the manager's own log, and the last lines are kept, for they
-// say why Redis stopped, which its exit status does not.
 
 // forwardLog re-emits redis-server's log lines as the manager's own records.
 func (s *supervisor) forwardLog() {

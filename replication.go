@@ -1,9 +1,16 @@
 package main
 
-// What Redis says about itself (INFO), and what this pod's role must be.
-// Roles come from the RedisCluster object alone: the target primary runs as
-// master, every other instance replicates from the address the target
-// published in its status entry.
+// Moving the primary role between two redis-servers, and keeping a replica
+// on the right primary. The target primary's manager drives a handover,
+// and so does the old primary's, with the same steps, so that either one
+// alone suffices; every step can be repeated without harm. What decides
+// when to take these steps is role.go.
+//
+// A planned switchover loses no acknowledged write: the old master stops
+// taking writes (CLIENT PAUSE WRITE), its offset is read, the new one is
+// promoted only once it has applied everything up to that offset, and the
+// old one becomes its replica before the pause ends, so the writes it held
+// back are refused (READONLY) rather than acknowledged on the wrong side.
 
 import (
 	"errors"
@@ -18,16 +25,6 @@ import (
 type redisNode struct {
 	dial, announce string
 }
-
-// Moving the primary role. The target primary's manager drives it, and so
-// does the old primary's, with the same steps, so that either one alone
-// suffices; every step can be repeated without harm.
-//
-// A planned switchover loses no acknowledged write: the old master stops
-// taking writes (CLIENT PAUSE WRITE), its offset is read, the new one is
-// promoted only once it has applied everything up to that offset, and the
-// old one becomes its replica before the pause ends, so the writes it held
-// back are refused (READONLY) rather than acknowledged on the wrong side.
 
 // oldPrimaryTimeout bounds each step with the old primary: short, since a
 // dead one holds the handover up, but not so short that a busy one (a fork,
@@ -50,7 +47,9 @@ var errUnreachable = errors.New("the old primary does not answer")
 // and the new one is not master either; the role is held elsewhere.
 var errOldNotMaster = errors.New("the old primary runs as a replica, and so does the new one")
 
-// handover moves the primary role from old to new.
+// handover moves the primary role from old to new: writes stop on the old
+// primary, the new one takes over once it holds every acknowledged write,
+// and the old one follows it.
 func handover(old, new redisNode, passwords []string) error {
 	oc, err := dialRedis(old.dial, passwords, oldPrimaryTimeout)
 	if err != nil {
@@ -62,66 +61,73 @@ func handover(old, new redisNode, passwords []string) error {
 		return fmt.Errorf("connect to the new primary: %w", err)
 	}
 	defer nc.Close()
-
 	oldInfo, err := infoReplication(oc)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUnreachable, err)
 	}
 	if oldInfo.role() == "master" {
-		// A new primary still copying the old one's dataset cannot catch up
-		// within a pause: pausing now would only hold writes back for
-		// nothing, once a second, for as long as its full sync takes.
-		if ni, err := infoReplication(nc); err == nil && ni.role() == "slave" && (ni["master_sync_in_progress"] == "1" || ni["master_link_status"] != "up") {
-			return fmt.Errorf("the new primary is still syncing from the old one; handing over once it has")
-		}
-		pausedAt := time.Now()
-		if _, err := oc.Do("CLIENT", "PAUSE", handoverPause.Milliseconds(), "WRITE"); err != nil {
-			return fmt.Errorf("pause writes on the old primary: %w", err)
-		}
-		// Promote only well inside the pause: once it lapsed, the old
-		// primary takes writes again, and they would be lost.
-		inPause := func() error {
-			if time.Since(pausedAt) > handoverPause/2 {
-				return fmt.Errorf("the handover took %s, too long for the %s pause; abandoned", time.Since(pausedAt).Round(time.Millisecond), handoverPause)
-			}
-			return nil
-		}
-		// The offset after the pause: every acknowledged write is below it.
-		if oldInfo, err = infoReplication(oc); err != nil {
-			return fmt.Errorf("%w: %v", errUnreachable, err)
-		}
-		newInfo, err := infoReplication(nc)
-		if err != nil {
-			return fmt.Errorf("read the new primary's role: %w", err)
-		}
-		// Already a master (a failover while this one was cut off, or a
-		// handover that stopped half way): the old one only has to follow,
-		// unless that would trade its data for an empty dataset.
-		if newInfo.role() == "master" {
-			if err := refuseEmpty(oc, nc); err != nil {
-				return err
-			}
-		} else {
-			if err := awaitCatchUp(nc, oldInfo.int("master_repl_offset")); err != nil {
-				return err
-			}
-			if err := inPause(); err != nil {
-				return err
-			}
-			if _, err := nc.Do("REPLICAOF", "NO", "ONE"); err != nil {
-				return fmt.Errorf("promote the new primary: %w", err)
-			}
+		if err := promoteInPause(oc, nc); err != nil {
+			return err
 		}
 	} else if newInfo, err := infoReplication(nc); err != nil || newInfo.role() != "master" {
 		// Neither is master: the role is held elsewhere, not lost.
 		return errOldNotMaster
 	}
+	return demoteOld(oc, nc, new.announce)
+}
+
+// promoteInPause pauses writes on the old primary (oc) and promotes the
+// new one (nc) once it has applied every write acknowledged before the
+// pause, well inside the pause: once it lapsed, the old primary would take
+// writes again, and they would be lost.
+func promoteInPause(oc, nc redis.Conn) error {
+	// A new primary still copying the old one's dataset cannot catch up
+	// within a pause: pausing now would only hold writes back for nothing,
+	// once a second, for as long as its full sync takes.
+	if ni, err := infoReplication(nc); err == nil && ni.role() == "slave" && (ni["master_sync_in_progress"] == "1" || ni["master_link_status"] != "up") {
+		return fmt.Errorf("the new primary is still syncing from the old one; handing over once it has")
+	}
+	pausedAt := time.Now()
+	if _, err := oc.Do("CLIENT", "PAUSE", handoverPause.Milliseconds(), "WRITE"); err != nil {
+		return fmt.Errorf("pause writes on the old primary: %w", err)
+	}
+	// The offset after the pause: every acknowledged write is below it.
+	oldInfo, err := infoReplication(oc)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUnreachable, err)
+	}
+	newInfo, err := infoReplication(nc)
+	if err != nil {
+		return fmt.Errorf("read the new primary's role: %w", err)
+	}
+	// Already a master (a failover while this one was cut off, or a
+	// handover that stopped half way): the old one only has to follow,
+	// unless that would trade its data for an empty dataset.
+	if newInfo.role() == "master" {
+		return refuseEmpty(oc, nc)
+	}
+	if err := awaitCatchUp(nc, oldInfo.int("master_repl_offset")); err != nil {
+		return err
+	}
+	if took := time.Since(pausedAt); took > handoverPause/2 {
+		return fmt.Errorf("the handover took %s, too long for the %s pause; abandoned", took.Round(time.Millisecond), handoverPause)
+	}
+	if _, err := nc.Do("REPLICAOF", "NO", "ONE"); err != nil {
+		return fmt.Errorf("promote the new primary: %w", err)
+	}
+	return nil
+}
+
+// demoteOld has the old primary (oc) follow the new one (nc, announced at
+// announce) before its pause ends, so the writes it held back are refused
+// (READONLY) rather than acknowledged on the wrong side.
+func demoteOld(oc, nc redis.Conn, announce string) error {
 	// A pause left on the new primary by an earlier guard must not hold
 	// back its first writes.
 	if _, err := nc.Do("CLIENT", "UNPAUSE"); err != nil {
 		return fmt.Errorf("unpause the new primary: %w", err)
 	}
-	host, port, err := splitHostPort(new.announce)
+	host, port, err := splitHostPort(announce)
 	if err != nil {
 		return err
 	}

@@ -1,5 +1,10 @@
 package main
 
+// POST /v1/restart: redis-server is stopped gracefully and started again on
+// redis.conf as it now is, which is how parameters Redis reads only at
+// start are applied. A restart that would lose the dataset, or that would
+// not start, is refused and Redis keeps running as it is.
+
 import (
 	"context"
 	"errors"
@@ -10,11 +15,6 @@ import (
 
 	"github.com/gomodule/redigo/redis"
 )
-
-// POST /v1/restart: redis-server is stopped gracefully and started again on
-// redis.conf as it now is, which is how parameters Redis reads only at
-// start are applied. A restart that would lose the dataset, or that would
-// not start, is refused and Redis keeps running as it is.
 
 // restart is POST /v1/restart. It answers once the new redis-server
 // answers (loading its data counts), so that a caller can go on at once.

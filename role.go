@@ -1,5 +1,10 @@
 package main
 
+// What this pod's role must be, and the reconciler's steps that make Redis
+// take it. Roles come from the RedisCluster object alone: the target primary
+// runs as master, every other instance replicates from the address the
+// target published in its status entry.
+
 import (
 	"cmp"
 	"errors"
@@ -8,11 +13,6 @@ import (
 
 	"github.com/gomodule/redigo/redis"
 )
-
-// What this pod's role must be, and the reconciler's steps that make Redis
-// take it. Roles come from the RedisCluster object alone: the target primary
-// runs as master, every other instance replicates from the address the
-// target published in its status entry.
 
 // desiredRole says what this pod must be: the primary, or a replica of the
 // target primary's published address. An empty replicaOf with primary false

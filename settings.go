@@ -1,5 +1,9 @@
 package main
 
+// How the instance was started: its flags, each with an environment
+// variable beside it, and the defaults that depend on the machine. A
+// mistake here is a configError: exit 2, one line, before anything starts.
+
 import (
 	"errors"
 	"flag"
@@ -13,10 +17,6 @@ import (
 	"strings"
 	"time"
 )
-
-// How the instance was started: its flags, each with an environment
-// variable beside it, and the defaults that depend on the machine. A
-// mistake here is a configError: exit 2, one line, before anything starts.
 
 // settings is how this instance was started.
 type settings struct {

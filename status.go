@@ -1,5 +1,9 @@
 package main
 
+// What the reconciler publishes: a probe state for the HTTP handlers,
+// replaced whole on every step, and this pod's status entry for the
+// status writer, which writes the latest one and retries until it lands.
+
 import (
 	"cmp"
 	"context"
@@ -10,10 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 )
-
-// What the reconciler publishes: a probe state for the HTTP handlers,
-// replaced whole on every step, and this pod's status entry for the
-// status writer, which writes the latest one and retries until it lands.
 
 // statusState is what the reconciler published, and wrote, last.
 type statusState struct {
@@ -142,12 +142,12 @@ func (r *reconciler) stopped(reason string) statusUpdate {
 	return statusUpdate{entry: ps.status}
 }
 
-// statusWriter writes the latest entry, retrying with backoff while the
+// runStatusWriter writes the latest entry, retrying with backoff while the
 // source fails: Redis is not touched by this, and the entry catches up.
 func runStatusWriter(ctx context.Context, log *slog.Logger, updates <-chan statusUpdate, write func(context.Context, statusUpdate) error) {
 	var (
 		pending *statusUpdate
-		backoff time.Duration
+		wait    = newBackoff()
 		retry   <-chan time.Time
 	)
 	for {
@@ -170,13 +170,14 @@ func runStatusWriter(ctx context.Context, log *slog.Logger, updates <-chan statu
 		cancel()
 		if err == nil {
 			counts.statusPatches.Add(1)
-			pending, backoff, retry = nil, 0, nil
+			pending, retry = nil, nil
+			wait.reset()
 			continue
 		}
 		counts.statusPatchErrors.Add(1)
-		backoff = min(max(2*backoff, backoffMin), backoffMax)
-		log.Warn("cannot write status; retrying", "error", err, "retryIn", backoff.String())
-		retry = time.After(backoff)
+		d := wait.next()
+		log.Warn("cannot write status; retrying", "error", err, "retryIn", d.String())
+		retry = time.After(d)
 	}
 }
 

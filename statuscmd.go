@@ -1,5 +1,8 @@
 package main
 
+// `redis-operator status`: an instance's /v1/status as a table, for a human
+// at `kubectl exec`.
+
 import (
 	"cmp"
 	"context"
@@ -16,9 +19,6 @@ import (
 	"text/tabwriter"
 	"time"
 )
-
-// `redis-operator status`: an instance's /v1/status as a table, for a human
-// at `kubectl exec`.
 
 // statusCommand prints an instance's /v1/status as a table, for a human at
 // `kubectl exec`: by default this pod's own, at the address its manager

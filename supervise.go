@@ -1,12 +1,12 @@
 package main
 
-// The manager is PID 1 of its pod: it starts redis-server, forwards its log,
-// reaps every zombie in the container, restarts redis-server when it dies,
-// and stops it gracefully when the pod is told to go.
-//
-// Exactly one goroutine waits for children (the reaper), because a second
-// wait, such as exec.Cmd.Wait, would race it for redis-server's exit status.
-// Exactly one goroutine owns redis-server's lifecycle (the supervisor).
+// The supervisor owns redis-server's lifecycle: it starts it when the
+// reconciler wants it to run, restarts it when it dies (with backoff, and
+// not when it would come back as an empty primary), restarts it when the
+// operator asks, and stops it gracefully when the pod is told to go or a
+// fence comes; SIGKILL is only the last step of a stop that ran out of
+// time. Exactly one goroutine runs it; the reaper (reaper.go) does every
+// wait for its exit.
 
 import (
 	"context"

@@ -1,5 +1,9 @@
 package main
 
+// HTTPS for the manager's endpoints: the certificate is served, and client
+// certificates verified, as the files are now, so a renewed certificate is
+// used from the next handshake on without a restart.
+
 import (
 	"crypto/tls"
 	"crypto/x509"
@@ -10,10 +14,6 @@ import (
 	"sync"
 	"time"
 )
-
-// HTTPS for the manager's endpoints: the certificate is served, and client
-// certificates verified, as the files are now, so a renewed certificate is
-// used from the next handshake on without a restart.
 
 // tlsFiles serves the certificate, and verifies client certificates, as
 // the files are now: a renewed certificate (cert-manager rewriting the

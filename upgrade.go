@@ -8,8 +8,9 @@ package main
 // listener and the pipe of redis-server's log are inherited: probes wait in
 // the listen queue for the few milliseconds of the exec instead of being
 // refused, and the log keeps flowing. The new manager adopts redis-server
-// from a handover file, and answers the upgrade request itself once it
-// serves, so a caller that goes on at once (with a SIGTERM, say) finds it.
+// from the handoff (handoff.go), and answers the upgrade request itself
+// once it serves, so a caller that goes on at once (with a SIGTERM, say)
+// finds it.
 
 import (
 	"context"

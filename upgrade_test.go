@@ -449,3 +449,48 @@ func TestUpgradeRefusedOnceAStopIsPending(t *testing.T) {
 		t.Errorf("%d files beside the binary; want it alone", len(entries))
 	}
 }
+
+// A new binary that cannot run after the exec (here, the cluster file it
+// reads at start went bad meanwhile) stops the redis-server it adopted the
+// way the supervisor stops one: SHUTDOWN, which saves, never a kill. As
+// PID 1, its exit would otherwise kill Redis with its unsaved writes.
+func TestFailedStartAfterAnUpgradeStopsRedisGracefully(t *testing.T) {
+	v2 := binaryV2(t)
+	in, _ := upgradable(t)
+	c := in.redis()
+	writeKeys(t, c, "kept", 500)
+	c.Close()
+	pid := in.redisPID()
+	writeFile(t, in.clusterFile, "kind: RedisCluster\nmetadata: {name: cache\n") // no longer YAML
+	eventually(t, 5*time.Second, "the running manager to refuse the file", func() bool {
+		return in.hasLog("cannot use the cluster's new state; keeping the last good one")
+	})
+	req, _ := http.NewRequest("PUT", fmt.Sprintf("http://127.0.0.1:%d/v1/update", in.httpPort), bytes.NewReader(v2))
+	req.Header.Set("X-Binary-SHA256", sha(v2))
+	req.Header.Set("Authorization", "Bearer up-token")
+	if resp, err := (&http.Client{Timeout: time.Minute}).Do(req); err == nil {
+		resp.Body.Close() // the new manager, which would answer, cannot start
+	}
+	if code := in.awaitExit(40 * time.Second); code != 2 {
+		t.Fatalf("the new manager exited with %d, want 2 (a start error)", code)
+	}
+	var stopped, killed bool
+	for _, r := range in.logRecords() {
+		switch r["msg"] {
+		case "redis-server stopped":
+			stopped = r["pid"] == float64(pid) && r["status"] == "exit status 0"
+		case "redis-server killed":
+			killed = true
+		}
+	}
+	if !in.hasLog("cannot run after the upgrade; stopping the inherited redis-server") || !stopped || killed {
+		t.Fatalf("the inherited redis-server %d was not stopped gracefully (stopped %v, killed %v):\n%s", pid, stopped, killed, in.out.String())
+	}
+	cf := filepath.Join(t.TempDir(), "cluster.yaml")
+	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", "s3cret-pw"))
+	again := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, dataDir: in.dataDir, password: "s3cret-pw"})
+	again.waitReady(20 * time.Second)
+	c = again.redis()
+	defer c.Close()
+	checkKeys(t, c, "kept", 500)
+}

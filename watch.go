@@ -1,9 +1,10 @@
 package main
 
-// The manager follows one RedisCluster object and reports back to it. The
-// source of the object is a file in local mode; a reconciler turns each new
-// view of it, and each new look at Redis, into redis.conf, into whether
-// redis-server should run, and into this pod's status entry.
+// Where the RedisCluster comes from and where this pod's status entry goes:
+// the source. A source sends views of the cluster (the object, with the
+// ConfigMap and Secret it names) and complaints through a feed, and writes
+// the status. In Kubernetes it is one client-go dynamic watch of the one
+// object; in local mode, a file (localfile.go).
 
 import (
 	"context"

@@ -566,7 +566,9 @@ func TestKubeNewReasonIsWrittenAtOnce(t *testing.T) {
 		i["redis_version"] = "7.0.15"
 		h.observations <- &observation{at: time.Now(), primaryOffset: -1, info: i}
 	}
-	loading := func(percent string) redisInfo { return redisInfo{"role": "slave", "loading": "1", "loading_loaded_perc": percent} }
+	loading := func(percent string) redisInfo {
+		return redisInfo{"role": "slave", "loading": "1", "loading_loaded_perc": percent}
+	}
 	look(loading("10.0"))
 	eventually(t, 5*time.Second, "the entry of a replica loading its dataset", func() bool {
 		return strings.Contains(fmt.Sprint(h.lastEntry()["notReadyReason"]), "loading its dataset (10.0%)")
