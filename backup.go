@@ -27,13 +27,9 @@ import (
 )
 
 // backup is GET /v1/backup: one at a time, and not under a restart or an
-// upgrade, which would cut it; each backup costs Redis a fork.
+// upgrade, which would cut it (see exclusive); each backup costs Redis a
+// fork.
 func (h *endpoints) backup(w http.ResponseWriter, r *http.Request) {
-	if !h.upd.busy.TryLock() {
-		writeJSON(w, http.StatusConflict, map[string]any{"error": errBusy})
-		return
-	}
-	defer h.upd.busy.Unlock()
 	// HTTP/1.0 ends a body by closing the connection, so a backup cut
 	// short would look whole; chunked encoding tells them apart.
 	if !r.ProtoAtLeast(1, 1) {

@@ -119,7 +119,7 @@ func (h *handoff) seedCredentials(creds *credentials, pod string) {
 	}
 }
 
-// seed gives a new reconciler what the old one knew, before it runs: it
+// seed gives a new reconciler what the old one knew, as it is made: it
 // owns redis-server already, and holds its fencing as it was. A fragment
 // the old manager checked needs no new check by redis-server.
 func (h *handoff) seed(rec *reconciler) {

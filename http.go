@@ -53,8 +53,8 @@ func (h *endpoints) routes() http.Handler {
 	mux.HandleFunc("GET /v1/status", h.status)
 	mux.HandleFunc("GET /metrics", h.metrics)
 	mux.HandleFunc("PUT /v1/update", h.op.authorize(h.upd.handle))
-	mux.HandleFunc("POST /v1/restart", h.op.authorize(h.restart))
-	mux.HandleFunc("GET /v1/backup", h.op.authorize(h.backup))
+	mux.HandleFunc("POST /v1/restart", h.op.authorize(h.exclusive(h.restart)))
+	mux.HandleFunc("GET /v1/backup", h.op.authorize(h.exclusive(h.backup)))
 	// Only an upload has a body worth the name; the update handler sets
 	// its own, larger limit.
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -63,6 +63,20 @@ func (h *endpoints) routes() http.Handler {
 		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// exclusive runs an operator command that needs the instance to itself:
+// a backup, a restart and an upgrade (updater.handle) each refuse while
+// another runs.
+func (h *endpoints) exclusive(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !h.upd.busy.TryLock() {
+			writeJSON(w, http.StatusConflict, map[string]any{"error": errBusy})
+			return
+		}
+		defer h.upd.busy.Unlock()
+		next(w, r)
+	}
 }
 
 // status serves this instance's status entry, as the reconciler last

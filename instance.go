@@ -96,13 +96,11 @@ func newManager(ctx context.Context, s *settings, stdout io.Writer) (_ *manager,
 		return nil, err
 	}
 	m.obs = newObserver(m.log, s.redisPort, creds)
-	m.rec = newReconciler(s, m.log, reconcilerDeps{sup: m.sup, creds: creds, primaryKeys: primaryKeys, lookNow: m.obs.lookNow, exeHash: m.exeHash,
+	m.rec = newReconciler(s, m.log, reconcilerDeps{sup: m.sup, creds: creds, primaryKeys: primaryKeys, lookNow: m.obs.lookNow,
+		exeHash: m.exeHash, inherited: m.inherited,
 		checkConfig: func(frag []directive) error { return checkFragment(s.redisServer, s.dataDir, frag, m.reaper.start) },
 		restore:     newRestorer(s, m.reaper.start, m.log).run,
 	})
-	if m.inherited != nil {
-		m.inherited.seed(m.rec)
-	}
 	m.upd = newUpdater(ctx, m.exe, m.reaper.start, m.log)
 	m.api = newEndpoints(s, m.log, m.rec, m.sup, m.obs, m.source, m.upd)
 	return m, nil

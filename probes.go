@@ -28,7 +28,8 @@ type probeState struct {
 
 // Liveness: a loop that has not beaten for loopStale is stuck; a running
 // redis-server that has not answered for redisHung is hung. Both are far
-// above the loops' own periods and timeouts.
+// above the loops' own periods and timeouts: the reconciler beats before
+// each step of a turn, and no step takes more than a few seconds.
 const (
 	loopStale   = 15 * time.Second
 	sourceStale = 2 * time.Minute

@@ -35,6 +35,7 @@ type reconcilerDeps struct {
 	restore     restoreFunc  // fetches, checks and places a backup; nil in unit tests
 	handover    handoverFunc // moves the primary role; nil for the real one
 	exeHash     string
+	inherited   *handoff // what the manager this one replaced knew; nil for none
 }
 
 // reconciler owns the desired state of this pod and its status. Its state
@@ -87,6 +88,9 @@ func newReconciler(s *settings, log *slog.Logger, deps reconcilerDeps) *reconcil
 	r.statuses = make(chan statusUpdate, 1)
 	r.observed = make(chan struct{})
 	r.published.Store(&probeState{reason: "starting", startupReason: "starting"})
+	if deps.inherited != nil {
+		deps.inherited.seed(r)
+	}
 	r.touch()
 	return r
 }
@@ -222,7 +226,8 @@ func (r *reconciler) applyView(v clusterView) {
 	r.view = v
 	r.publishCredentials()
 	r.creds.setPeers(&v.cluster, r.settings.podName)
-	r.takeFragment(v.fragment)
+	r.takeFragment(v.fragment) // a check by redis-server: a few seconds at most
+	r.touch()
 	r.takeFencing(v.cluster.Metadata.Annotations)
 	r.role = roleFor(&v.cluster, r.settings.podName)
 	if r.fenced {

@@ -19,11 +19,6 @@ import (
 // restart is POST /v1/restart. It answers once the new redis-server
 // answers (loading its data counts), so that a caller can go on at once.
 func (h *endpoints) restart(w http.ResponseWriter, r *http.Request) {
-	if !h.upd.busy.TryLock() {
-		writeJSON(w, http.StatusConflict, map[string]any{"error": errBusy})
-		return
-	}
-	defer h.upd.busy.Unlock()
 	if why := h.restartLoses(); why != "" {
 		writeJSON(w, http.StatusConflict, map[string]any{"error": why})
 		return
