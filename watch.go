@@ -234,7 +234,9 @@ func (k *kubeSource) watch(ctx context.Context, f *feed, resync <-chan time.Time
 		ResourceVersion: k.rv, AllowWatchBookmarks: true, TimeoutSeconds: &timeout})
 	if err != nil {
 		err = fmt.Errorf("watch RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
-		f.fail(err)
+		if !apierrors.IsResourceExpired(err) && !apierrors.IsGone(err) {
+			f.fail(err) // a resourceVersion too old to resume from is no complaint: the list recovers
+		}
 		return err
 	}
 	defer w.Stop()
