@@ -70,6 +70,7 @@ type instanceStatus struct {
 	ConfigHash         string    `json:"configHash"`
 	PendingRestart     []string  `json:"pendingRestart"`
 	Restarts           int       `json:"restarts"`
+	SentinelAddress    string    `json:"sentinelAddress"`
 	LastError          string    `json:"lastError"`
 	ObservedGeneration int64     `json:"observedGeneration"`
 	UpdatedAt          time.Time `json:"updatedAt"`

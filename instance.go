@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,8 @@ type manager struct {
 	api    *endpoints
 	tls    *tlsFiles
 	ln     net.Listener
+	disc   *discovery   // nil when the discovery port is off
+	discLn net.Listener // its listener
 	srv    *httpServer
 	srvErr chan error
 
@@ -97,7 +100,7 @@ func newManager(ctx context.Context, s *settings, stdout io.Writer) (_ *manager,
 	}
 	m.obs = newObserver(m.log, s.redisPort, creds)
 	m.rec = newReconciler(s, m.log, reconcilerDeps{sup: m.sup, creds: creds, primaryKeys: primaryKeys, lookNow: m.obs.lookNow,
-		exeHash: m.exeHash, inherited: m.inherited,
+		exeHash: m.exeHash, inherited: m.inherited, discovery: m.disc,
 		checkConfig: func(frag []directive) error { return checkFragment(s.redisServer, s.dataDir, frag, m.reaper.start) },
 		restore:     newRestorer(s, m.reaper.start, m.log).run,
 	})
@@ -150,6 +153,13 @@ func (m *manager) connect() error {
 	if err != nil {
 		return configErrorf("http: %w", err)
 	}
+	if s.sentinelPort != 0 {
+		if m.discLn, err = net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(s.sentinelPort))); err != nil {
+			m.ln.Close()
+			return configErrorf("the discovery port: %w", err)
+		}
+		m.disc = newDiscovery(m.log, s)
+	}
 	if m.exe, err = os.Executable(); err != nil {
 		return fmt.Errorf("find this binary: %w", err)
 	}
@@ -188,6 +198,9 @@ func (m *manager) start(ctx context.Context) {
 	m.loops.Go(func() { m.obs.run(ctx) })
 	m.loops.Go(func() { m.rec.run(ctx, m.news, m.obs.out) })
 	m.loops.Go(func() { runStatusWriter(ctx, m.log, m.rec.statuses, m.source.writeStatus) })
+	if m.disc != nil {
+		m.loops.Go(func() { m.disc.serve(ctx, m.discLn) })
+	}
 	go func() { m.sup.run(ctx); close(m.supDone) }()
 	if m.inherited != nil {
 		// Probes are answered from the first look at the adopted

@@ -31,6 +31,7 @@ type localSource struct {
 	cluster, namespace  string
 	pod                 string
 	lastFile, lastPeers []byte
+	sentAt              time.Time // of the last view
 	beat                atomic.Int64
 }
 
@@ -60,7 +61,9 @@ func (s *localSource) run(ctx context.Context, f *feed) {
 		s.beat.Store(time.Now().UnixNano())
 		file, ferr := os.ReadFile(s.path)
 		peers := s.readPeers()
-		if ferr == nil && bytes.Equal(file, s.lastFile) && bytes.Equal(peers, s.lastPeers) {
+		// Unchanged, the view is sent again once a minute all the same, as
+		// the Kubernetes source's resync does: it says the view is current.
+		if ferr == nil && bytes.Equal(file, s.lastFile) && bytes.Equal(peers, s.lastPeers) && time.Since(s.sentAt) < resyncEvery {
 			continue
 		}
 		s.lastFile, s.lastPeers = file, peers
@@ -69,6 +72,7 @@ func (s *localSource) run(ctx context.Context, f *feed) {
 			f.fail(err)
 			continue
 		}
+		s.sentAt = time.Now()
 		f.view(v)
 	}
 }

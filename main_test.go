@@ -107,6 +107,7 @@ type instance struct {
 	clusterFile    string
 	dataDir        string
 	port, httpPort int
+	sentinelPort   int // the discovery port
 	password       string
 	cmd            *exec.Cmd
 	out            *syncBuffer
@@ -140,7 +141,7 @@ func startInstance(t testing.TB, o instanceOpts) *instance {
 		o.dataDir = filepath.Join(t.TempDir(), o.pod)
 	}
 	in := &instance{t: t, pod: o.pod, clusterFile: o.clusterFile, dataDir: o.dataDir, port: o.port,
-		httpPort: freePort(t), password: o.password, out: &syncBuffer{}, done: make(chan struct{})}
+		httpPort: freePort(t), sentinelPort: freePort(t), password: o.password, out: &syncBuffer{}, done: make(chan struct{})}
 	if o.binary == "" {
 		o.binary = binary
 	}
@@ -148,7 +149,7 @@ func startInstance(t testing.TB, o instanceOpts) *instance {
 		"--cluster", "cache", "--pod-name", o.pod, "--cluster-file", o.clusterFile,
 		"--data-dir", o.dataDir, "--redis-port", fmt.Sprint(o.port), "--redis-server", redisServer,
 		"--http-addr", fmt.Sprintf("127.0.0.1:%d", in.httpPort), "--announce-host", "127.0.0.1",
-		"--shutdown-timeout", "20s")
+		"--sentinel-port", fmt.Sprint(in.sentinelPort), "--shutdown-timeout", "20s")
 	args = append(args, o.extraArgs...)
 	in.cmd = exec.Command(args[0], args[1:]...)
 	in.cmd.Stdout, in.cmd.Stderr = in.out, in.out
@@ -381,7 +382,13 @@ func TestStartErrorsExitTwoWithOneLine(t *testing.T) {
 	writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", ""))
 	notADir := filepath.Join(dir, "file")
 	writeFile(t, notADir, "x")
-	base := []string{"instance", "--pod-name", "cache-0", "--http-addr", "127.0.0.1:0"}
+	base := []string{"instance", "--pod-name", "cache-0", "--http-addr", "127.0.0.1:0", "--sentinel-port", "0"}
+	busy, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	busyPort := fmt.Sprint(busy.Addr().(*net.TCPAddr).Port)
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -395,6 +402,8 @@ func TestStartErrorsExitTwoWithOneLine(t *testing.T) {
 		{"bad flag", []string{"--no-such-flag"}, "flag provided but not defined"},
 		{"client CA without HTTPS", []string{"--cluster", "cache", "--cluster-file", cf, "--data-dir", dir, "--redis-server", redisServer, "--tls-client-ca-file", cf}, "--tls-client-ca-file needs --tls-cert-file"},
 		{"unreadable certificate", []string{"--cluster", "cache", "--cluster-file", cf, "--data-dir", dir, "--redis-server", redisServer, "--tls-cert-file", cf, "--tls-key-file", cf}, "TLS certificate"},
+		{"discovery port in use", []string{"--cluster", "cache", "--cluster-file", cf, "--data-dir", dir, "--redis-server", redisServer, "--sentinel-port", busyPort}, "the discovery port"},
+		{"discovery port on the Redis port", []string{"--cluster", "cache", "--sentinel-port", "7000", "--redis-port", "7000"}, "--sentinel-port 7000"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd := exec.Command(binary, append(append([]string{}, base...), tc.args...)...)

@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,7 +36,8 @@ type reconcilerDeps struct {
 	restore     restoreFunc  // fetches, checks and places a backup; nil in unit tests
 	handover    handoverFunc // moves the primary role; nil for the real one
 	exeHash     string
-	inherited   *handoff // what the manager this one replaced knew; nil for none
+	inherited   *handoff   // what the manager this one replaced knew; nil for none
+	discovery   *discovery // the discovery port, told of each view; nil when off
 }
 
 // reconciler owns the desired state of this pod and its status. Its state
@@ -51,6 +53,7 @@ type reconciler struct {
 	began  time.Time
 
 	view       clusterView
+	viewAt     time.Time // when it came
 	haveView   bool
 	viewErr    string // the source's latest complaint
 	viewSeq    uint64 // of the latest view applied
@@ -171,8 +174,10 @@ func (r *reconciler) takeView(v clusterView) {
 	if v.seq > r.errSeq {
 		r.viewErr = "" // the complaint is older than this view
 	}
+	r.viewAt = time.Now()
 	r.viewSeq = v.seq
 	r.applyView(v)
+	r.publishDiscovery(false)
 	if r.obs != nil && r.obs.err != nil {
 		r.pokeObserver() // it may have lacked the password the view brought
 	}
@@ -189,6 +194,34 @@ func (r *reconciler) takeSourceError(e sourceError) {
 		r.log.Error("cannot use the cluster's new state; keeping the last good one", "error", e.err)
 		r.viewErr = msg
 	}
+	r.publishDiscovery(true)
+}
+
+// publishDiscovery tells the discovery port of the latest view, stale when
+// the source complains since.
+func (r *reconciler) publishDiscovery(stale bool) {
+	if r.discovery == nil || !r.haveView {
+		return
+	}
+	view := r.view
+	if !r.writtenAt.IsZero() {
+		// This instance's own entry as it was last written: fresher than
+		// the source's copy, which comes back after a round trip, or, in
+		// local mode, not at all.
+		rc := view.cluster
+		rc.Status.InstancesStatus = maps.Clone(rc.Status.InstancesStatus)
+		if rc.Status.InstancesStatus == nil {
+			rc.Status.InstancesStatus = map[string]instanceStatus{}
+		}
+		rc.Status.InstancesStatus[r.settings.podName] = r.written
+		if r.role.primary && r.written.Ready && r.written.Role == "master" {
+			rc.Status.CurrentPrimary = r.settings.podName
+		}
+		view.cluster = rc
+	}
+	v := discoveryFor(view, r.settings.namespace, r.settings.podName, r.viewAt)
+	v.stale = stale || r.viewErr != ""
+	r.discovery.publish(v)
 }
 
 // takeObservation takes a look at Redis.

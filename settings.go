@@ -23,7 +23,7 @@ type settings struct {
 	cluster, podName, namespace string
 	clusterFile, kubeconfig     string
 	dataDir, redisServer        string
-	redisPort                   int
+	redisPort, sentinelPort     int
 	announceHost, httpAddr      string
 	operatorTokenFile           string
 	tlsCert, tlsKey, tlsCA      string
@@ -36,6 +36,15 @@ type settings struct {
 }
 
 func (s *settings) confPath() string { return filepath.Join(s.dataDir, confName) }
+
+// sentinelAddr is where clients reach this manager's discovery port; ""
+// when it is off.
+func (s *settings) sentinelAddr() string {
+	if s.sentinelPort == 0 {
+		return ""
+	}
+	return net.JoinHostPort(s.announceHost, strconv.Itoa(s.sentinelPort))
+}
 
 // announceAddr is where the other instances reach this one's redis-server.
 func (s *settings) announceAddr() string {
@@ -70,6 +79,8 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	str(&s.logFormat, "log-format", "LOG_FORMAT", "json", "json or text")
 	fs.IntVar(&s.redisPort, "redis-port", 6379, "Redis port (env REDIS_PORT)")
 	env["redis-port"] = "REDIS_PORT"
+	fs.IntVar(&s.sentinelPort, "sentinel-port", 26379, "the discovery port, which speaks the Sentinel protocol to clients looking for the primary; 0 turns it off (env SENTINEL_PORT)")
+	env["sentinel-port"] = "SENTINEL_PORT"
 	fs.DurationVar(&s.shutdownTimeout, "shutdown-timeout", 30*time.Second, "budget for a graceful stop on SIGTERM (env SHUTDOWN_TIMEOUT)")
 	env["shutdown-timeout"] = "SHUTDOWN_TIMEOUT"
 	fs.DurationVar(&s.failoverTimeout, "failover-timeout", 2*time.Second, "how long the target waits for an unreachable old primary before promoting itself (env FAILOVER_TIMEOUT)")
@@ -96,8 +107,9 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	for name, envName := range env {
 		v := os.Getenv(envName)
 		// Kubernetes' service links set REDIS_PORT=tcp://host:port for a
-		// Service named redis; that is not this setting.
-		if name == "redis-port" && strings.Contains(v, "://") {
+		// Service named redis (SENTINEL_PORT for one named sentinel); that
+		// is not this setting.
+		if (name == "redis-port" || name == "sentinel-port") && strings.Contains(v, "://") {
 			continue
 		}
 		if v != "" && !set[name] {
@@ -130,6 +142,9 @@ func (s *settings) complete() error {
 	}
 	if s.redisPort <= 0 || s.redisPort > 65535 {
 		return configErrorf("--redis-port %d is not a port", s.redisPort)
+	}
+	if s.sentinelPort < 0 || s.sentinelPort > 65535 || s.sentinelPort == s.redisPort {
+		return configErrorf("--sentinel-port %d is not a port, or is the Redis port", s.sentinelPort)
 	}
 	if s.shutdownTimeout <= 0 || s.failoverTimeout <= 0 {
 		return configErrorf("--shutdown-timeout and --failover-timeout must be positive")

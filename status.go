@@ -83,6 +83,7 @@ func (r *reconciler) statusEntry(sup supervisorState, obs *observation, crashed 
 		ManagerVersion:     version,
 		ExecutableHash:     r.exeHash,
 		Restarts:           sup.restarts,
+		SentinelAddress:    r.settings.sentinelAddr(),
 		ObservedGeneration: r.view.cluster.Metadata.Generation,
 		LastError:          cmp.Or(r.viewErr, r.confErr, r.writeErr, r.fenceErr, r.guardErr, r.restoreErr, sup.refused, crashed, r.roleErr, r.authErr, r.liveErr),
 		PendingRestart:     []string{},
@@ -128,6 +129,7 @@ func (r *reconciler) sendStatus(ps *probeState) {
 	}
 	offer(r.statuses, statusUpdate{entry: ps.status, primary: r.role.primary && ps.ready && ps.status.Role == "master"})
 	r.written, r.writtenAt = ps.status, time.Now()
+	r.publishDiscovery(false)
 }
 
 // stopped publishes that this instance serves no more: from the stop

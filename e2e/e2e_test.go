@@ -280,6 +280,7 @@ type instance struct {
 	pod            string
 	dataDir        string
 	port, httpPort int
+	sentinelPort   int
 	cmd            *exec.Cmd
 	out            *syncBuffer
 }
@@ -304,10 +305,11 @@ func startInstanceAt(t testing.TB, pod, kubeconfig, dataDir string, port int) *i
 
 func startInstanceOf(t testing.TB, cluster, pod, kubeconfig, dataDir string, port int) *instance {
 	t.Helper()
-	in := &instance{pod: pod, dataDir: dataDir, port: port, httpPort: freePort(t), out: &syncBuffer{}}
+	in := &instance{pod: pod, dataDir: dataDir, port: port, httpPort: freePort(t), sentinelPort: freePort(t), out: &syncBuffer{}}
 	in.cmd = exec.Command(binary, "instance", "--kubeconfig", kubeconfig, "--namespace", ns,
 		"--data-dir", dataDir, "--redis-port", fmt.Sprint(in.port),
-		"--http-addr", fmt.Sprintf("127.0.0.1:%d", in.httpPort), "--announce-host", "127.0.0.1")
+		"--http-addr", fmt.Sprintf("127.0.0.1:%d", in.httpPort), "--announce-host", "127.0.0.1",
+		"--sentinel-port", fmt.Sprint(in.sentinelPort))
 	in.cmd.Env = append(os.Environ(), "CLUSTER_NAME="+cluster, "POD_NAME="+pod, "OPERATOR_TOKEN_FILE="+tokenFile)
 	in.cmd.Stdout, in.cmd.Stderr = in.out, in.out
 	in.cmd.WaitDelay = 5 * time.Second

@@ -35,6 +35,7 @@ for i in 0 1 2; do
   nohup bin/redis-operator instance --cluster cache --pod-name cache-$i \
     --cluster-file $state/cluster.yaml --data-dir $state/cache-$i \
     --redis-port $((6380 + i)) --http-addr 127.0.0.1:$((8001 + i)) --announce-host 127.0.0.1 \
+    --sentinel-port $((26380 + i)) \
     >$state/cache-$i.log 2>&1 </dev/null &
   echo $! >"$pidfile"
 done
@@ -58,10 +59,14 @@ target=$(sed -n 's/^  targetPrimary: //p' $state/cluster.yaml)
 cat <<TXT
 A three-instance Redis cluster runs on this machine: ${target:-cache-0} is the primary.
 
-  instance  redis                 manager HTTP           log
-  cache-0   127.0.0.1:6380        http://127.0.0.1:8001  $state/cache-0.log
-  cache-1   127.0.0.1:6381        http://127.0.0.1:8002  $state/cache-1.log
-  cache-2   127.0.0.1:6382        http://127.0.0.1:8003  $state/cache-2.log
+  instance  redis            sentinel (discovery)  manager HTTP           log
+  cache-0   127.0.0.1:6380   127.0.0.1:26380       http://127.0.0.1:8001  $state/cache-0.log
+  cache-1   127.0.0.1:6381   127.0.0.1:26381       http://127.0.0.1:8002  $state/cache-1.log
+  cache-2   127.0.0.1:6382   127.0.0.1:26382       http://127.0.0.1:8003  $state/cache-2.log
+
+A Sentinel-aware client finds the primary through any of the three
+sentinels, with the master name cache (see README, "Discovery"):
+  redis-cli -p 26380 -a $password --no-auth-warning SENTINEL get-master-addr-by-name cache
 
   redis-cli -p 6380 -a $password --no-auth-warning SET hello world
   redis-cli -p 6381 -a $password --no-auth-warning GET hello

@@ -1,0 +1,759 @@
+package main
+
+// Discovery: every manager answers, on --sentinel-port, the part of Redis
+// Sentinel's protocol that client libraries use to find the primary, so
+// that go-redis's FailoverClient, redis-py's Sentinel, ioredis and the
+// others work unmodified, with the pods as their Sentinels and the
+// RedisCluster's name as the master name. No Sentinel process runs and
+// nothing is elected here: the answers come from the RedisCluster's status,
+// as the reconciler last published it (discoveryView). A manager that
+// cannot tell (its view of the cluster is stale) answers a null, so that
+// the client asks another.
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha1"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// discoveryView is what the discovery port says of the cluster, published
+// by the reconciler with each view, and again, marked stale, when the
+// source complains.
+type discoveryView struct {
+	name      string // the master name: the RedisCluster's
+	primary   string // the address of the ready master the status shows; "" for none
+	replicas  []discoveryNode
+	sentinels []discoveryNode // the other managers' discovery ports
+	password  string          // what a client must AUTH with; "" for none
+	at        time.Time       // when the view came from the source
+	primaryAt time.Time       // when the primary's manager last wrote its entry
+	stale     bool            // the source complains: its view may be out of date
+}
+
+// discoveryNode is an instance as the discovery port names it.
+type discoveryNode struct {
+	pod, addr string
+	id        string // a Sentinel's run ID
+	offset    int64
+	linkUp    bool
+}
+
+// discoveryFor reads the discovery view from the cluster as the source
+// showed it. The primary is status.currentPrimary's instance, only while
+// its entry says it is a ready master and no fence names it.
+func discoveryFor(v clusterView, namespace, self string, at time.Time) *discoveryView {
+	rc := &v.cluster
+	d := &discoveryView{name: rc.Metadata.Name, password: v.password, at: at}
+	pods := make([]string, 0, len(rc.Status.InstancesStatus))
+	for pod := range rc.Status.InstancesStatus {
+		pods = append(pods, pod)
+	}
+	slices.Sort(pods)
+	current := rc.Status.CurrentPrimary
+	for _, pod := range pods {
+		e := rc.Status.InstancesStatus[pod]
+		fenced, err := isFenced(rc.Metadata.Annotations, pod)
+		usable := e.Address != "" && e.Ready && !e.Fenced && !fenced && err == nil
+		switch {
+		case pod == current && e.Role == "master" && usable:
+			d.primary, d.primaryAt = canonicalAddr(e.Address), e.UpdatedAt
+		case e.Role == "replica" && usable:
+			d.replicas = append(d.replicas, discoveryNode{pod: pod, addr: canonicalAddr(e.Address), offset: e.ReplicationOffset, linkUp: e.MasterLinkStatus == "up"})
+		}
+		if pod != self && e.SentinelAddress != "" {
+			d.sentinels = append(d.sentinels, discoveryNode{pod: pod, addr: e.SentinelAddress, id: sentinelID(namespace, rc.Metadata.Name, pod)})
+		}
+	}
+	return d
+}
+
+const (
+	// A command is a few short words: what is larger is no client's.
+	maxArgs   = 64
+	maxArgLen = 64 << 10
+	// discoveryStale is how old a view, and the primary's own entry, may
+	// be: three of the source's resyncs, three of the entry's heartbeats.
+	// A primary whose manager wrote nothing for longer may be gone.
+	discoveryStale = 3 * heartbeatEvery
+	// discoveryWrite drops a client that reads nothing.
+	discoveryWrite = 10 * time.Second
+	// toldVersion is the Redis version a client is told.
+	toldVersion = "7.0.15"
+)
+
+// discovery is the server of the discovery port.
+type discovery struct {
+	log    *slog.Logger
+	myid   string
+	view   atomic.Pointer[discoveryView]
+	conns  sync.WaitGroup
+	mu     sync.Mutex
+	subs   map[*discoveryConn]bool
+	master string // the primary last announced, for +switch-master
+}
+
+func newDiscovery(log *slog.Logger, s *settings) *discovery {
+	d := &discovery{log: log, myid: sentinelID(s.namespace, s.cluster, s.podName), subs: map[*discoveryConn]bool{}}
+	d.view.Store(&discoveryView{})
+	return d
+}
+
+// sentinelID is a manager's Sentinel run ID: 40 hex digits, the same at
+// every start of the pod, and told apart from every other pod's.
+func sentinelID(namespace, cluster, pod string) string {
+	id := sha1.Sum([]byte(namespace + "/" + cluster + "/" + pod))
+	return hex.EncodeToString(id[:])
+}
+
+// publish takes a new view, and tells the subscribers of +switch-master
+// when the primary moved to another instance that takes writes. It never
+// waits for a client: each is written to on a goroutine of its own.
+func (d *discovery) publish(v *discoveryView) {
+	d.view.Store(v)
+	if v.primary == "" || !d.current(v) {
+		return
+	}
+	d.mu.Lock()
+	old := d.master
+	if v.primary == old {
+		d.mu.Unlock()
+		return
+	}
+	d.master = v.primary
+	subs := make([]*discoveryConn, 0, len(d.subs))
+	for c := range d.subs {
+		subs = append(subs, c)
+	}
+	d.mu.Unlock()
+	if old == "" {
+		return // the first primary known: nothing switched
+	}
+	oh, op, _ := net.SplitHostPort(old)
+	nh, np, _ := net.SplitHostPort(v.primary)
+	msg := strings.Join([]string{v.name, oh, op, nh, np}, " ")
+	d.log.Info("told discovery subscribers of the new primary", "message", "+switch-master "+msg, "subscribers", len(subs))
+	for _, c := range subs {
+		go c.notify("+switch-master", msg)
+	}
+}
+
+// primary is the primary's address for name, or "" when there is none to
+// name or this manager cannot tell.
+func (d *discovery) primary(name string) string {
+	v := d.view.Load()
+	if name != v.name || !d.current(v) {
+		return ""
+	}
+	return v.primary
+}
+
+// current says whether a view may be answered from: the source does not
+// complain, and neither the view nor the primary's entry is old.
+func (d *discovery) current(v *discoveryView) bool {
+	return v.name != "" && !v.stale && time.Since(v.at) < discoveryStale && time.Since(v.primaryAt) < discoveryStale
+}
+
+// serve accepts clients until ctx ends.
+func (d *discovery) serve(ctx context.Context, ln net.Listener) {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() == nil {
+				d.log.Error("the discovery port stopped accepting", "error", err)
+			}
+			break
+		}
+		dc := &discoveryConn{d: d, c: c, w: bufio.NewWriterSize(c, 512)}
+		d.conns.Go(func() { dc.run(ctx) })
+	}
+	d.conns.Wait()
+}
+
+// discoveryConn is one client.
+type discoveryConn struct {
+	d       *discovery
+	c       net.Conn
+	mu      sync.Mutex // over w: a notification may come from the reconciler's goroutine
+	w       *bufio.Writer
+	resp3   bool
+	authed  bool
+	name    string
+	chans   map[string]bool
+	pattern map[string]bool
+}
+
+// errQuit ends a connection after its answer.
+var errQuit = errors.New("quit")
+
+func (dc *discoveryConn) run(ctx context.Context) {
+	stop := context.AfterFunc(ctx, func() { dc.c.Close() })
+	defer stop()
+	defer dc.c.Close()
+	defer dc.unsubscribeAll()
+	r := bufio.NewReaderSize(dc.c, 512)
+	for {
+		args, err := readCommand(r)
+		if err != nil {
+			var pe protocolError
+			if errors.As(err, &pe) {
+				dc.reply(func(w *respWriter) { w.err("ERR Protocol error: " + string(pe)) })
+			}
+			return
+		}
+		if len(args) == 0 {
+			continue
+		}
+		err = nil
+		dc.reply(func(w *respWriter) { err = dc.do(w, args) })
+		if err != nil {
+			return
+		}
+	}
+}
+
+// reply writes an answer whole, then flushes it.
+func (dc *discoveryConn) reply(answer func(w *respWriter)) {
+	dc.mu.Lock()
+	defer dc.mu.Unlock()
+	w := &respWriter{w: dc.w, resp3: dc.resp3}
+	answer(w)
+	dc.c.SetWriteDeadline(time.Now().Add(discoveryWrite))
+	if dc.w.Flush() != nil {
+		dc.c.Close()
+	}
+}
+
+// notify sends a message to a subscriber of channel, or of a pattern it
+// matches.
+func (dc *discoveryConn) notify(channel, msg string) {
+	dc.mu.Lock()
+	chans, patterns := dc.chans[channel], []string{}
+	for p := range dc.pattern {
+		if ok, _ := path.Match(p, channel); ok {
+			patterns = append(patterns, p)
+		}
+	}
+	dc.mu.Unlock()
+	dc.reply(func(w *respWriter) {
+		if chans {
+			w.push(3)
+			w.bulk("message")
+			w.bulk(channel)
+			w.bulk(msg)
+		}
+		for _, p := range patterns {
+			w.push(4)
+			w.bulk("pmessage")
+			w.bulk(p)
+			w.bulk(channel)
+			w.bulk(msg)
+		}
+	})
+}
+
+// do answers one command. It returns an error to end the connection.
+func (dc *discoveryConn) do(w *respWriter, args []string) error {
+	cmd := strings.ToLower(args[0])
+	v := dc.d.view.Load()
+	switch cmd {
+	case "quit":
+		w.ok()
+		return errQuit
+	case "auth":
+		dc.auth(w, v, args[1:])
+		return nil
+	case "hello":
+		dc.hello(w, v, args[1:])
+		return nil
+	}
+	if v.password != "" && !dc.authed {
+		w.err("NOAUTH Authentication required.")
+		return nil
+	}
+	if dc.subscribed() && !slices.Contains([]string{"ping", "subscribe", "psubscribe", "unsubscribe", "punsubscribe"}, cmd) && !dc.resp3 {
+		w.err(fmt.Sprintf("ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context", cmd))
+		return nil
+	}
+	switch cmd {
+	case "ping":
+		dc.ping(w, args[1:])
+	case "sentinel":
+		dc.sentinel(w, v, args[1:])
+	case "subscribe", "psubscribe", "unsubscribe", "punsubscribe":
+		dc.subscribe(w, cmd, args[1:])
+	case "client":
+		dc.client(w, args[1:])
+	case "role":
+		w.array(2)
+		w.bulk("sentinel")
+		w.array(1)
+		w.bulk(v.name)
+	case "info":
+		dc.info(w, v)
+	case "command":
+		w.array(0)
+	case "select":
+		w.ok()
+	default:
+		w.err(fmt.Sprintf("ERR unknown command '%s', with args beginning with: %s", quoteForError(args[0]), quoteArgsForError(args[1:])))
+	}
+	return nil
+}
+
+func (dc *discoveryConn) subscribed() bool { return len(dc.chans)+len(dc.pattern) > 0 }
+
+// auth checks AUTH [user] password: the user, when given, is default.
+func (dc *discoveryConn) auth(w *respWriter, v *discoveryView, args []string) {
+	if len(args) < 1 || len(args) > 2 {
+		w.err("ERR wrong number of arguments for 'auth' command")
+		return
+	}
+	if v.password == "" {
+		w.err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
+		return
+	}
+	if !dc.checkPassword(v, args) {
+		w.err("WRONGPASS invalid username-password pair or user is disabled.")
+		return
+	}
+	dc.authed = true
+	w.ok()
+}
+
+func (dc *discoveryConn) checkPassword(v *discoveryView, args []string) bool {
+	user, pw := "default", args[len(args)-1]
+	if len(args) == 2 {
+		user = args[0]
+	}
+	return user == "default" && subtle.ConstantTimeCompare([]byte(pw), []byte(v.password)) == 1
+}
+
+// hello is HELLO [protover [AUTH user pass] [SETNAME name]].
+func (dc *discoveryConn) hello(w *respWriter, v *discoveryView, args []string) {
+	proto := 0
+	if len(args) > 0 {
+		n, err := strconv.Atoi(args[0])
+		if err != nil {
+			w.err("ERR Protocol version is not an integer or out of range")
+			return
+		}
+		if n != 2 && n != 3 {
+			w.err("NOPROTO unsupported protocol version")
+			return
+		}
+		proto, args = n, args[1:]
+	}
+	for len(args) > 0 {
+		switch {
+		case strings.EqualFold(args[0], "auth") && len(args) >= 3:
+			if v.password == "" || !dc.checkPassword(v, args[1:3]) {
+				w.err("WRONGPASS invalid username-password pair or user is disabled.")
+				return
+			}
+			dc.authed, args = true, args[3:]
+		case strings.EqualFold(args[0], "setname") && len(args) >= 2:
+			dc.name, args = args[1], args[2:]
+		default:
+			w.err("ERR Syntax error in HELLO option '" + quoteForError(args[0]) + "'")
+			return
+		}
+	}
+	if v.password != "" && !dc.authed {
+		w.err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+		return
+	}
+	if proto != 0 {
+		dc.resp3 = proto == 3
+		w.resp3 = dc.resp3
+	}
+	w.fields(7)
+	w.bulk("server")
+	w.bulk("redis")
+	w.bulk("version")
+	w.bulk(toldVersion)
+	w.bulk("proto")
+	w.int(int64(map[bool]int{false: 2, true: 3}[dc.resp3]))
+	w.bulk("id")
+	w.int(1)
+	w.bulk("mode")
+	w.bulk("sentinel")
+	w.bulk("role")
+	w.bulk("sentinel")
+	w.bulk("modules")
+	w.array(0)
+}
+
+func (dc *discoveryConn) ping(w *respWriter, args []string) {
+	switch {
+	case len(args) > 1:
+		w.err("ERR wrong number of arguments for 'ping' command")
+	case dc.subscribed() && !dc.resp3:
+		w.array(2)
+		w.bulk("pong")
+		w.bulk(strings.Join(args, ""))
+	case len(args) == 1:
+		w.bulk(args[0])
+	default:
+		w.status("PONG")
+	}
+}
+
+// client answers the CLIENT subcommands a client library sends on connect.
+func (dc *discoveryConn) client(w *respWriter, args []string) {
+	if len(args) == 0 {
+		w.err("ERR wrong number of arguments for 'client' command")
+		return
+	}
+	switch strings.ToLower(args[0]) {
+	case "setname":
+		if len(args) != 2 {
+			w.err("ERR wrong number of arguments for 'client|setname' command")
+			return
+		}
+		dc.name = args[1]
+		w.ok()
+	case "getname":
+		if dc.name == "" {
+			w.null()
+			return
+		}
+		w.bulk(dc.name)
+	case "setinfo":
+		w.ok()
+	case "id":
+		w.int(1)
+	default:
+		w.err("ERR unknown subcommand '" + quoteForError(args[0]) + "'. Try CLIENT HELP.")
+	}
+}
+
+// subscribe is SUBSCRIBE, PSUBSCRIBE and their UN forms. Only
+// +switch-master is ever published; any channel may be subscribed to.
+func (dc *discoveryConn) subscribe(w *respWriter, cmd string, names []string) {
+	un := strings.HasPrefix(cmd, "un") || strings.HasPrefix(cmd, "pun")
+	if !un && len(names) == 0 {
+		w.err("ERR wrong number of arguments for '" + cmd + "' command")
+		return
+	}
+	// dc.mu is held: the answer is being written.
+	set := &dc.chans
+	if strings.Contains(cmd, "psub") {
+		set = &dc.pattern
+	}
+	if *set == nil {
+		*set = map[string]bool{}
+	}
+	if un && len(names) == 0 {
+		for n := range *set {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+	}
+	counts := make([]int, len(names))
+	for i, n := range names {
+		if un {
+			delete(*set, n)
+		} else {
+			(*set)[n] = true
+		}
+		counts[i] = len(dc.chans) + len(dc.pattern)
+	}
+	dc.d.mu.Lock()
+	if dc.subscribed() {
+		dc.d.subs[dc] = true
+	} else {
+		delete(dc.d.subs, dc)
+	}
+	dc.d.mu.Unlock()
+	if un && len(names) == 0 { // nothing was subscribed: one answer all the same
+		w.push(3)
+		w.bulk(cmd)
+		w.null()
+		w.int(0)
+		return
+	}
+	for i, n := range names {
+		w.push(3)
+		w.bulk(cmd)
+		w.bulk(n)
+		w.int(int64(counts[i]))
+	}
+}
+
+func (dc *discoveryConn) unsubscribeAll() {
+	dc.d.mu.Lock()
+	delete(dc.d.subs, dc)
+	dc.d.mu.Unlock()
+}
+
+// sentinel answers SENTINEL's subcommands, in Sentinel's own shapes.
+func (dc *discoveryConn) sentinel(w *respWriter, v *discoveryView, args []string) {
+	if len(args) == 0 {
+		w.err("ERR wrong number of arguments for 'sentinel' command")
+		return
+	}
+	sub := strings.ToLower(args[0])
+	if sub == "myid" {
+		w.bulk(dc.d.myid)
+		return
+	}
+	if sub == "masters" {
+		if !dc.d.current(v) || v.primary == "" {
+			w.array(0)
+			return
+		}
+		w.array(1)
+		dc.masterFields(w, v)
+		return
+	}
+	if len(args) != 2 {
+		w.err("ERR wrong number of arguments for 'sentinel|" + sub + "' command")
+		return
+	}
+	name := args[1]
+	known := name == v.name && dc.d.current(v) && v.primary != ""
+	switch sub {
+	case "get-master-addr-by-name":
+		if !known {
+			w.nullArray()
+			return
+		}
+		host, port, _ := net.SplitHostPort(v.primary)
+		w.array(2)
+		w.bulk(host)
+		w.bulk(port)
+	case "master":
+		if !known {
+			w.err("ERR No such master with that name")
+			return
+		}
+		dc.masterFields(w, v)
+	case "replicas", "slaves":
+		if !known {
+			w.err("ERR No such master with that name")
+			return
+		}
+		w.array(len(v.replicas))
+		for _, r := range v.replicas {
+			dc.replicaFields(w, v, r)
+		}
+	case "sentinels":
+		if !known {
+			w.err("ERR No such master with that name")
+			return
+		}
+		w.array(len(v.sentinels))
+		for _, s := range v.sentinels {
+			host, port, _ := net.SplitHostPort(s.addr)
+			w.fields(5)
+			w.bulks("name", s.id, "ip", host, "port", port, "runid", s.id, "flags", "sentinel")
+		}
+	default:
+		w.err("ERR Unknown sentinel subcommand '" + quoteForError(args[0]) + "'")
+	}
+}
+
+// masterFields is SENTINEL MASTER's answer: what a client library reads of
+// it (redis-py wants the flags and num-other-sentinels).
+func (dc *discoveryConn) masterFields(w *respWriter, v *discoveryView) {
+	host, port, _ := net.SplitHostPort(v.primary)
+	w.fields(12)
+	w.bulks("name", v.name, "ip", host, "port", port, "runid", "", "flags", "master",
+		"link-pending-commands", "0", "link-refcount", "1", "role-reported", "master",
+		"num-slaves", strconv.Itoa(len(v.replicas)), "num-other-sentinels", strconv.Itoa(len(v.sentinels)),
+		"quorum", strconv.Itoa(len(v.sentinels)/2+1), "config-epoch", "0")
+}
+
+// replicaFields is one entry of SENTINEL REPLICAS: ready replicas only,
+// so that a client reading from replicas reads from one that follows.
+func (dc *discoveryConn) replicaFields(w *respWriter, v *discoveryView, r discoveryNode) {
+	host, port, _ := net.SplitHostPort(r.addr)
+	mh, mp, _ := net.SplitHostPort(v.primary)
+	link := "err"
+	if r.linkUp {
+		link = "ok"
+	}
+	w.fields(11)
+	w.bulks("name", r.addr, "ip", host, "port", port, "runid", "", "flags", "slave",
+		"role-reported", "slave", "master-link-status", link, "master-host", mh, "master-port", mp,
+		"slave-priority", "100", "slave-repl-offset", strconv.FormatInt(r.offset, 10))
+}
+
+// info is INFO, as a Sentinel answers it: enough for a client that checks
+// it talks to a Sentinel.
+func (dc *discoveryConn) info(w *respWriter, v *discoveryView) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Server\r\nredis_version:%s\r\nredis_mode:sentinel\r\n\r\n# Sentinel\r\nsentinel_masters:1\r\n", toldVersion)
+	status, addr := "ok", v.primary
+	if !dc.d.current(v) || v.primary == "" {
+		status, addr = "odown", ""
+	}
+	fmt.Fprintf(&b, "master0:name=%s,status=%s,address=%s,slaves=%d,sentinels=%d\r\n", v.name, status, addr, len(v.replicas), len(v.sentinels)+1)
+	w.verbatim(b.String())
+}
+
+// quoteForError is how Redis quotes what a client sent in an error: cut
+// short, without line breaks.
+func quoteForError(s string) string {
+	if len(s) > 128 {
+		s = s[:128]
+	}
+	return strings.NewReplacer("\r", " ", "\n", " ").Replace(s)
+}
+
+func quoteArgsForError(args []string) string {
+	var b strings.Builder
+	for _, a := range args {
+		if b.Len() > 128 {
+			break
+		}
+		fmt.Fprintf(&b, "'%s' ", quoteForError(a))
+	}
+	return b.String()
+}
+
+// protocolError is a request that is not RESP, or too large: answered,
+// and the connection closed.
+type protocolError string
+
+func (e protocolError) Error() string { return string(e) }
+
+// readCommand reads one command: an array of bulk strings, as clients send
+// them, or an inline line, as a human at telnet does.
+func readCommand(r *bufio.Reader) ([]string, error) {
+	line, err := readLine(r)
+	if err != nil {
+		return nil, err
+	}
+	if line == "" || line[0] != '*' {
+		return strings.Fields(line), nil
+	}
+	n, err := strconv.Atoi(line[1:])
+	if err != nil || n > maxArgs {
+		return nil, protocolError("invalid multibulk length")
+	}
+	args := make([]string, 0, max(n, 0))
+	for range n {
+		head, err := readLine(r)
+		if err != nil {
+			return nil, err
+		}
+		if head == "" || head[0] != '$' {
+			return nil, protocolError(fmt.Sprintf("expected '$', got '%.1s'", head))
+		}
+		size, err := strconv.Atoi(head[1:])
+		if err != nil || size < 0 || size > maxArgLen {
+			return nil, protocolError("invalid bulk length")
+		}
+		buf := make([]byte, size+2)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return nil, err
+		}
+		if buf[size] != '\r' || buf[size+1] != '\n' {
+			return nil, protocolError("bulk string not followed by CRLF")
+		}
+		args = append(args, string(buf[:size]))
+	}
+	return args, nil
+}
+
+// readLine reads a line ended by CRLF (or LF), at most maxArgLen long.
+func readLine(r *bufio.Reader) (string, error) {
+	var b []byte
+	for {
+		part, err := r.ReadSlice('\n')
+		b = append(b, part...)
+		if len(b) > maxArgLen {
+			return "", protocolError("too big inline request")
+		}
+		if err == nil {
+			return strings.TrimRight(string(b), "\r\n"), nil
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return "", err
+		}
+	}
+}
+
+// respWriter writes replies in RESP2, or in RESP3 after HELLO 3.
+type respWriter struct {
+	w     *bufio.Writer
+	resp3 bool
+}
+
+func (w *respWriter) ok()             { w.status("OK") }
+func (w *respWriter) status(s string) { w.w.WriteString("+" + s + "\r\n") }
+func (w *respWriter) err(s string)    { w.w.WriteString("-" + s + "\r\n") }
+func (w *respWriter) int(n int64)     { w.w.WriteString(":" + strconv.FormatInt(n, 10) + "\r\n") }
+func (w *respWriter) array(n int)     { w.w.WriteString("*" + strconv.Itoa(n) + "\r\n") }
+
+func (w *respWriter) bulk(s string) {
+	w.w.WriteString("$" + strconv.Itoa(len(s)) + "\r\n" + s + "\r\n")
+}
+
+func (w *respWriter) bulks(ss ...string) {
+	for _, s := range ss {
+		w.bulk(s)
+	}
+}
+
+// null is a missing value: RESP2's null bulk string.
+func (w *respWriter) null() {
+	if w.resp3 {
+		w.w.WriteString("_\r\n")
+	} else {
+		w.w.WriteString("$-1\r\n")
+	}
+}
+
+// nullArray is a missing array, as Sentinel answers an unknown master.
+func (w *respWriter) nullArray() {
+	if w.resp3 {
+		w.w.WriteString("_\r\n")
+	} else {
+		w.w.WriteString("*-1\r\n")
+	}
+}
+
+// fields starts n field/value pairs: a map in RESP3, a flat array in RESP2.
+func (w *respWriter) fields(n int) {
+	if w.resp3 {
+		w.w.WriteString("%" + strconv.Itoa(n) + "\r\n")
+	} else {
+		w.array(2 * n)
+	}
+}
+
+// push starts a pub/sub message: a push in RESP3, an array in RESP2.
+func (w *respWriter) push(n int) {
+	if w.resp3 {
+		w.w.WriteString(">" + strconv.Itoa(n) + "\r\n")
+	} else {
+		w.array(n)
+	}
+}
+
+// verbatim is INFO's text: a verbatim string in RESP3, bulk in RESP2.
+func (w *respWriter) verbatim(s string) {
+	if w.resp3 {
+		w.w.WriteString("=" + strconv.Itoa(len(s)+4) + "\r\ntxt:" + s + "\r\n")
+	} else {
+		w.bulk(s)
+	}
+}
