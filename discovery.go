@@ -545,7 +545,10 @@ func (dc *discoveryConn) sentinel(w *respWriter, v *discoveryView, args []string
 		}
 		dc.masterFields(w, v)
 	case "replicas", "slaves":
-		if !known {
+		// Asked of the cluster by its name, these are answered even while
+		// no primary can be named: a client (ioredis) takes an error for
+		// a failed discovery.
+		if name != v.name {
 			w.err("ERR No such master with that name")
 			return
 		}
@@ -554,7 +557,7 @@ func (dc *discoveryConn) sentinel(w *respWriter, v *discoveryView, args []string
 			dc.replicaFields(w, v, r)
 		}
 	case "sentinels":
-		if !known {
+		if name != v.name {
 			w.err("ERR No such master with that name")
 			return
 		}
