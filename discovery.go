@@ -54,7 +54,10 @@ type discoveryNode struct {
 
 // discoveryFor reads the discovery view from the cluster as the source
 // showed it. The primary is status.currentPrimary's instance, only while
-// its entry says it is a ready master and no fence names it.
+// it is the target, its entry says it is a ready master, and no fence names
+// it. While the role moves (the target is another instance, which has not
+// claimed it yet) none is named: the old primary holds writes back, and a
+// client sent there would only be refused.
 func discoveryFor(v clusterView, namespace, self string, at time.Time) *discoveryView {
 	rc := &v.cluster
 	d := &discoveryView{name: rc.Metadata.Name, password: v.password, at: at}
@@ -64,6 +67,9 @@ func discoveryFor(v clusterView, namespace, self string, at time.Time) *discover
 	}
 	slices.Sort(pods)
 	current := rc.Status.CurrentPrimary
+	if current != rc.targetPrimary() {
+		current = ""
+	}
 	for _, pod := range pods {
 		e := rc.Status.InstancesStatus[pod]
 		fenced, err := isFenced(rc.Metadata.Annotations, pod)

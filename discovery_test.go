@@ -204,8 +204,14 @@ func TestDiscoveryAnnouncesTheSwitch(t *testing.T) {
 	if _, ok := psc.Receive().(redis.Subscription); !ok {
 		t.Fatal("no subscription confirmed")
 	}
-	// The switchover: first no primary (the old one demoted), then cache-1.
+	// The switchover: targetPrimary moves, and no primary is named until
+	// cache-1 claims the role, a ready master.
 	v := discoveryCluster("")
+	v.cluster.Spec.TargetPrimary = "cache-1"
+	d.publish(discoveryFor(v, "prod", "cache-1", time.Now()))
+	if got := d.primary("cache"); got != "" {
+		t.Fatalf("while the role moves, %s is named", got)
+	}
 	e := v.cluster.Status.InstancesStatus["cache-0"]
 	e.Role = "replica"
 	v.cluster.Status.InstancesStatus["cache-0"] = e

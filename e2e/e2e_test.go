@@ -923,9 +923,18 @@ func TestDeployManifests(t *testing.T) {
 	}
 	for _, want := range []string{"CustomResourceDefinition/redisclusters.redisoperator.io", "ServiceAccount/cache-instance", "Role/cache-instance",
 		"RoleBinding/cache-instance", "RedisCluster/cache", "ConfigMap/cache-config", "Secret/cache-auth", "Secret/cache-operator-token",
-		"Service/cache", "StatefulSet/cache", "PodDisruptionBudget/cache"} {
+		"Service/cache", "Service/cache-sentinel", "StatefulSet/cache", "PodDisruptionBudget/cache"} {
 		if kinds[want] == nil {
 			t.Errorf("deploy/ holds no %s", want)
+		}
+	}
+
+	// The discovery Service reaches every pod's discovery port, ready or not.
+	if svc := kinds["Service/cache-sentinel"]; svc != nil {
+		publish, _, _ := unstructured.NestedBool(svc.Object, "spec", "publishNotReadyAddresses")
+		ports, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports")
+		if !publish || len(ports) != 1 || fmt.Sprint(ports[0].(map[string]any)["port"]) != "26379" || ports[0].(map[string]any)["targetPort"] != "sentinel" {
+			t.Errorf("Service/cache-sentinel: publishNotReadyAddresses %v, ports %v", publish, ports)
 		}
 	}
 
@@ -986,6 +995,14 @@ func TestDeployManifests(t *testing.T) {
 			fieldRefs[e.Name] = e.ValueFrom.FieldRef.FieldPath
 		}
 	}
+	if !slices.ContainsFunc(c.Ports, func(p struct {
+		Name          string
+		ContainerPort int
+	}) bool {
+		return p.Name == "sentinel" && p.ContainerPort == 26379
+	}) {
+		t.Errorf("the Redis container does not name the discovery port 26379 sentinel: %+v", c.Ports)
+	}
 	if strings.Join(c.Command, " ") != "/controller/redis-operator instance" {
 		t.Errorf("the Redis container runs %q, not the manager", c.Command)
 	}
@@ -1030,6 +1047,10 @@ type container struct {
 		Name      string
 		Value     string
 		ValueFrom *struct{ FieldRef struct{ FieldPath string } }
+	}
+	Ports []struct {
+		Name          string
+		ContainerPort int
 	}
 	StartupProbe, ReadinessProbe, LivenessProbe *probe
 	SecurityContext                             *struct {

@@ -1,0 +1,250 @@
+package e2e
+
+// go-redis's FailoverClient, unmodified, against the managers' discovery
+// ports: it finds the primary, follows switchovers and a fence, loses no
+// acknowledged write; and how long it cannot write in a switchover, beside
+// the same client against three real Redis Sentinels.
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// localCluster runs three managers in local mode (no API server), from one
+// cluster file.
+type localCluster struct {
+	file     string
+	fragment string
+	nodes    []*instance
+}
+
+func startLocalCluster(t testing.TB, fragment string) *localCluster {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Fatal("redis-server is not installed; run hack/ensure-redis.sh")
+	}
+	dir := t.TempDir()
+	lc := &localCluster{file: filepath.Join(dir, "cluster.yaml"), fragment: fragment}
+	lc.write("cache-0", "")
+	for i := range 3 {
+		lc.nodes = append(lc.nodes, startLocalInstance(t, lc.file, fmt.Sprintf("cache-%d", i), filepath.Join(dir, fmt.Sprint(i))))
+	}
+	for _, n := range lc.nodes {
+		eventually(t, 60*time.Second, n.pod+" to be ready", func() bool { return n.get("/readyz") == 200 })
+	}
+	return lc
+}
+
+// write puts the cluster file in place: targetPrimary, and a fence
+// annotation when fence is not empty.
+func (lc *localCluster) write(target, fence string) {
+	annotations := ""
+	if fence != "" {
+		annotations = fmt.Sprintf("\n  annotations: {redisoperator.io/fencedInstances: '%s'}", fence)
+	}
+	doc := fmt.Sprintf(`apiVersion: redisoperator.io/v1
+kind: RedisCluster
+metadata:
+  name: cache%s
+spec:
+  instances: 3
+  targetPrimary: %s
+  configMapRef: {name: cache-config, key: redis.conf}
+  authSecretRef: {name: cache-auth, key: password}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cache-config}
+data:
+  redis.conf: %q
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: cache-auth}
+stringData: {password: %s}
+`, annotations, target, lc.fragment, password)
+	tmp := lc.file + ".tmp"
+	os.WriteFile(tmp, []byte(doc), 0o600)
+	os.Rename(tmp, lc.file)
+}
+
+func (lc *localCluster) sentinels() []string {
+	var addrs []string
+	for _, n := range lc.nodes {
+		addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", n.sentinelPort))
+	}
+	return addrs
+}
+
+func startLocalInstance(t testing.TB, clusterFile, pod, dataDir string) *instance {
+	t.Helper()
+	in := &instance{pod: pod, dataDir: dataDir, port: freePort(t), httpPort: freePort(t), sentinelPort: freePort(t), out: &syncBuffer{}}
+	in.cmd = exec.Command(binary, "instance", "--cluster", "cache", "--pod-name", pod, "--cluster-file", clusterFile,
+		"--data-dir", dataDir, "--redis-port", fmt.Sprint(in.port), "--announce-host", "127.0.0.1",
+		"--http-addr", fmt.Sprintf("127.0.0.1:%d", in.httpPort), "--sentinel-port", fmt.Sprint(in.sentinelPort))
+	in.cmd.Stdout, in.cmd.Stderr = in.out, in.out
+	in.cmd.WaitDelay = 5 * time.Second
+	if err := in.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		in.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { in.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			in.cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("log of %s:\n%s", pod, in.out.String())
+		}
+	})
+	return in
+}
+
+// goWriter writes w:<i> = i through a FailoverClient as fast as it is
+// answered, and notes when each write was acknowledged.
+type goWriter struct {
+	client *goredis.Client
+	mu     sync.Mutex
+	acked  []int64
+	at     []time.Time
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func startGoWriter(sentinels []string) *goWriter {
+	w := &goWriter{stop: make(chan struct{}), done: make(chan struct{}),
+		client: goredis.NewFailoverClient(&goredis.FailoverOptions{MasterName: "cache", SentinelAddrs: sentinels,
+			Password: password, SentinelPassword: password})}
+	go func() {
+		defer close(w.done)
+		ctx := context.Background()
+		for i := int64(0); ; {
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+			if err := w.client.Set(ctx, fmt.Sprintf("w:%d", i), i, 0).Err(); err != nil {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			w.mu.Lock()
+			w.acked, w.at = append(w.acked, i), append(w.at, time.Now())
+			w.mu.Unlock()
+			i++
+		}
+	}()
+	return w
+}
+
+// ackedSince says whether a write was acknowledged after t.
+func (w *goWriter) ackedSince(t time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.at) > 0 && w.at[len(w.at)-1].After(t)
+}
+
+// gap is the longest time between two acknowledgements from `from` on, the
+// time the client could not write.
+func (w *goWriter) gap(from time.Time) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	i, _ := slices.BinarySearchFunc(w.at, from, func(a, b time.Time) int { return a.Compare(b) })
+	var longest time.Duration
+	for j := max(i, 1); j < len(w.at); j++ {
+		longest = max(longest, w.at[j].Sub(w.at[j-1]))
+	}
+	return longest
+}
+
+func (w *goWriter) finish() []int64 {
+	close(w.stop)
+	<-w.done
+	w.client.Close()
+	return w.acked
+}
+
+// lostOn counts the acknowledged writes the server at port does not hold.
+func lostOn(t testing.TB, port int, acked []int64) int {
+	t.Helper()
+	c := goredis.NewClient(&goredis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), Password: password})
+	defer c.Close()
+	lost := 0
+	for start := 0; start < len(acked); start += 1000 {
+		batch := acked[start:min(start+1000, len(acked))]
+		keys := make([]string, len(batch))
+		for j, i := range batch {
+			keys[j] = fmt.Sprintf("w:%d", i)
+		}
+		vals, err := c.MGet(context.Background(), keys...).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j, v := range vals {
+			if v != strconv.FormatInt(batch[j], 10) {
+				lost++
+			}
+		}
+	}
+	return lost
+}
+
+// role is what INFO says of the server at port: master, or slave.
+func role(port int) string {
+	c := goredis.NewClient(&goredis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), Password: password})
+	defer c.Close()
+	r, err := c.Do(context.Background(), "ROLE").Slice()
+	if err != nil || len(r) == 0 {
+		return ""
+	}
+	return fmt.Sprint(r[0])
+}
+
+const discoveryFragment = "appendonly yes\nappendfsync always\nrepl-diskless-sync-delay 0"
+
+// go-redis's FailoverClient, with nothing but the master name, the
+// Sentinels and the password, follows four switchovers and a fenced
+// primary, and loses no acknowledged write.
+func TestGoRedisFollowsSwitchovers(t *testing.T) {
+	lc := startLocalCluster(t, discoveryFragment)
+	w := startGoWriter(lc.sentinels())
+	eventually(t, 20*time.Second, "the client to find the primary and write", func() bool { return w.ackedSince(time.Time{}) })
+	for i, target := range []int{1, 2, 0, 1} {
+		moved := time.Now()
+		lc.write(lc.nodes[target].pod, "")
+		eventually(t, 20*time.Second, fmt.Sprintf("switchover %d: writes acknowledged by %s", i+1, lc.nodes[target].pod), func() bool {
+			return role(lc.nodes[target].port) == "master" && w.ackedSince(time.Now().Add(-100*time.Millisecond)) && w.ackedSince(moved)
+		})
+		time.Sleep(500 * time.Millisecond)
+		t.Logf("switchover %d to %s: the client could not write for %s", i+1, lc.nodes[target].pod, w.gap(moved).Round(time.Millisecond))
+	}
+	lc.write("cache-1", `["cache-1"]`)
+	eventually(t, 10*time.Second, "the fenced primary to stop", func() bool { return role(lc.nodes[1].port) == "" })
+	fencedAt := time.Now()
+	time.Sleep(time.Second)
+	if w.ackedSince(fencedAt.Add(300 * time.Millisecond)) {
+		t.Error("writes acknowledged while the only primary is fenced")
+	}
+	unfenced := time.Now()
+	lc.write("cache-1", "")
+	eventually(t, 20*time.Second, "writes after the fence is lifted", func() bool { return w.ackedSince(unfenced) })
+	acked := w.finish()
+	if lost := lostOn(t, lc.nodes[1].port, acked); lost > 0 || len(acked) < 200 {
+		t.Fatalf("%d of %d acknowledged writes lost", lost, len(acked))
+	}
+	t.Logf("%d writes acknowledged, none lost", len(acked))
+}
