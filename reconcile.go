@@ -124,7 +124,9 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 		case res := <-r.restores:
 			r.steps(func() { r.restoreEnded(res) })
 		case res := <-r.handovers:
-			r.steps(func() { r.handoverEnded(res) }, r.enforceRole)
+			// The next step of the role waits for the next look at Redis,
+			// which the handover's end asks for: the last look is of before.
+			r.steps(func() { r.handoverEnded(res) })
 		case v := <-f.views:
 			r.steps(func() { r.takeView(v) }, r.enforceRole, r.rotateAuth)
 		case e := <-f.errs:

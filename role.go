@@ -185,9 +185,11 @@ func (r *reconciler) holdWrites() {
 	}
 }
 
-// handoverEnded takes the end of a handover.
+// handoverEnded takes the end of a handover, and asks for a look at Redis
+// at once: the next step of the role, or a retry, goes by what it shows.
 func (r *reconciler) handoverEnded(res handoverResult) {
 	r.handing = false
+	defer r.pokeObserver()
 	switch {
 	case res.kind == takingOver:
 		r.tookOver(res)

@@ -125,10 +125,12 @@ type goWriter struct {
 	done   chan struct{}
 }
 
-func startGoWriter(sentinels []string) *goWriter {
+// The Sentinels ask for sentinelPassword: the managers' discovery ports for
+// the cluster's, real Sentinels here for none.
+func startGoWriter(sentinels []string, sentinelPassword string) *goWriter {
 	w := &goWriter{stop: make(chan struct{}), done: make(chan struct{}),
 		client: goredis.NewFailoverClient(&goredis.FailoverOptions{MasterName: "cache", SentinelAddrs: sentinels,
-			Password: password, SentinelPassword: password})}
+			Password: password, SentinelPassword: sentinelPassword})}
 	go func() {
 		defer close(w.done)
 		ctx := context.Background()
@@ -221,7 +223,7 @@ const discoveryFragment = "appendonly yes\nappendfsync always\nrepl-diskless-syn
 // primary, and loses no acknowledged write.
 func TestGoRedisFollowsSwitchovers(t *testing.T) {
 	lc := startLocalCluster(t, discoveryFragment)
-	w := startGoWriter(lc.sentinels())
+	w := startGoWriter(lc.sentinels(), password)
 	eventually(t, 20*time.Second, "the client to find the primary and write", func() bool { return w.ackedSince(time.Time{}) })
 	for i, target := range []int{1, 2, 0, 1} {
 		moved := time.Now()
