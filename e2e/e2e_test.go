@@ -664,8 +664,16 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 	})
 
 	// A planned switchover to cache-1 under a continuous write load: every
-	// write the client saw acknowledged is on the new primary.
+	// write the client saw acknowledged is on the new primary. Beside it,
+	// go-redis's FailoverClient finds the primary through the managers'
+	// discovery ports, and follows.
 	w := startWriter(t, nodes[0].port, nodes[1].port)
+	var discovery []string
+	for _, n := range nodes {
+		discovery = append(discovery, fmt.Sprintf("127.0.0.1:%d", n.sentinelPort))
+	}
+	gw := startGoWriter(discovery, password)
+	eventually(t, 20*time.Second, "go-redis to find the primary through the discovery ports", func() bool { return gw.ackedSince(time.Time{}) })
 	time.Sleep(500 * time.Millisecond)
 	moved := time.Now()
 	if _, err := dyn.Resource(redisCluster).Namespace(ns).Patch(ctx, "cache", types.MergePatchType, []byte(`{"spec":{"targetPrimary":"cache-1"}}`), metav1.PatchOptions{}); err != nil {
@@ -673,6 +681,12 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 	}
 	eventually(t, 20*time.Second, "cache-1 to acknowledge writes as the new primary", func() bool { return w.onNew() >= 200 })
 	t.Logf("switchover: first write on cache-1 acknowledged %s after targetPrimary changed", w.firstOnNew().Sub(moved).Round(time.Millisecond))
+	eventually(t, 20*time.Second, "go-redis to follow the switchover", func() bool { return gw.ackedSince(moved) })
+	time.Sleep(200 * time.Millisecond)
+	t.Logf("switchover: go-redis could not write for %s", gw.gap(moved).Round(time.Millisecond))
+	if goAcked := gw.finish(); lostOn(t, nodes[1].port, goAcked) > 0 {
+		t.Fatalf("go-redis lost %d of %d acknowledged writes in the switchover", lostOn(t, nodes[1].port, goAcked), len(goAcked))
+	}
 	acked := w.finish()
 	if got, err := nodes[1].redis("GET", "counter"); err != nil || got != fmt.Sprint(acked) {
 		t.Fatalf("counter on the new primary is %q (%v); the client saw %d writes acknowledged", got, err, acked)
