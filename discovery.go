@@ -97,6 +97,9 @@ const (
 	discoveryStale = 3 * heartbeatEvery
 	// discoveryWrite drops a client that reads nothing.
 	discoveryWrite = 10 * time.Second
+	// discoveryWait is how long clients wait for the first view; after it,
+	// they are answered with what little is known.
+	discoveryWait = 2 * time.Second
 	// toldVersion is the Redis version a client is told.
 	toldVersion = "7.0.15"
 )
@@ -110,10 +113,18 @@ type discovery struct {
 	mu     sync.Mutex
 	subs   map[*discoveryConn]bool
 	master string // the primary last announced, for +switch-master
+
+	ready     chan struct{} // closed by the first view
+	readyOnce sync.Once
+
+	// An upgrade stops the accepting, so that the clients who connect meanwhile
+	// wait in the listen queue for the next manager: see quiesce.
+	ln      atomic.Pointer[net.TCPListener]
+	pausing atomic.Pointer[chan struct{}] // closed to resume
 }
 
 func newDiscovery(log *slog.Logger, s *settings) *discovery {
-	d := &discovery{log: log, myid: sentinelID(s.namespace, s.cluster, s.podName), subs: map[*discoveryConn]bool{}}
+	d := &discovery{log: log, myid: sentinelID(s.namespace, s.cluster, s.podName), subs: map[*discoveryConn]bool{}, ready: make(chan struct{})}
 	d.view.Store(&discoveryView{})
 	return d
 }
@@ -130,6 +141,7 @@ func sentinelID(namespace, cluster, pod string) string {
 // waits for a client: each is written to on a goroutine of its own.
 func (d *discovery) publish(v *discoveryView) {
 	d.view.Store(v)
+	d.readyOnce.Do(func() { close(d.ready) })
 	if v.primary == "" || !d.current(v) {
 		return
 	}
@@ -173,12 +185,25 @@ func (d *discovery) current(v *discoveryView) bool {
 	return v.name != "" && !v.stale && time.Since(v.at) < discoveryStale && time.Since(v.primaryAt) < discoveryStale
 }
 
-// serve accepts clients until ctx ends.
+// serve accepts clients until ctx ends. Until the first view, or for a
+// few seconds, clients wait in the listen queue: before it, the manager
+// knows neither the primary nor the password to ask for.
 func (d *discovery) serve(ctx context.Context, ln net.Listener) {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	select {
+	case <-d.ready:
+	case <-ctx.Done():
+	case <-time.After(discoveryWait):
+	}
+	if tl, ok := ln.(*net.TCPListener); ok {
+		d.ln.Store(tl)
+	}
 	for {
 		c, err := ln.Accept()
+		if err != nil && d.paused(ctx) {
+			continue
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				d.log.Error("the discovery port stopped accepting", "error", err)
@@ -189,6 +214,39 @@ func (d *discovery) serve(ctx context.Context, ln net.Listener) {
 		d.conns.Go(func() { dc.run(ctx) })
 	}
 	d.conns.Wait()
+}
+
+// quiesce stops accepting, for an upgrade's exec: the listener goes to the
+// next manager, and the clients who connect meanwhile wait in its queue.
+// resume accepts again, should the exec not happen.
+func (d *discovery) quiesce() (resume func()) {
+	if d == nil || d.ln.Load() == nil {
+		return func() {}
+	}
+	ln := d.ln.Load()
+	resumed := make(chan struct{})
+	d.pausing.Store(&resumed)
+	ln.SetDeadline(time.Now()) // wakes the pending Accept
+	return func() {
+		d.pausing.Store(nil)
+		ln.SetDeadline(time.Time{})
+		close(resumed)
+	}
+}
+
+// paused holds the accept loop while an upgrade is under way, and says
+// whether it was.
+func (d *discovery) paused(ctx context.Context) bool {
+	p := d.pausing.Load()
+	if p == nil {
+		return false
+	}
+	select {
+	case <-*p:
+	case <-ctx.Done():
+		return false
+	}
+	return true
 }
 
 // discoveryConn is one client.
@@ -277,6 +335,10 @@ func (dc *discoveryConn) notify(channel, msg string) {
 func (dc *discoveryConn) do(w *respWriter, args []string) error {
 	cmd := strings.ToLower(args[0])
 	v := dc.d.view.Load()
+	if v.name == "" && cmd != "quit" {
+		w.err("LOADING the manager has not read its RedisCluster yet")
+		return nil
+	}
 	switch cmd {
 	case "quit":
 		w.ok()
@@ -342,12 +404,14 @@ func (dc *discoveryConn) auth(w *respWriter, v *discoveryView, args []string) {
 	w.ok()
 }
 
+// checkPassword checks [user] password as Redis checks the default
+// user's: without a password configured (nopass), any one is taken.
 func (dc *discoveryConn) checkPassword(v *discoveryView, args []string) bool {
 	user, pw := "default", args[len(args)-1]
 	if len(args) == 2 {
 		user = args[0]
 	}
-	return user == "default" && subtle.ConstantTimeCompare([]byte(pw), []byte(v.password)) == 1
+	return user == "default" && (v.password == "" || subtle.ConstantTimeCompare([]byte(pw), []byte(v.password)) == 1)
 }
 
 // hello is HELLO [protover [AUTH user pass] [SETNAME name]].
@@ -368,7 +432,7 @@ func (dc *discoveryConn) hello(w *respWriter, v *discoveryView, args []string) {
 	for len(args) > 0 {
 		switch {
 		case strings.EqualFold(args[0], "auth") && len(args) >= 3:
-			if v.password == "" || !dc.checkPassword(v, args[1:3]) {
+			if !dc.checkPassword(v, args[1:3]) {
 				w.err("WRONGPASS invalid username-password pair or user is disabled.")
 				return
 			}

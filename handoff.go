@@ -33,6 +33,7 @@ type handoff struct {
 	From        string    `json:"from"`
 	ExecAt      time.Time `json:"execAt"`
 	Listener    int       `json:"listenerFd"`
+	Discovery   int       `json:"discoveryFd,omitempty"` // the discovery port's listener; 0 when off
 	LogR        int       `json:"logReadFd"`
 	LogW        int       `json:"logWriteFd"`
 	Reply       int       `json:"replyFd"` // the upgrade request's connection; -1 when answered already
@@ -84,7 +85,7 @@ func takeHandoff() (*handoff, error) {
 		return nil, fmt.Errorf("handoff: %w", err)
 	}
 	// No child this manager starts may inherit them.
-	for _, fd := range []int{h.Listener, h.LogR, h.LogW, h.Reply} {
+	for _, fd := range []int{h.Listener, h.LogR, h.LogW, h.Reply, h.Discovery} {
 		if fd > 2 {
 			syscall.CloseOnExec(fd)
 		}

@@ -154,7 +154,7 @@ func (m *manager) connect() error {
 		return configErrorf("http: %w", err)
 	}
 	if s.sentinelPort != 0 {
-		if m.discLn, err = net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(s.sentinelPort))); err != nil {
+		if m.discLn, err = m.listenDiscovery(); err != nil {
 			m.ln.Close()
 			return configErrorf("the discovery port: %w", err)
 		}
@@ -169,6 +169,18 @@ func (m *manager) connect() error {
 		m.log.Warn("cannot hash this binary", "error", err)
 	}
 	return nil
+}
+
+// listenDiscovery listens on the discovery port, or takes the listener the
+// manager this one replaced left: clients that connect during the exec wait
+// in its queue instead of being refused.
+func (m *manager) listenDiscovery() (net.Listener, error) {
+	if h := m.inherited; h != nil && h.Discovery > 2 {
+		f := inheritedFile(h.Discovery, "discovery-listener")
+		defer f.Close()
+		return net.FileListener(f)
+	}
+	return net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(m.settings.sentinelPort)))
 }
 
 // loadTLS reads the HTTPS files, if any. Across an upgrade, files caught
@@ -251,7 +263,7 @@ func (m *manager) serve(ctx context.Context, cancel context.CancelFunc) error {
 // upgrade execs the new binary an upload brought; it returns only when the
 // exec did not happen, and says whether the manager must stop.
 func (m *manager) upgrade(ctx context.Context, req upgradeRequest) (stop bool, err error) {
-	next, err := execUpgrade(ctx, req, m.exe, m.settings.dataDir, m.rec, m.sup, m.reaper, m.srv, m.ln)
+	next, err := execUpgrade(ctx, req, m.exe, m.settings.dataDir, m.rec, m.sup, m.reaper, m.srv, m.ln, m.disc, m.discLn)
 	m.upd.busy.Unlock()
 	switch {
 	case errors.Is(err, errStopping):

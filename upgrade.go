@@ -211,7 +211,7 @@ var errStopping = errors.New("a stop came before the exec")
 // when a stop came first; otherwise the manager serves on, on the listener
 // it returns (a new one when HTTP had stopped already), and the caller has
 // its answer.
-func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, rec *reconciler, sup *supervisor, reaper *reaper, srv *httpServer, ln net.Listener) (net.Listener, error) {
+func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, rec *reconciler, sup *supervisor, reaper *reaper, srv *httpServer, ln net.Listener, disc *discovery, discLn net.Listener) (net.Listener, error) {
 	refuse := func(code int, msg string) (net.Listener, error) {
 		replyRaw(req.conn, code, map[string]any{"error": msg})
 		return ln, errors.New(msg)
@@ -244,9 +244,12 @@ func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, r
 	if c, ok := req.conn.(*net.TCPConn); ok {
 		h.Reply = fds.dup(c)
 	}
-	if h.Listener < 0 || h.LogR < 0 || h.LogW < 0 || req.conn != nil && h.Reply < 0 {
+	if l, ok := discLn.(*net.TCPListener); ok {
+		h.Discovery = fds.dup(l)
+	}
+	if h.Listener < 0 || h.LogR < 0 || h.LogW < 0 || req.conn != nil && h.Reply < 0 || h.Discovery < 0 {
 		fds.close()
-		return refuse(http.StatusInternalServerError, "cannot keep the listener, the log pipe or this connection across the exec")
+		return refuse(http.StatusInternalServerError, "cannot keep the listeners, the log pipe or this connection across the exec")
 	}
 	if rec.haveView { // read while the reconciler is paused
 		h.View = &handoffView{Cluster: rec.view.cluster, Fragment: rec.view.fragment, Password: rec.view.password}
@@ -264,6 +267,7 @@ func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, r
 	// Requests in flight are answered; new connections wait in the listen
 	// queue for the next manager.
 	srv.quiesce(2 * time.Second)
+	defer disc.quiesce()()
 	err = errStopping
 	if ctx.Err() == nil {
 		err = syscall.Exec(exe, os.Args, append(os.Environ(), handoffEnv+"="+path))

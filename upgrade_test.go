@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gomodule/redigo/redis"
 )
 
 var (
@@ -156,6 +158,30 @@ func TestUpgradeInPlaceKeepsRedisServing(t *testing.T) {
 			}
 		}
 	})
+	// A client of the discovery port, a new connection each time, as one
+	// that looks for the primary does: its listener is inherited too.
+	var asks, askFailures atomic.Int64
+	var firstAskFailure atomic.Value
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			asks.Add(1)
+			c, err := redis.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", in.sentinelPort), redis.DialPassword(in.password), redis.DialReadTimeout(5*time.Second))
+			var addr []string
+			if err == nil {
+				addr, err = redis.Strings(c.Do("SENTINEL", "get-master-addr-by-name", "cache"))
+				c.Close()
+			}
+			if err != nil || len(addr) != 2 || addr[1] != fmt.Sprint(in.port) {
+				askFailures.Add(1)
+				firstAskFailure.CompareAndSwap(nil, fmt.Sprint(addr, err))
+			}
+		}
+	})
 	time.Sleep(200 * time.Millisecond)
 	for _, to := range []struct {
 		bin     []byte
@@ -178,6 +204,9 @@ func TestUpgradeInPlaceKeepsRedisServing(t *testing.T) {
 	}
 	if writeErrors.Load() > 0 || writes.Load() == 0 {
 		t.Errorf("%d writes failed, %d succeeded", writeErrors.Load(), writes.Load())
+	}
+	if n := askFailures.Load(); n > 0 || asks.Load() == 0 {
+		t.Errorf("%d of %d questions to the discovery port failed during the upgrades; the first: %v", n, asks.Load(), firstAskFailure.Load())
 	}
 	if got := in.redisPID(); got != pid {
 		t.Fatalf("redis-server's PID went from %d to %d", pid, got)
