@@ -2,7 +2,7 @@
 # Every benchmark, side by side with Redis's FAILOVER TO and Redis Sentinel,
 # and docs/BENCHMARKS.md written from the results (e2e/benchreport). ONLY=a,b
 # runs some of them again and keeps the others' last results. Run it on an
-# otherwise idle machine: about 20 minutes on two cores.
+# otherwise idle machine: about 25 minutes on two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/ensure-redis.sh
