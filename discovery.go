@@ -715,7 +715,11 @@ func readCommand(r *bufio.Reader) ([]string, error) {
 		return nil, err
 	}
 	if line == "" || line[0] != '*' {
-		return strings.Fields(line), nil
+		args := strings.Fields(line)
+		if len(args) > maxArgs {
+			return nil, protocolError("too many arguments in an inline request")
+		}
+		return args, nil
 	}
 	n, err := strconv.Atoi(line[1:])
 	if err != nil || n > maxArgs {

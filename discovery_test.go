@@ -230,3 +230,29 @@ func TestDiscoveryAnnouncesTheSwitch(t *testing.T) {
 		t.Fatalf("got %v, want the +switch-master message", m)
 	}
 }
+
+// Whatever a client sends, reading it ends: a command of at most maxArgs
+// arguments of at most maxArgLen bytes, a protocol error, or the end of
+// the input. Never a panic.
+func FuzzReadCommand(f *testing.F) {
+	for _, seed := range []string{"*1\r\n$4\r\nPING\r\n", "PING\r\n", strings.Repeat("a ", 100) + "\r\n", "*-1\r\n", "*2\r\n$3\r\nGET\r\n$-1\r\n", "*3\r\n$8\r\nSENTINEL\r\n$23\r\nget-master-addr-by-name\r\n$5\r\ncache\r\n", "$5\r\nhello\r\n"} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, input []byte) {
+		r := bufio.NewReader(strings.NewReader(string(input)))
+		for range 100 {
+			args, err := readCommand(r)
+			if err != nil {
+				return
+			}
+			if len(args) > maxArgs {
+				t.Fatalf("%d arguments read", len(args))
+			}
+			for _, a := range args {
+				if len(a) > maxArgLen {
+					t.Fatalf("an argument of %d bytes read", len(a))
+				}
+			}
+		}
+	})
+}
