@@ -168,7 +168,7 @@ func reportClientSwitchovers(b *testing.B, gaps []time.Duration, w *goWriter, fi
 	}
 	b.ReportMetric(at(0.5), "gap-p50-ms")
 	b.ReportMetric(at(0.99), "gap-p99-ms")
-	b.ReportMetric(float64(lostOn(b, finalPort, acked)), "lost-writes")
+	b.ReportMetric(float64(lostOn(b, finalPort, "w", acked)), "lost-writes")
 	b.ReportMetric(float64(len(acked)), "acked-writes")
 }
 

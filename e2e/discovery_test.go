@@ -117,6 +117,7 @@ func startLocalInstance(t testing.TB, clusterFile, pod, dataDir string) *instanc
 // goWriter writes w:<i> = i through a FailoverClient as fast as it is
 // answered, and notes when each write was acknowledged.
 type goWriter struct {
+	prefix string // of its keys
 	client *goredis.Client
 	mu     sync.Mutex
 	acked  []int64
@@ -128,7 +129,12 @@ type goWriter struct {
 // The Sentinels ask for sentinelPassword: the managers' discovery ports for
 // the cluster's, real Sentinels here for none.
 func startGoWriter(sentinels []string, sentinelPassword string) *goWriter {
-	w := &goWriter{stop: make(chan struct{}), done: make(chan struct{}),
+	return startGoWriterAs("w", sentinels, sentinelPassword)
+}
+
+// startGoWriterAs is startGoWriter with keys of its own: prefix:<i>.
+func startGoWriterAs(prefix string, sentinels []string, sentinelPassword string) *goWriter {
+	w := &goWriter{prefix: prefix, stop: make(chan struct{}), done: make(chan struct{}),
 		client: goredis.NewFailoverClient(&goredis.FailoverOptions{MasterName: "cache", SentinelAddrs: sentinels,
 			Password: password, SentinelPassword: sentinelPassword})}
 	go func() {
@@ -140,7 +146,7 @@ func startGoWriter(sentinels []string, sentinelPassword string) *goWriter {
 				return
 			default:
 			}
-			if err := w.client.Set(ctx, fmt.Sprintf("w:%d", i), i, 0).Err(); err != nil {
+			if err := w.client.Set(ctx, fmt.Sprintf("%s:%d", w.prefix, i), i, 0).Err(); err != nil {
 				time.Sleep(time.Millisecond)
 				continue
 			}
@@ -180,8 +186,9 @@ func (w *goWriter) finish() []int64 {
 	return w.acked
 }
 
-// lostOn counts the acknowledged writes the server at port does not hold.
-func lostOn(t testing.TB, port int, acked []int64) int {
+// lostOn counts the acknowledged writes prefix:<i> the server at port does
+// not hold.
+func lostOn(t testing.TB, port int, prefix string, acked []int64) int {
 	t.Helper()
 	c := goredis.NewClient(&goredis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), Password: password})
 	defer c.Close()
@@ -190,7 +197,7 @@ func lostOn(t testing.TB, port int, acked []int64) int {
 		batch := acked[start:min(start+1000, len(acked))]
 		keys := make([]string, len(batch))
 		for j, i := range batch {
-			keys[j] = fmt.Sprintf("w:%d", i)
+			keys[j] = fmt.Sprintf("%s:%d", prefix, i)
 		}
 		vals, err := c.MGet(context.Background(), keys...).Result()
 		if err != nil {
@@ -245,7 +252,7 @@ func TestGoRedisFollowsSwitchovers(t *testing.T) {
 	lc.write("cache-1", "")
 	eventually(t, 20*time.Second, "writes after the fence is lifted", func() bool { return w.ackedSince(unfenced) })
 	acked := w.finish()
-	if lost := lostOn(t, lc.nodes[1].port, acked); lost > 0 || len(acked) < 200 {
+	if lost := lostOn(t, lc.nodes[1].port, "w", acked); lost > 0 || len(acked) < 200 {
 		t.Fatalf("%d of %d acknowledged writes lost", lost, len(acked))
 	}
 	t.Logf("%d writes acknowledged, none lost", len(acked))

@@ -684,8 +684,8 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 	eventually(t, 20*time.Second, "go-redis to follow the switchover", func() bool { return gw.ackedSince(moved) })
 	time.Sleep(200 * time.Millisecond)
 	t.Logf("switchover: go-redis could not write for %s", gw.gap(moved).Round(time.Millisecond))
-	if goAcked := gw.finish(); lostOn(t, nodes[1].port, goAcked) > 0 {
-		t.Fatalf("go-redis lost %d of %d acknowledged writes in the switchover", lostOn(t, nodes[1].port, goAcked), len(goAcked))
+	if goAcked := gw.finish(); lostOn(t, nodes[1].port, "w", goAcked) > 0 {
+		t.Fatalf("go-redis lost %d of %d acknowledged writes in the switchover", lostOn(t, nodes[1].port, "w", goAcked), len(goAcked))
 	}
 	acked := w.finish()
 	if got, err := nodes[1].redis("GET", "counter"); err != nil || got != fmt.Sprint(acked) {

@@ -4,10 +4,10 @@
 // w:<i> = i for i = 0, 1, ... through whatever the Sentinels name as the
 // primary, prints "ack <i>" for each write acknowledged and "err <kind>" for
 // each refused (then tries i again), and stops when its stdin closes.
-//   node writer.js host:port,host:port,... <master name> <password>
+//   node writer.js host:port,host:port,... <master name> <password> [key prefix, default w]
 const Redis = require("ioredis");
 
-const [addrs, name, password] = process.argv.slice(2);
+const [addrs, name, password, prefix = "w"] = process.argv.slice(2);
 const sentinels = addrs.split(",").map((a) => {
   const i = a.lastIndexOf(":");
   return { host: a.slice(0, i), port: Number(a.slice(i + 1)) };
@@ -32,7 +32,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   let i = 0;
   while (!stop) {
     try {
-      await primary.set("w:" + i, i);
+      await primary.set(prefix + ":" + i, i);
       process.stdout.write("ack " + i + "\n");
       i++;
     } catch (e) {

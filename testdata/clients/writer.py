@@ -3,7 +3,7 @@
 # whatever the Sentinels name as the primary, prints "ack <i>" for each write
 # acknowledged and "err <kind>" for each refused (then tries i again), and
 # stops when its stdin closes.
-#   python3 writer.py host:port,host:port,... <master name> <password>
+#   python3 writer.py host:port,host:port,... <master name> <password> [key prefix, default w]
 import sys
 import threading
 import time
@@ -13,6 +13,7 @@ from redis.sentinel import Sentinel
 
 addrs = [a.rsplit(":", 1) for a in sys.argv[1].split(",")]
 name, password = sys.argv[2], sys.argv[3] or None
+prefix = sys.argv[4] if len(sys.argv) > 4 else "w"
 sentinel = Sentinel([(h, int(p)) for h, p in addrs], socket_timeout=0.5,
                     sentinel_kwargs={"password": password, "socket_timeout": 0.5})
 primary = sentinel.master_for(name, socket_timeout=0.5, password=password)
@@ -22,7 +23,7 @@ threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).sta
 i = 0
 while not stop.is_set():
     try:
-        primary.set("w:%d" % i, i)
+        primary.set("%s:%d" % (prefix, i), i)
         print("ack %d" % i, flush=True)
         i += 1
     except RedisError as e:

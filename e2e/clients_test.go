@@ -1,0 +1,167 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+)
+
+// sentinelWriter is a client that writes w:<i> = i through the discovery
+// ports: go-redis in this process, or redis-py or ioredis running the
+// writers of ../testdata/clients.
+type sentinelWriter interface {
+	ackedSince(t time.Time) bool
+	finish() []int64
+}
+
+// scriptWriter runs one of ../testdata/clients' writers.
+type scriptWriter struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	mu    sync.Mutex
+	acked []int64
+	last  time.Time
+	done  chan struct{}
+}
+
+func startScriptWriter(t testing.TB, lang string, sentinels []string) *scriptWriter {
+	t.Helper()
+	dir, _ := filepath.Abs("../testdata/clients")
+	args := []string{strings.Join(sentinels, ","), "cache", password, lang}
+	var cmd *exec.Cmd
+	switch lang {
+	case "redis-py":
+		if exec.Command("/usr/bin/python3", "-c", "import redis").Run() != nil {
+			t.Fatal("redis-py is not installed; run hack/ensure-clients.sh")
+		}
+		cmd = exec.Command("/usr/bin/python3", append([]string{filepath.Join(dir, "writer.py")}, args...)...)
+	case "ioredis":
+		if _, err := os.Stat(filepath.Join(dir, "node_modules", "ioredis")); err != nil {
+			t.Fatal("ioredis is not installed; run hack/ensure-clients.sh")
+		}
+		cmd = exec.Command("node", append([]string{filepath.Join(dir, "writer.js")}, args...)...)
+	}
+	cmd.Dir = dir
+	w := &scriptWriter{cmd: cmd, done: make(chan struct{})}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if w.stdin, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(w.done)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if n, ok := strings.CutPrefix(sc.Text(), "ack "); ok {
+				i, _ := strconv.ParseInt(n, 10, 64)
+				w.mu.Lock()
+				w.acked, w.last = append(w.acked, i), time.Now()
+				w.mu.Unlock()
+			}
+		}
+	}()
+	t.Cleanup(func() { w.finish() })
+	return w
+}
+
+func (w *scriptWriter) ackedSince(t time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last.After(t)
+}
+
+func (w *scriptWriter) finish() []int64 {
+	w.stdin.Close()
+	select {
+	case <-w.done:
+	case <-time.After(10 * time.Second):
+		w.cmd.Process.Kill()
+		<-w.done
+	}
+	w.cmd.Wait()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.acked
+}
+
+// The three client libraries on the real API server: each finds the
+// primary through the managers' discovery ports, writes through four
+// switchovers (targetPrimary patched) and a fenced primary, follows each
+// time, and loses no acknowledged write.
+func TestSentinelClientsOnARealAPIServer(t *testing.T) {
+	cp := startControlPlane(t)
+	dyn := dynamic.NewForConfigOrDie(cp.admin)
+	cp.apply(t, "../deploy/crd.yaml", ns)
+	cp.awaitCRD(t)
+	kubeconfig := fleetToken(t, cp)
+	createCluster(t, cp, "cache", 3)
+	var nodes []*instance
+	var sentinels []string
+	for i := range 3 {
+		n := startInstanceOf(t, "cache", fmt.Sprintf("cache-%d", i), kubeconfig, filepath.Join(t.TempDir(), fmt.Sprint(i)), freePort(t))
+		nodes, sentinels = append(nodes, n), append(sentinels, fmt.Sprintf("127.0.0.1:%d", n.sentinelPort))
+	}
+	for _, n := range nodes {
+		eventually(t, 60*time.Second, n.pod+" to be ready", func() bool { return n.get("/readyz") == 200 })
+	}
+	patch := func(p string) {
+		if _, err := dyn.Resource(redisCluster).Namespace(ns).Patch(context.Background(), "cache", types.MergePatchType, []byte(p), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writers := map[string]sentinelWriter{
+		"go-redis": startGoWriterAs("go-redis", sentinels, password),
+		"redis-py": startScriptWriter(t, "redis-py", sentinels),
+		"ioredis":  startScriptWriter(t, "ioredis", sentinels),
+	}
+	following := func(since time.Time) func() bool {
+		return func() bool {
+			for _, w := range writers {
+				if !w.ackedSince(since) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	eventually(t, 30*time.Second, "every client to find the primary and write", following(time.Time{}))
+	for i, target := range []int{1, 2, 0, 1} {
+		moved := time.Now()
+		patch(fmt.Sprintf(`{"spec":{"targetPrimary":"cache-%d"}}`, target))
+		eventually(t, 30*time.Second, fmt.Sprintf("switchover %d: every client writing to cache-%d", i+1, target), func() bool {
+			return role(nodes[target].port) == "master" && following(moved)()
+		})
+		t.Logf("switchover %d to cache-%d: every client followed within %s", i+1, target, time.Since(moved).Round(time.Millisecond))
+		time.Sleep(500 * time.Millisecond)
+	}
+	fence(t, dyn, `["cache-1"]`)
+	eventually(t, 10*time.Second, "the fenced primary to stop", func() bool { return role(nodes[1].port) == "" })
+	unfenced := time.Now()
+	fence(t, dyn, `[]`)
+	eventually(t, 30*time.Second, "every client writing again once the fence is lifted", following(unfenced))
+	for name, w := range writers {
+		acked := w.finish()
+		if lost := lostOn(t, nodes[1].port, name, acked); lost > 0 || len(acked) < 100 {
+			t.Errorf("%s: %d of %d acknowledged writes lost", name, lost, len(acked))
+		}
+	}
+}
