@@ -103,10 +103,23 @@ func (w *scriptWriter) finish() []int64 {
 	return w.acked
 }
 
-// The three client libraries on the real API server: each finds the
+// The three client libraries, unmodified, in local mode: each finds the
 // primary through the managers' discovery ports, writes through four
-// switchovers (targetPrimary patched) and a fenced primary, follows each
-// time, and loses no acknowledged write.
+// switchovers and a fenced primary, follows each time, and loses no
+// acknowledged write.
+func TestSentinelClientsFollowSwitchovers(t *testing.T) {
+	lc := startLocalCluster(t, discoveryFragment)
+	followSwitchovers(t, lc.nodes, lc.sentinels(), func(target int) { lc.write(lc.nodes[target].pod, "") },
+		func(fenced bool) {
+			if fenced {
+				lc.write("cache-1", `["cache-1"]`)
+			} else {
+				lc.write("cache-1", "")
+			}
+		})
+}
+
+// The same, on the real API server: targetPrimary and the fence patched.
 func TestSentinelClientsOnARealAPIServer(t *testing.T) {
 	cp := startControlPlane(t)
 	dyn := dynamic.NewForConfigOrDie(cp.admin)
@@ -123,11 +136,21 @@ func TestSentinelClientsOnARealAPIServer(t *testing.T) {
 	for _, n := range nodes {
 		eventually(t, 60*time.Second, n.pod+" to be ready", func() bool { return n.get("/readyz") == 200 })
 	}
-	patch := func(p string) {
+	followSwitchovers(t, nodes, sentinels, func(target int) {
+		p := fmt.Sprintf(`{"spec":{"targetPrimary":"cache-%d"}}`, target)
 		if _, err := dyn.Resource(redisCluster).Namespace(ns).Patch(context.Background(), "cache", types.MergePatchType, []byte(p), metav1.PatchOptions{}); err != nil {
 			t.Fatal(err)
 		}
-	}
+	}, func(fenced bool) {
+		fence(t, dyn, map[bool]string{true: `["cache-1"]`, false: `[]`}[fenced])
+	})
+}
+
+// followSwitchovers runs go-redis, redis-py and ioredis writers through
+// the nodes' discovery ports while the role moves to cache-1, cache-2,
+// cache-0 and cache-1, then while cache-1, the primary, is fenced and
+// unfenced; it checks that each follows, and lost nothing acknowledged.
+func followSwitchovers(t *testing.T, nodes []*instance, sentinels []string, moveTo func(target int), fenceTheTarget func(fenced bool)) {
 	writers := map[string]sentinelWriter{
 		"go-redis": startGoWriterAs("go-redis", sentinels, password),
 		"redis-py": startScriptWriter(t, "redis-py", sentinels),
@@ -146,22 +169,30 @@ func TestSentinelClientsOnARealAPIServer(t *testing.T) {
 	eventually(t, 30*time.Second, "every client to find the primary and write", following(time.Time{}))
 	for i, target := range []int{1, 2, 0, 1} {
 		moved := time.Now()
-		patch(fmt.Sprintf(`{"spec":{"targetPrimary":"cache-%d"}}`, target))
+		moveTo(target)
 		eventually(t, 30*time.Second, fmt.Sprintf("switchover %d: every client writing to cache-%d", i+1, target), func() bool {
 			return role(nodes[target].port) == "master" && following(moved)()
 		})
 		t.Logf("switchover %d to cache-%d: every client followed within %s", i+1, target, time.Since(moved).Round(time.Millisecond))
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond) // writes under load, for the next target to catch up with
 	}
-	fence(t, dyn, `["cache-1"]`)
+	fenceTheTarget(true)
 	eventually(t, 10*time.Second, "the fenced primary to stop", func() bool { return role(nodes[1].port) == "" })
+	fencedAt := time.Now()
+	time.Sleep(time.Second)
+	for name, w := range writers {
+		if w.ackedSince(fencedAt.Add(300 * time.Millisecond)) {
+			t.Errorf("%s: writes acknowledged while the only primary is fenced", name)
+		}
+	}
 	unfenced := time.Now()
-	fence(t, dyn, `[]`)
+	fenceTheTarget(false)
 	eventually(t, 30*time.Second, "every client writing again once the fence is lifted", following(unfenced))
 	for name, w := range writers {
 		acked := w.finish()
 		if lost := lostOn(t, nodes[1].port, name, acked); lost > 0 || len(acked) < 100 {
 			t.Errorf("%s: %d of %d acknowledged writes lost", name, lost, len(acked))
 		}
+		t.Logf("%s: %d writes acknowledged", name, len(acked))
 	}
 }

@@ -1,9 +1,8 @@
 package e2e
 
-// go-redis's FailoverClient, unmodified, against the managers' discovery
-// ports: it finds the primary, follows switchovers and a fence, loses no
-// acknowledged write; and how long it cannot write in a switchover, beside
-// the same client against three real Redis Sentinels.
+// Clients of the managers' discovery ports: a local cluster to ask, and
+// go-redis's FailoverClient writing through it (clients_test.go has the
+// others, discovery_bench_test.go what a switchover costs them).
 
 import (
 	"context"
@@ -224,36 +223,3 @@ func role(port int) string {
 }
 
 const discoveryFragment = "appendonly yes\nappendfsync always\nrepl-diskless-sync-delay 0"
-
-// go-redis's FailoverClient, with nothing but the master name, the
-// Sentinels and the password, follows four switchovers and a fenced
-// primary, and loses no acknowledged write.
-func TestGoRedisFollowsSwitchovers(t *testing.T) {
-	lc := startLocalCluster(t, discoveryFragment)
-	w := startGoWriter(lc.sentinels(), password)
-	eventually(t, 20*time.Second, "the client to find the primary and write", func() bool { return w.ackedSince(time.Time{}) })
-	for i, target := range []int{1, 2, 0, 1} {
-		moved := time.Now()
-		lc.write(lc.nodes[target].pod, "")
-		eventually(t, 20*time.Second, fmt.Sprintf("switchover %d: writes acknowledged by %s", i+1, lc.nodes[target].pod), func() bool {
-			return role(lc.nodes[target].port) == "master" && w.ackedSince(time.Now().Add(-100*time.Millisecond)) && w.ackedSince(moved)
-		})
-		time.Sleep(500 * time.Millisecond)
-		t.Logf("switchover %d to %s: the client could not write for %s", i+1, lc.nodes[target].pod, w.gap(moved).Round(time.Millisecond))
-	}
-	lc.write("cache-1", `["cache-1"]`)
-	eventually(t, 10*time.Second, "the fenced primary to stop", func() bool { return role(lc.nodes[1].port) == "" })
-	fencedAt := time.Now()
-	time.Sleep(time.Second)
-	if w.ackedSince(fencedAt.Add(300 * time.Millisecond)) {
-		t.Error("writes acknowledged while the only primary is fenced")
-	}
-	unfenced := time.Now()
-	lc.write("cache-1", "")
-	eventually(t, 20*time.Second, "writes after the fence is lifted", func() bool { return w.ackedSince(unfenced) })
-	acked := w.finish()
-	if lost := lostOn(t, lc.nodes[1].port, "w", acked); lost > 0 || len(acked) < 200 {
-		t.Fatalf("%d of %d acknowledged writes lost", lost, len(acked))
-	}
-	t.Logf("%d writes acknowledged, none lost", len(acked))
-}
