@@ -108,6 +108,39 @@ func TestDiscoveryAnswersFromTheStatus(t *testing.T) {
 	if strings.Contains(info, "s3cret") || !strings.Contains(info, "master0:name=cache,status=ok,address=10.0.0.1:6379") {
 		t.Fatalf("INFO:\n%s", info)
 	}
+	if id, err := redis.String(c.Do("SENTINEL", "myid")); err != nil || id != sentinelID("prod", "cache", "cache-1") || len(id) != 40 {
+		t.Fatalf("SENTINEL myid: %q, %v", id, err)
+	}
+	if _, err := c.Do("CLIENT", "SETNAME", "app"); err != nil {
+		t.Fatal(err)
+	}
+	if name, err := redis.String(c.Do("CLIENT", "GETNAME")); err != nil || name != "app" {
+		t.Fatalf("CLIENT GETNAME: %q, %v", name, err)
+	}
+	// RESP3 after HELLO 3 (which redigo does not read): maps, pushes.
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	r := bufio.NewReader(raw)
+	var firsts []string // the first line of each answer
+	for _, cmd := range []string{"HELLO 3 AUTH default s3cret", "SENTINEL replicas cache", "SUBSCRIBE +switch-master"} {
+		raw.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(raw, cmd+"\r\n")
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		firsts = append(firsts, strings.TrimSpace(line))
+		raw.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		for r.Buffered() > 0 || err == nil { // the rest of the answer
+			_, err = r.ReadString('\n')
+		}
+	}
+	if firsts[0] != "%7" || firsts[1] != "*1" || firsts[2] != ">3" {
+		t.Fatalf("in RESP3, HELLO, SENTINEL replicas and SUBSCRIBE begin %q; want a map, an array of maps, a push", firsts)
+	}
 }
 
 // No primary is named when it cannot be told: the source complains, the
