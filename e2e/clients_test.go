@@ -121,8 +121,23 @@ func TestSentinelClientsFollowSwitchovers(t *testing.T) {
 
 // The same, on the real API server: targetPrimary and the fence patched.
 func TestSentinelClientsOnARealAPIServer(t *testing.T) {
+	dyn, nodes, sentinels := startAPIServerCluster(t)
+	followSwitchovers(t, nodes, sentinels, func(target int) {
+		p := fmt.Sprintf(`{"spec":{"targetPrimary":"cache-%d"}}`, target)
+		if _, err := dyn.Resource(redisCluster).Namespace(ns).Patch(context.Background(), "cache", types.MergePatchType, []byte(p), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}, func(fenced bool) {
+		fence(t, dyn, map[bool]string{true: `["cache-1"]`, false: `[]`}[fenced])
+	})
+}
+
+// startAPIServerCluster runs a kube-apiserver and three managers of the
+// RedisCluster cache on it, and returns a client of the API server, the
+// managers, and their discovery ports.
+func startAPIServerCluster(t testing.TB) (dynamic.Interface, []*instance, []string) {
+	t.Helper()
 	cp := startControlPlane(t)
-	dyn := dynamic.NewForConfigOrDie(cp.admin)
 	cp.apply(t, "../deploy/crd.yaml", ns)
 	cp.awaitCRD(t)
 	kubeconfig := fleetToken(t, cp)
@@ -136,14 +151,7 @@ func TestSentinelClientsOnARealAPIServer(t *testing.T) {
 	for _, n := range nodes {
 		eventually(t, 60*time.Second, n.pod+" to be ready", func() bool { return n.get("/readyz") == 200 })
 	}
-	followSwitchovers(t, nodes, sentinels, func(target int) {
-		p := fmt.Sprintf(`{"spec":{"targetPrimary":"cache-%d"}}`, target)
-		if _, err := dyn.Resource(redisCluster).Namespace(ns).Patch(context.Background(), "cache", types.MergePatchType, []byte(p), metav1.PatchOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}, func(fenced bool) {
-		fence(t, dyn, map[bool]string{true: `["cache-1"]`, false: `[]`}[fenced])
-	})
+	return dynamic.NewForConfigOrDie(cp.admin), nodes, sentinels
 }
 
 // followSwitchovers runs go-redis, redis-py and ioredis writers through

@@ -15,7 +15,6 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/dynamic"
 )
 
 // BenchmarkClientSwitchover measures a planned switchover as an application
@@ -34,21 +33,7 @@ func BenchmarkClientSwitchover(b *testing.B) {
 // benchmarkAPIServerSwitchover is the managers' on the real API server:
 // the switchover a targetPrimary patch starts.
 func benchmarkAPIServerSwitchover(b *testing.B) {
-	cp := startControlPlane(b)
-	dyn := dynamic.NewForConfigOrDie(cp.admin)
-	cp.apply(b, "../deploy/crd.yaml", ns)
-	cp.awaitCRD(b)
-	kubeconfig := fleetToken(b, cp)
-	createCluster(b, cp, "cache", 3)
-	var nodes []*instance
-	var sentinels []string
-	for i := range 3 {
-		n := startInstanceOf(b, "cache", fmt.Sprintf("cache-%d", i), kubeconfig, filepath.Join(b.TempDir(), fmt.Sprint(i)), freePort(b))
-		nodes, sentinels = append(nodes, n), append(sentinels, fmt.Sprintf("127.0.0.1:%d", n.sentinelPort))
-	}
-	for _, n := range nodes {
-		eventually(b, 60*time.Second, n.pod+" to be ready", func() bool { return n.get("/readyz") == 200 })
-	}
+	dyn, nodes, sentinels := startAPIServerCluster(b)
 	w := startGoWriter(sentinels, password)
 	eventually(b, 20*time.Second, "the client to write", func() bool { return w.ackedSince(time.Time{}) })
 	target := 0

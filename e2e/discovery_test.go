@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -88,29 +87,7 @@ func (lc *localCluster) sentinels() []string {
 
 func startLocalInstance(t testing.TB, clusterFile, pod, dataDir string) *instance {
 	t.Helper()
-	in := &instance{pod: pod, dataDir: dataDir, port: freePort(t), httpPort: freePort(t), sentinelPort: freePort(t), out: &syncBuffer{}}
-	in.cmd = exec.Command(binary, "instance", "--cluster", "cache", "--pod-name", pod, "--cluster-file", clusterFile,
-		"--data-dir", dataDir, "--redis-port", fmt.Sprint(in.port), "--announce-host", "127.0.0.1",
-		"--http-addr", fmt.Sprintf("127.0.0.1:%d", in.httpPort), "--sentinel-port", fmt.Sprint(in.sentinelPort))
-	in.cmd.Stdout, in.cmd.Stderr = in.out, in.out
-	in.cmd.WaitDelay = 5 * time.Second
-	if err := in.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		in.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { in.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			in.cmd.Process.Kill()
-		}
-		if t.Failed() {
-			t.Logf("log of %s:\n%s", pod, in.out.String())
-		}
-	})
-	return in
+	return launch(t, pod, dataDir, freePort(t), nil, "--cluster", "cache", "--pod-name", pod, "--cluster-file", clusterFile)
 }
 
 // goWriter writes w:<i> = i through a FailoverClient as fast as it is

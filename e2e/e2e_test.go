@@ -305,12 +305,20 @@ func startInstanceAt(t testing.TB, pod, kubeconfig, dataDir string, port int) *i
 
 func startInstanceOf(t testing.TB, cluster, pod, kubeconfig, dataDir string, port int) *instance {
 	t.Helper()
+	return launch(t, pod, dataDir, port, []string{"CLUSTER_NAME=" + cluster, "POD_NAME=" + pod, "OPERATOR_TOKEN_FILE=" + tokenFile},
+		"--kubeconfig", kubeconfig, "--namespace", ns)
+}
+
+// launch runs the manager for pod, on ports of its own, with the source
+// args and env name; it is stopped with SIGTERM when the test ends.
+func launch(t testing.TB, pod, dataDir string, port int, env []string, args ...string) *instance {
+	t.Helper()
 	in := &instance{pod: pod, dataDir: dataDir, port: port, httpPort: freePort(t), sentinelPort: freePort(t), out: &syncBuffer{}}
-	in.cmd = exec.Command(binary, "instance", "--kubeconfig", kubeconfig, "--namespace", ns,
+	in.cmd = exec.Command(binary, append(append([]string{"instance"}, args...),
 		"--data-dir", dataDir, "--redis-port", fmt.Sprint(in.port),
 		"--http-addr", fmt.Sprintf("127.0.0.1:%d", in.httpPort), "--announce-host", "127.0.0.1",
-		"--sentinel-port", fmt.Sprint(in.sentinelPort))
-	in.cmd.Env = append(os.Environ(), "CLUSTER_NAME="+cluster, "POD_NAME="+pod, "OPERATOR_TOKEN_FILE="+tokenFile)
+		"--sentinel-port", fmt.Sprint(in.sentinelPort))...)
+	in.cmd.Env = append(os.Environ(), env...)
 	in.cmd.Stdout, in.cmd.Stderr = in.out, in.out
 	in.cmd.WaitDelay = 5 * time.Second
 	if err := in.cmd.Start(); err != nil {
