@@ -138,7 +138,7 @@ func sentinelID(namespace, cluster, pod string) string {
 func (d *discovery) publish(v *discoveryView) {
 	d.view.Store(v)
 	d.readyOnce.Do(func() { close(d.ready) })
-	if v.primary == "" || !d.current(v) {
+	if v.named(v.name) == "" {
 		return
 	}
 	d.mu.Lock()
@@ -165,20 +165,14 @@ func (d *discovery) publish(v *discoveryView) {
 	}
 }
 
-// primary is the primary's address for name, or "" when there is none to
-// name or this manager cannot tell.
-func (d *discovery) primary(name string) string {
-	v := d.view.Load()
-	if name != v.name || !d.current(v) {
+// named is the address of the primary to name for the master name, or ""
+// when there is none to name or this manager cannot tell: the source
+// complains, or the view or the primary's own entry is old.
+func (v *discoveryView) named(name string) string {
+	if name == "" || name != v.name || v.stale || time.Since(v.at) >= discoveryStale || time.Since(v.primaryAt) >= discoveryStale {
 		return ""
 	}
 	return v.primary
-}
-
-// current says whether a view may be answered from: the source does not
-// complain, and neither the view nor the primary's entry is old.
-func (d *discovery) current(v *discoveryView) bool {
-	return v.name != "" && !v.stale && time.Since(v.at) < discoveryStale && time.Since(v.primaryAt) < discoveryStale
 }
 
 // serve accepts clients until ctx ends. Until the first view, or for a
@@ -580,7 +574,7 @@ func (dc *discoveryConn) sentinel(w *respWriter, v *discoveryView, args []string
 		return
 	}
 	if sub == "masters" {
-		if !dc.d.current(v) || v.primary == "" {
+		if v.named(v.name) == "" {
 			w.array(0)
 			return
 		}
@@ -593,7 +587,7 @@ func (dc *discoveryConn) sentinel(w *respWriter, v *discoveryView, args []string
 		return
 	}
 	name := args[1]
-	known := name == v.name && dc.d.current(v) && v.primary != ""
+	known := v.named(name) != ""
 	switch sub {
 	case "get-master-addr-by-name":
 		if !known {
@@ -670,7 +664,7 @@ func (dc *discoveryConn) info(w *respWriter, v *discoveryView) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Server\r\nredis_version:%s\r\nredis_mode:sentinel\r\n\r\n# Sentinel\r\nsentinel_masters:1\r\n", toldVersion)
 	status, addr := "ok", v.primary
-	if !dc.d.current(v) || v.primary == "" {
+	if v.named(v.name) == "" {
 		status, addr = "odown", ""
 	}
 	fmt.Fprintf(&b, "master0:name=%s,status=%s,address=%s,slaves=%d,sentinels=%d\r\n", v.name, status, addr, len(v.replicas), len(v.sentinels)+1)

@@ -242,7 +242,7 @@ func TestDiscoveryAnnouncesTheSwitch(t *testing.T) {
 	v := discoveryCluster("")
 	v.cluster.Spec.TargetPrimary = "cache-1"
 	d.publish(discoveryFor(v, "prod", "cache-1", time.Now()))
-	if got := d.primary("cache"); got != "" {
+	if got := d.view.Load().named("cache"); got != "" {
 		t.Fatalf("while the role moves, %s is named", got)
 	}
 	e := v.cluster.Status.InstancesStatus["cache-0"]

@@ -179,7 +179,7 @@ func (r *reconciler) takeView(v clusterView) {
 	r.viewAt = time.Now()
 	r.viewSeq = v.seq
 	r.applyView(v)
-	r.publishDiscovery(false)
+	r.publishDiscovery()
 	if r.obs != nil && r.obs.err != nil {
 		r.pokeObserver() // it may have lacked the password the view brought
 	}
@@ -196,12 +196,12 @@ func (r *reconciler) takeSourceError(e sourceError) {
 		r.log.Error("cannot use the cluster's new state; keeping the last good one", "error", e.err)
 		r.viewErr = msg
 	}
-	r.publishDiscovery(true)
+	r.publishDiscovery()
 }
 
 // publishDiscovery tells the discovery port of the latest view, stale when
 // the source complains since.
-func (r *reconciler) publishDiscovery(stale bool) {
+func (r *reconciler) publishDiscovery() {
 	if r.discovery == nil || !r.haveView {
 		return
 	}
@@ -222,7 +222,7 @@ func (r *reconciler) publishDiscovery(stale bool) {
 		view.cluster = rc
 	}
 	v := discoveryFor(view, r.settings.namespace, r.settings.podName, r.viewAt)
-	v.stale = stale || r.viewErr != ""
+	v.stale = r.viewErr != ""
 	r.discovery.publish(v)
 }
 

@@ -129,7 +129,7 @@ func (r *reconciler) sendStatus(ps *probeState) {
 	}
 	offer(r.statuses, statusUpdate{entry: ps.status, primary: r.role.primary && ps.ready && ps.status.Role == "master"})
 	r.written, r.writtenAt = ps.status, time.Now()
-	r.publishDiscovery(false)
+	r.publishDiscovery()
 }
 
 // stopped publishes that this instance serves no more: from the stop
