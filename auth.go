@@ -5,6 +5,7 @@ package main
 // field or an error: see secretsIn, redact and secretFree.
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -21,7 +22,9 @@ import (
 // observer, the supervisor's SHUTDOWN, the HTTP handlers) reads them.
 type credentials struct {
 	passwords atomic.Pointer[[]string]
-	peers     atomic.Pointer[map[string]bool]
+	peers     atomic.Pointer[map[string]bool] // address: whether it serves TLS
+	tlsConfig atomic.Pointer[tls.Config]      // to dial a server that serves TLS; nil before any certificate
+	localTLS  atomic.Bool                     // the local redis-server serves TLS
 }
 
 func newCredentials() *credentials {
@@ -51,7 +54,7 @@ func (c *credentials) setPeers(rc *redisCluster, self string) {
 	peers := map[string]bool{}
 	for pod, e := range rc.Status.InstancesStatus {
 		if pod != self && e.Address != "" {
-			peers[canonicalAddr(e.Address)] = true
+			peers[canonicalAddr(e.Address)] = e.TLS
 		}
 	}
 	c.peers.Store(&peers)
@@ -60,7 +63,48 @@ func (c *credentials) setPeers(rc *redisCluster, self string) {
 // isPeer says whether addr, as Redis reports it (net.JoinHostPort), is
 // another instance's published address: the only remote addresses the
 // manager's connections, and so its passwords, may go to.
-func (c *credentials) isPeer(addr string) bool { return (*c.peers.Load())[addr] }
+func (c *credentials) isPeer(addr string) bool {
+	_, ok := (*c.peers.Load())[addr]
+	return ok
+}
+
+// A connection to a redis-server that serves TLS presents the spec.tls
+// certificate and checks the server's (see redistls.go); to one that does
+// not, it is plaintext. The local server serves what it was started with,
+// as the supervisor tells; another instance, what its status entry says.
+
+func (c *credentials) setTLS(cfg *tls.Config) { c.tlsConfig.Store(cfg) }
+
+func (c *credentials) setLocalTLS(on bool) { c.localTLS.Store(on) }
+
+// servesTLS says whether the instance at addr, as its status entry
+// publishes it, serves TLS.
+func (c *credentials) servesTLS(addr string) bool { return (*c.peers.Load())[canonicalAddr(addr)] }
+
+// tlsLocal is the TLS to dial the local redis-server with: nil for none.
+func (c *credentials) tlsLocal() *tls.Config { return c.tlsWhen(c.localTLS.Load()) }
+
+// tlsPeer is the TLS to dial another instance with: nil for none.
+func (c *credentials) tlsPeer(addr string) *tls.Config { return c.tlsWhen(c.servesTLS(addr)) }
+
+func (c *credentials) tlsWhen(on bool) *tls.Config {
+	if !on {
+		return nil
+	}
+	if cfg := c.tlsConfig.Load(); cfg != nil {
+		return cfg
+	}
+	return noCertificate
+}
+
+// noCertificate fails every handshake: a server that serves TLS is never
+// dialled in plaintext, even before the manager holds a certificate.
+var noCertificate = &tls.Config{
+	InsecureSkipVerify: true,
+	VerifyConnection: func(tls.ConnectionState) error {
+		return errors.New("the manager holds no spec.tls certificate yet")
+	},
+}
 
 // Credentials rotate without a refused client or a dropped replication
 // link: the new password is accepted beside the old one (the default user
@@ -130,7 +174,7 @@ func (r *reconciler) acceptPassword(want string) bool {
 	if want == "" || slices.Equal(a.accepted, []string{""}) {
 		rules = []any{"resetpass", passRule(want)}
 	}
-	if err := aclSetDefault(localAddr(r.settings.redisPort), r.creds.list(), rules...); err != nil {
+	if err := aclSetDefault(localAddr(r.settings.redisPort), r.creds.list(), r.creds.tlsLocal(), rules...); err != nil {
 		r.authFailed("cannot give redis-server the new password", err)
 		return false
 	}
@@ -154,11 +198,11 @@ func (r *reconciler) switchMasterauth(want string) bool {
 		return true
 	}
 	master := r.obs.info.masterAddr()
-	if r.obs.role() == "slave" && !(r.creds.isPeer(master) && passwordWorks(master, want)) {
+	if r.obs.role() == "slave" && !(r.creds.isPeer(master) && passwordWorks(master, want, r.creds.tlsPeer(master))) {
 		a.nextProbe = time.Now().Add(probeEvery)
 		return true
 	}
-	err := withRedis(localAddr(r.settings.redisPort), r.creds.list(), redisTimeout, func(c redis.Conn) error {
+	err := withRedis(localAddr(r.settings.redisPort), r.creds.list(), r.creds.tlsLocal(), redisTimeout, func(c redis.Conn) error {
 		_, err := c.Do("CONFIG", "SET", "masterauth", want)
 		return err
 	})
@@ -183,13 +227,13 @@ func (r *reconciler) dropOldPassword(want string) {
 		if !time.Now().After(a.nextProbe) {
 			return
 		}
-		if waiting := replicasBehind(r.obs.info, want, r.creds.isPeer); waiting != "" {
+		if waiting := replicasBehind(r.obs.info, want, r.creds); waiting != "" {
 			a.nextProbe = time.Now().Add(probeEvery)
 			r.authErr = "the old password stays until the replica at " + waiting + " authenticates with the new one"
 			return
 		}
 	}
-	if err := aclSetDefault(localAddr(r.settings.redisPort), r.creds.list(), "resetpass", passRule(want)); err != nil {
+	if err := aclSetDefault(localAddr(r.settings.redisPort), r.creds.list(), r.creds.tlsLocal(), "resetpass", passRule(want)); err != nil {
 		r.authFailed("cannot remove the old password", err)
 		return
 	}
@@ -215,8 +259,8 @@ func passRule(pw string) string {
 	return ">" + pw
 }
 
-func aclSetDefault(addr string, creds []string, rules ...any) error {
-	return withRedis(addr, creds, redisTimeout, func(c redis.Conn) error {
+func aclSetDefault(addr string, creds []string, tlsc *tls.Config, rules ...any) error {
+	return withRedis(addr, creds, tlsc, redisTimeout, func(c redis.Conn) error {
 		_, err := c.Do("ACL", append([]any{"SETUSER", "default"}, rules...)...)
 		return err
 	})
@@ -224,8 +268,8 @@ func aclSetDefault(addr string, creds []string, rules ...any) error {
 
 // passwordWorks says whether the Redis at addr takes pw: AUTH succeeds, or,
 // for no password, a PING without one.
-func passwordWorks(addr, pw string) bool {
-	return withRedis(addr, nil, redisTimeout, func(c redis.Conn) error {
+func passwordWorks(addr, pw string, tlsc *tls.Config) bool {
+	return withRedis(addr, nil, tlsc, redisTimeout, func(c redis.Conn) error {
 		if pw == "" {
 			_, err := c.Do("PING")
 			return err
@@ -240,7 +284,7 @@ func passwordWorks(addr, pw string) bool {
 // with want, for its masterauth. Any other connection that calls itself a
 // replica is neither asked nor waited for: the old password goes when the
 // window ends, whoever still uses it.
-func replicasBehind(info redisInfo, want string, isPeer func(addr string) bool) string {
+func replicasBehind(info redisInfo, want string, peers *credentials) string {
 	for i := 0; ; i++ {
 		line, ok := info[fmt.Sprintf("slave%d", i)]
 		if !ok {
@@ -255,11 +299,11 @@ func replicasBehind(info redisInfo, want string, isPeer func(addr string) bool) 
 			continue // a backup's sync, not a replica: it announces no port
 		}
 		addr := net.JoinHostPort(fields["ip"], fields["port"])
-		if !isPeer(addr) {
+		if !peers.isPeer(addr) {
 			continue
 		}
 		var got []string
-		err := withRedis(addr, []string{want}, redisTimeout, func(c redis.Conn) error {
+		err := withRedis(addr, []string{want}, peers.tlsPeer(addr), redisTimeout, func(c redis.Conn) error {
 			var err error
 			got, err = redis.Strings(c.Do("CONFIG", "GET", "masterauth"))
 			return err

@@ -9,6 +9,7 @@ package main
 // client reads.
 
 import (
+	"crypto/tls"
 	"bufio"
 	"bytes"
 	"context"
@@ -53,7 +54,7 @@ func (h *endpoints) streamBackup(w http.ResponseWriter, r *http.Request) {
 	began := time.Now()
 	rc := http.NewResponseController(w)
 	started := false
-	res, err := streamSnapshot(r.Context(), localAddr(h.rec.settings.redisPort), h.rec.creds.list(), func(m snapshotMeta) io.Writer {
+	res, err := streamSnapshot(r.Context(), localAddr(h.rec.settings.redisPort), h.rec.creds.list(), h.rec.creds.tlsLocal(), func(m snapshotMeta) io.Writer {
 		started = true
 		hd := w.Header()
 		hd.Set("Content-Type", "application/octet-stream")
@@ -130,11 +131,10 @@ const replTimeout = 60 * time.Second
 // streamSnapshot has the redis-server at addr send a full sync and copies
 // its RDB into the writer begin returns, which is called once, when the
 // snapshot starts. An error before begin means nothing was written.
-func streamSnapshot(ctx context.Context, addr string, passwords []string, begin func(snapshotMeta) io.Writer) (snapshotResult, error) {
-	var raw net.Conn
-	dialer := &net.Dialer{Timeout: redisTimeout}
-	c, err := dialRedis(addr, passwords, redisTimeout, redis.DialNetDial(func(network, addr string) (net.Conn, error) {
-		conn, err := dialer.DialContext(ctx, network, addr)
+func streamSnapshot(ctx context.Context, addr string, passwords []string, tlsc *tls.Config, begin func(snapshotMeta) io.Writer) (snapshotResult, error) {
+	var raw net.Conn // the TLS connection with TLS: the payload is read from it, not through the client
+	c, err := dialRedis(addr, passwords, tlsc, redisTimeout, redis.DialNetDial(func(network, addr string) (net.Conn, error) {
+		conn, err := dialSecure(ctx, network, addr, tlsc, redisTimeout)
 		raw = conn
 		return conn, err
 	}))

@@ -27,9 +27,21 @@ type clusterSpec struct {
 	Replication   struct {
 		MaxLagBytes int64 `json:"maxLagBytes"`
 	} `json:"replication"`
+	TLS       *tlsSpec `json:"tls"`
 	Bootstrap struct {
 		Restore *restoreSpec `json:"restore"`
 	} `json:"bootstrap"`
+}
+
+// tlsSpec is spec.tls: a kubernetes.io/tls Secret (tls.crt, tls.key,
+// ca.crt) and whether Redis asks its clients for a certificate.
+type tlsSpec struct {
+	SecretRef  *nameRef `json:"secretRef"`
+	ClientAuth string   `json:"clientAuth"` // none (also empty), optional, required
+}
+
+type nameRef struct {
+	Name string `json:"name"`
 }
 
 type keyRef struct {
@@ -71,6 +83,7 @@ type instanceStatus struct {
 	PendingRestart     []string  `json:"pendingRestart"`
 	Restarts           int       `json:"restarts"`
 	SentinelAddress    string    `json:"sentinelAddress"`
+	TLS                bool      `json:"tls"` // redis-server serves TLS: how the others reach it
 	LastError          string    `json:"lastError"`
 	ObservedGeneration int64     `json:"observedGeneration"`
 	UpdatedAt          time.Time `json:"updatedAt"`
@@ -79,7 +92,8 @@ type instanceStatus struct {
 // clusterView is everything the manager reads from its source at one moment.
 type clusterView struct {
 	cluster  redisCluster
-	fragment string // the ConfigMap's redis.conf fragment
-	password string // from the Secret; empty without authSecretRef
-	seq      uint64 // stamped by the feed
+	fragment string       // the ConfigMap's redis.conf fragment
+	password string       // from the Secret; empty without authSecretRef
+	tls      *tlsMaterial // the spec.tls Secret as read, unchecked; nil without spec.tls
+	seq      uint64       // stamped by the feed
 }

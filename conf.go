@@ -22,25 +22,36 @@ type directive struct {
 // ownedDirectives are set by the manager alone. A fragment that sets one
 // would fight the manager over ports, roles or credentials.
 var ownedDirectives = map[string]string{
-	"port":                  "the manager sets it from --redis-port",
-	"bind":                  "the manager binds all interfaces so that the other instances can reach this one",
-	"dir":                   "the manager sets it from --data-dir",
-	"daemonize":             "redis-server must stay in the foreground as the manager's child",
-	"supervised":            "the manager is the supervisor",
-	"pidfile":               "the manager tracks redis-server's PID itself",
-	"logfile":               "redis-server logs to the manager, which re-emits its lines",
-	"include":               "the whole configuration must come from the ConfigMap",
-	"replicaof":             "roles follow spec.targetPrimary",
-	"slaveof":               "roles follow spec.targetPrimary",
-	"masterauth":            "credentials come from spec.authSecretRef",
-	"masteruser":            "credentials come from spec.authSecretRef",
-	"requirepass":           "credentials come from spec.authSecretRef",
-	"replica-announce-ip":   "the manager sets it from --announce-host",
-	"replica-announce-port": "the manager sets it from --redis-port",
-	"slave-announce-ip":     "the manager sets it from --announce-host",
-	"slave-announce-port":   "the manager sets it from --redis-port",
-	"protected-mode":        "the manager must reach redis-server and so must the other instances",
-	"aclfile":               "the default user's passwords come from spec.authSecretRef, and an ACL file would replace them",
+	"port":                     "the manager sets it from --redis-port",
+	"bind":                     "the manager binds all interfaces so that the other instances can reach this one",
+	"dir":                      "the manager sets it from --data-dir",
+	"daemonize":                "redis-server must stay in the foreground as the manager's child",
+	"supervised":               "the manager is the supervisor",
+	"pidfile":                  "the manager tracks redis-server's PID itself",
+	"logfile":                  "redis-server logs to the manager, which re-emits its lines",
+	"include":                  "the whole configuration must come from the ConfigMap",
+	"replicaof":                "roles follow spec.targetPrimary",
+	"slaveof":                  "roles follow spec.targetPrimary",
+	"masterauth":               "credentials come from spec.authSecretRef",
+	"masteruser":               "credentials come from spec.authSecretRef",
+	"requirepass":              "credentials come from spec.authSecretRef",
+	"replica-announce-ip":      "the manager sets it from --announce-host",
+	"replica-announce-port":    "the manager sets it from --redis-port",
+	"slave-announce-ip":        "the manager sets it from --announce-host",
+	"slave-announce-port":      "the manager sets it from --redis-port",
+	"protected-mode":           "the manager must reach redis-server and so must the other instances",
+	"aclfile":                  "the default user's passwords come from spec.authSecretRef, and an ACL file would replace them",
+	"tls-port":                 "spec.tls serves TLS on --redis-port",
+	"tls-cert-file":            "the certificate comes from spec.tls",
+	"tls-key-file":             "the certificate comes from spec.tls",
+	"tls-key-file-pass":        "the certificate comes from spec.tls",
+	"tls-client-cert-file":     "the certificate comes from spec.tls",
+	"tls-client-key-file":      "the certificate comes from spec.tls",
+	"tls-client-key-file-pass": "the certificate comes from spec.tls",
+	"tls-ca-cert-file":         "the CA comes from spec.tls",
+	"tls-ca-cert-dir":          "the CA comes from spec.tls",
+	"tls-replication":          "replication uses TLS the way the primary serves it",
+	"tls-auth-clients":         "spec.tls.clientAuth sets it",
 	// Left at Redis's default (no): CONFIG SET of dir and dbfilename would
 	// let any client move Redis's files onto the manager's own.
 	"enable-protected-configs": "Redis's data files stay where the fragment puts them, which a client could otherwise change with CONFIG SET",
@@ -250,6 +261,16 @@ type podConfig struct {
 	announceHost string
 	replicaOf    string // "host:port" of the primary to follow; empty for the primary
 	password     string
+	tls          *podTLS // nil: plaintext
+}
+
+// podTLS is redis.conf's TLS: the files the manager keeps, whether
+// clients must show a certificate, and whether the primary is reached over
+// TLS (the way it serves; see redistls.go).
+type podTLS struct {
+	cert, key, ca string
+	authClients   string // no, optional, yes
+	replication   bool
 }
 
 // directiveLine is one line of redis.conf as the manager writes it: the
@@ -275,7 +296,17 @@ func renderConfig(fragment []directive, pod podConfig) (string, error) {
 	}
 	b.WriteString(ownedMarker)
 	port := strconv.Itoa(pod.port)
-	line("port", port)
+	if t := pod.tls; t != nil {
+		line("port", "0") // TLS only: a plaintext client gets nothing
+		line("tls-port", port)
+		line("tls-cert-file", t.cert)
+		line("tls-key-file", t.key)
+		line("tls-ca-cert-file", t.ca)
+		line("tls-auth-clients", t.authClients)
+		line("tls-replication", map[bool]string{true: "yes", false: "no"}[t.replication])
+	} else {
+		line("port", port)
+	}
 	line("bind", "*", "-::*")
 	line("protected-mode", "no")
 	line("dir", pod.dataDir)

@@ -224,7 +224,7 @@ func plainRedis(t *testing.T, args ...string) redis.Conn {
 	var c redis.Conn
 	eventually(t, 5*time.Second, "redis-server to answer", func() bool {
 		var err error
-		c, err = dialRedis(localAddr(port), []string{""}, time.Second)
+		c, err = dialRedis(localAddr(port), []string{""}, nil, time.Second)
 		return err == nil
 	})
 	t.Cleanup(func() { c.Close() })
@@ -662,7 +662,7 @@ func TestPasswordRotationKeepsLinksUp(t *testing.T) {
 				pw = newPW
 			}
 			n := nodes[i%3]
-			c, err := dialRedis(localAddr(n.port), []string{pw}, time.Second)
+			c, err := dialRedis(localAddr(n.port), []string{pw}, nil, time.Second)
 			if err != nil {
 				authFailures.Add(1)
 				firstFailure.CompareAndSwap(nil, fmt.Sprintf("%s with the %s password: %v", n.pod, map[bool]string{true: "new", false: "old"}[pw == newPW], err))
@@ -723,7 +723,7 @@ func awaitPasswordRefused(t *testing.T, nodes []*instance, pw string, timeout ti
 	t.Helper()
 	for _, n := range nodes {
 		eventually(t, timeout, n.pod+" to refuse the old password", func() bool {
-			c, err := dialRedis(localAddr(n.port), []string{pw}, time.Second)
+			c, err := dialRedis(localAddr(n.port), []string{pw}, nil, time.Second)
 			if err == nil {
 				c.Close()
 			}
@@ -759,7 +759,7 @@ func TestRotationTrustsOnlyTheClustersInstances(t *testing.T) {
 			c.Close()
 		}
 	}()
-	fake, err := dialRedis(localAddr(primary.port), []string{oldPW}, 5*time.Second)
+	fake, err := dialRedis(localAddr(primary.port), []string{oldPW}, nil, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -933,7 +933,7 @@ func TestTurningAuthenticationOnAndOff(t *testing.T) {
 		writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", pw))
 		for _, n := range nodes {
 			eventually(t, 10*time.Second, fmt.Sprintf("%s to want password %q", n.pod, pw), func() bool {
-				c, err := dialRedis(localAddr(n.port), nil, time.Second)
+				c, err := dialRedis(localAddr(n.port), nil, nil, time.Second)
 				if err != nil {
 					return false
 				}

@@ -11,6 +11,7 @@ package main
 // the client asks another.
 
 import (
+	"crypto/tls"
 	"bufio"
 	"context"
 	"crypto/sha1"
@@ -110,6 +111,8 @@ type discovery struct {
 	subs   map[*discoveryConn]bool
 	master string // the primary last announced, for +switch-master
 
+	tlsConfig atomic.Pointer[tls.Config] // with spec.tls, every connection is TLS
+
 	ready     chan struct{} // closed by the first view
 	readyOnce sync.Once
 
@@ -130,6 +133,15 @@ func newDiscovery(log *slog.Logger, s *settings) *discovery {
 func sentinelID(namespace, cluster, pod string) string {
 	id := sha1.Sum([]byte(namespace + "/" + cluster + "/" + pod))
 	return hex.EncodeToString(id[:])
+}
+
+// setTLS makes the connections accepted from now on TLS with cfg, or
+// plaintext with nil. The ones open stay as they are: a Sentinel client
+// keeps its connection, and reconnects the way it was told to.
+func (d *discovery) setTLS(cfg *tls.Config) {
+	if d != nil {
+		d.tlsConfig.Store(cfg)
+	}
 }
 
 // publish takes a new view, and tells the subscribers of +switch-master
@@ -199,6 +211,9 @@ func (d *discovery) serve(ctx context.Context, ln net.Listener) {
 				d.log.Error("the discovery port stopped accepting", "error", err)
 			}
 			break
+		}
+		if cfg := d.tlsConfig.Load(); cfg != nil {
+			c = tls.Server(c, cfg) // the handshake is the first read's
 		}
 		dc := &discoveryConn{d: d, c: c, w: bufio.NewWriterSize(c, 512)}
 		d.conns.Go(func() { dc.run(ctx) })

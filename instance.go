@@ -80,6 +80,10 @@ func newManager(ctx context.Context, s *settings, stdout io.Writer) (_ *manager,
 	clearPrivateDir(s.dataDir)
 	removeLegacyHandoff(s.dataDir)
 	creds := newCredentials()
+	lastTLS := readTLSFiles(s.dataDir, s.confPath())
+	if lastTLS != nil {
+		creds.setTLS(lastTLS.clientConfig(nil))
+	}
 	if m.inherited != nil {
 		counts.upgrades.Store(m.inherited.Upgrades)
 		m.inherited.seedCredentials(creds, s.podName)
@@ -100,7 +104,7 @@ func newManager(ctx context.Context, s *settings, stdout io.Writer) (_ *manager,
 	}
 	m.obs = newObserver(m.log, s.redisPort, creds)
 	m.rec = newReconciler(s, m.log, reconcilerDeps{sup: m.sup, creds: creds, primaryKeys: primaryKeys, lookNow: m.obs.lookNow,
-		exeHash: m.exeHash, inherited: m.inherited, discovery: m.disc,
+		exeHash: m.exeHash, inherited: m.inherited, discovery: m.disc, lastTLS: lastTLS,
 		checkConfig: func(frag []directive) error { return checkFragment(s.redisServer, s.dataDir, frag, m.reaper.start) },
 		restore:     newRestorer(s, m.reaper.start, m.log).run,
 	})

@@ -200,7 +200,7 @@ func (r *reconciler) setLive(wanted confValues, began time.Time) error {
 	if len(d.set) == 0 {
 		return nil
 	}
-	c, err := dialRedis(localAddr(r.settings.redisPort), r.creds.list(), redisTimeout)
+	c, err := dialRedis(localAddr(r.settings.redisPort), r.creds.list(), r.creds.tlsLocal(), redisTimeout)
 	if err != nil {
 		r.log.Warn("cannot apply the configuration live yet", "error", err)
 		return nil
@@ -252,5 +252,9 @@ func changeKey(set []any) string { return fmt.Sprintf("%q", set) }
 // configStatus is configHash and pendingRestart of the running server.
 func (r *reconciler) configStatus() (string, []string) {
 	r.resetApplied()
-	return configHash(r.applied), diffConfig(r.applied, r.wantedValues, r.restartOnly).restart
+	restart := diffConfig(r.applied, r.wantedValues, r.restartOnly).restart
+	if tls := r.tlsRestart(r.sup.snapshot().startedConf); tls != nil {
+		restart = slices.Sorted(slices.Values(append(restart, tls...)))
+	}
+	return configHash(r.applied), restart
 }

@@ -123,6 +123,15 @@ func (s *localSource) load() (clusterView, error) {
 		}
 		v.password = strings.TrimRight(string(pw), "\r\n")
 	}
+	if spec := v.cluster.Spec.TLS; spec != nil && spec.SecretRef != nil {
+		data, ok := file.secrets[spec.SecretRef.Name]
+		if !ok {
+			return v, fmt.Errorf("cluster file %s holds no Secret %s", s.path, spec.SecretRef.Name)
+		}
+		if v.tls, err = tlsMaterialOf(spec, data); err != nil {
+			return v, fmt.Errorf("cluster file %s: Secret %s: %w", s.path, spec.SecretRef.Name, err)
+		}
+	}
 	v.cluster.Status.InstancesStatus = s.readEntries()
 	v.cluster.Status.CurrentPrimary = readCurrentPrimary(s.statusDir)
 	return v, nil

@@ -7,6 +7,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"debug/elf"
 	"encoding/json"
 	"errors"
@@ -109,6 +110,7 @@ type instance struct {
 	port, httpPort int
 	sentinelPort   int // the discovery port
 	password       string
+	clientTLS      *tls.Config // how a client reaches its redis-server; nil: plaintext
 	cmd            *exec.Cmd
 	out            *syncBuffer
 	done           chan struct{}
@@ -126,6 +128,7 @@ type instanceOpts struct {
 	extraArgs   []string
 	binary      string // the manager to run; the test build when empty
 	env         []string
+	clientTLS   *tls.Config
 }
 
 func startInstance(t testing.TB, o instanceOpts) *instance {
@@ -141,7 +144,7 @@ func startInstance(t testing.TB, o instanceOpts) *instance {
 		o.dataDir = filepath.Join(t.TempDir(), o.pod)
 	}
 	in := &instance{t: t, pod: o.pod, clusterFile: o.clusterFile, dataDir: o.dataDir, port: o.port,
-		httpPort: freePort(t), sentinelPort: freePort(t), password: o.password, out: &syncBuffer{}, done: make(chan struct{})}
+		httpPort: freePort(t), sentinelPort: freePort(t), password: o.password, clientTLS: o.clientTLS, out: &syncBuffer{}, done: make(chan struct{})}
 	if o.binary == "" {
 		o.binary = binary
 	}
@@ -254,7 +257,7 @@ func (in *instance) waitReady(timeout time.Duration) {
 
 func (in *instance) redis() redis.Conn {
 	in.t.Helper()
-	c, err := dialRedis(localAddr(in.port), []string{in.password}, 5*time.Second)
+	c, err := dialRedis(localAddr(in.port), []string{in.password}, in.clientTLS, 5*time.Second)
 	if err != nil {
 		in.t.Fatal(err)
 	}
@@ -468,7 +471,7 @@ func rdbFixture(t *testing.T, fill func(redis.Conn)) []byte {
 	var c redis.Conn
 	eventually(t, 5*time.Second, "redis-server to answer", func() bool {
 		var err error
-		c, err = dialRedis(localAddr(port), []string{""}, time.Second)
+		c, err = dialRedis(localAddr(port), []string{""}, nil, time.Second)
 		return err == nil
 	})
 	defer c.Close()
@@ -815,7 +818,7 @@ func bareRedis(b *testing.B, fragment, password string) int {
 	}
 	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	eventually(b, 10*time.Second, "the bare redis-server to answer", func() bool {
-		c, err := dialRedis(localAddr(port), []string{password}, time.Second)
+		c, err := dialRedis(localAddr(port), []string{password}, nil, time.Second)
 		if err == nil {
 			c.Close()
 		}

@@ -96,6 +96,9 @@ func renderMetrics(ps *probeState, now time.Time) []byte {
 	m.one("redis_operator_status_patch_errors_total", "counter", "Status writes that failed (each is retried).", float64(counts.statusPatchErrors.Load()))
 	m.one("redis_operator_watch_restarts_total", "counter", "Watches of the RedisCluster that failed and were listed again; a watch the server ends on time resumes and is not counted.", float64(counts.watchRestarts.Load()))
 	m.one("redis_operator_upgrades_total", "counter", "In-place upgrades of this pod's manager.", float64(counts.upgrades.Load()))
+	if !ps.tlsNotAfter.IsZero() {
+		m.one("redis_operator_tls_certificate_expiry_seconds", "gauge", "When the spec.tls certificate the manager holds (served, or to be served at the next start) expires, Unix time.", float64(ps.tlsNotAfter.Unix()))
+	}
 
 	i := ps.info
 	up := i != nil && now.Sub(ps.infoAt) < redisStale

@@ -97,7 +97,7 @@ func (o *observer) run(ctx context.Context) {
 func (o *observer) poll() *observation {
 	obs := &observation{at: time.Now(), primaryOffset: -1}
 	if o.conn == nil {
-		c, err := dialRedis(localAddr(o.port), o.creds.list(), redisTimeout)
+		c, err := dialRedis(localAddr(o.port), o.creds.list(), o.creds.tlsLocal(), redisTimeout)
 		if err != nil {
 			obs.err = err
 			return obs
@@ -151,7 +151,7 @@ func (o *observer) primaryOffset(addr string) int64 {
 		o.primary = nil
 	}
 	if o.primary == nil {
-		c, err := dialRedis(addr, o.creds.list(), redisTimeout)
+		c, err := dialRedis(addr, o.creds.list(), o.creds.tlsPeer(addr), redisTimeout)
 		if err != nil {
 			o.log.Debug("cannot reach primary for its offset", "address", addr, "error", err)
 			return -1

@@ -24,6 +24,7 @@ type probeState struct {
 	lastAnswer    time.Time // redis-server last answered INFO
 	info          redisInfo // its last INFO, of the process running now
 	infoAt        time.Time
+	tlsNotAfter   time.Time // the expiry of the spec.tls certificate held; zero for none
 }
 
 // Liveness: a loop that has not beaten for loopStale is stuck; a running

@@ -38,6 +38,7 @@ type reconcilerDeps struct {
 	exeHash     string
 	inherited   *handoff   // what the manager this one replaced knew; nil for none
 	discovery   *discovery // the discovery port, told of each view; nil when off
+	lastTLS     *tlsLoaded // the certificate on disk, from before this manager; nil for none
 }
 
 // reconciler owns the desired state of this pod and its status. Its state
@@ -76,6 +77,7 @@ type reconciler struct {
 	roleState     // role.go
 	restoreState  // restore.go
 	statusState   // status.go
+	tlsState      // redistls.go
 }
 
 func newReconciler(s *settings, log *slog.Logger, deps reconcilerDeps) *reconciler {
@@ -85,6 +87,7 @@ func newReconciler(s *settings, log *slog.Logger, deps reconcilerDeps) *reconcil
 	r := &reconciler{log: log, settings: s, reconcilerDeps: deps, pauses: make(chan chan struct{}), began: time.Now()}
 	r.fragment, r.fragmentOK = previousFragment(s.confPath())
 	r.wantedValues, r.restartOnly = valuesOf(r.fragment), map[string]bool{}
+	r.tlsGood = deps.lastTLS
 	r.handovers = make(chan handoverResult, 1)
 	r.restores = make(chan restoreResult, 1)
 	r.restoreWait = backoff{min: restoreBackoff, max: 5 * time.Minute}
@@ -128,11 +131,11 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 			// which the handover's end asks for: the last look is of before.
 			r.steps(func() { r.handoverEnded(res) })
 		case v := <-f.views:
-			r.steps(func() { r.takeView(v) }, r.enforceRole, r.rotateAuth)
+			r.steps(func() { r.takeView(v) }, r.enforceRole, r.syncTLS, r.rotateAuth)
 		case e := <-f.errs:
 			r.takeSourceError(e)
 		case o := <-observations:
-			r.steps(func() { r.takeObservation(o) }, r.retryFragmentCheck, r.retryRestore, r.enforceRole, r.syncLive, r.rotateAuth)
+			r.steps(func() { r.takeObservation(o) }, r.retryFragmentCheck, r.retryRestore, r.enforceRole, r.syncLive, r.syncTLS, r.rotateAuth)
 		case <-tick.C:
 			r.steps(r.retryRestore, r.retryGuard)
 		}
@@ -261,6 +264,7 @@ func (r *reconciler) applyView(v clusterView) {
 	r.view = v
 	r.publishCredentials()
 	r.creds.setPeers(&v.cluster, r.settings.podName)
+	r.takeTLS(v.tls)
 	r.takeFragment(v.fragment) // a check by redis-server: a few seconds at most
 	r.touch()
 	r.takeFencing(v.cluster.Metadata.Annotations)
@@ -314,6 +318,7 @@ func (r *reconciler) writeConf() bool {
 		announceHost: r.settings.announceHost,
 		replicaOf:    r.role.replicaOf,
 		password:     r.view.password,
+		tls:          r.podTLS(),
 	})
 	if err == nil && conf != r.conf {
 		err = writeFileAtomic(r.settings.confPath(), []byte(conf), 0o600)
@@ -358,6 +363,9 @@ func (r *reconciler) mayStart() (guard string, restoring bool) {
 // data (the data was lost here, and replicas would copy the loss), or as a
 // replica holding data of a master that holds none.
 func (r *reconciler) startGuard() string {
+	if r.tlsWanted && r.tlsGood == nil {
+		return "spec.tls asks for TLS, and no certificate of its Secret was ever good here: redis-server does not start in plaintext"
+	}
 	entries := r.view.cluster.Status.InstancesStatus
 	onDisk := datasetKeys(r.settings.dataDir, r.fragment)
 	if r.role.leads() {

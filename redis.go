@@ -5,6 +5,8 @@ package main
 // key/value pairs.
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -20,10 +22,14 @@ import (
 // works ("" for none), with a deadline on every step. The manager offers
 // every password the server may answer to: during a rotation it accepts
 // two, and a restarted server may already have the new one only.
-func dialRedis(addr string, passwords []string, timeout time.Duration, opts ...redis.DialOption) (redis.Conn, error) {
+//
+// With tlsc the connection is TLS (see dialSecure); nil is plaintext.
+func dialRedis(addr string, passwords []string, tlsc *tls.Config, timeout time.Duration, opts ...redis.DialOption) (redis.Conn, error) {
 	timeout = max(timeout, 10*time.Millisecond)
 	c, err := redis.Dial("tcp", addr, append([]redis.DialOption{
-		redis.DialConnectTimeout(timeout),
+		redis.DialNetDial(func(network, addr string) (net.Conn, error) {
+			return dialSecure(context.Background(), network, addr, tlsc, timeout)
+		}),
 		redis.DialReadTimeout(timeout),
 		redis.DialWriteTimeout(timeout)}, opts...)...)
 	if err != nil {
@@ -51,8 +57,8 @@ func dialRedis(addr string, passwords []string, timeout time.Duration, opts ...r
 }
 
 // withRedis runs fn on a connection of its own, closed after.
-func withRedis(addr string, passwords []string, timeout time.Duration, fn func(redis.Conn) error) error {
-	c, err := dialRedis(addr, passwords, timeout)
+func withRedis(addr string, passwords []string, tlsc *tls.Config, timeout time.Duration, fn func(redis.Conn) error) error {
+	c, err := dialRedis(addr, passwords, tlsc, timeout)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ package main
 // back are refused (READONLY) rather than acknowledged on the wrong side.
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"time"
@@ -24,6 +25,7 @@ import (
 // dials, and the address the other instances use.
 type redisNode struct {
 	dial, announce string
+	tls            *tls.Config // nil: it serves plaintext
 }
 
 // oldPrimaryTimeout bounds each step with the old primary: short, since a
@@ -51,12 +53,12 @@ var errOldNotMaster = errors.New("the old primary runs as a replica, and so does
 // primary, the new one takes over once it holds every acknowledged write,
 // and the old one follows it.
 func handover(old, new redisNode, passwords []string) error {
-	oc, err := dialRedis(old.dial, passwords, oldPrimaryTimeout)
+	oc, err := dialRedis(old.dial, passwords, old.tls, oldPrimaryTimeout)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUnreachable, err)
 	}
 	defer oc.Close()
-	nc, err := dialRedis(new.dial, passwords, redisTimeout)
+	nc, err := dialRedis(new.dial, passwords, new.tls, redisTimeout)
 	if err != nil {
 		return fmt.Errorf("connect to the new primary: %w", err)
 	}
@@ -207,9 +209,9 @@ func refuseEmpty(oc, nc redis.Conn) error {
 }
 
 // isMaster says whether the server at addr answers as a master.
-func isMaster(addr string, passwords []string) bool {
+func isMaster(n redisNode, passwords []string) bool {
 	master := false
-	withRedis(addr, passwords, oldPrimaryTimeout, func(c redis.Conn) error {
+	withRedis(n.dial, passwords, n.tls, oldPrimaryTimeout, func(c redis.Conn) error {
 		info, err := infoReplication(c)
 		master = err == nil && info.role() == "master"
 		return err
@@ -219,8 +221,8 @@ func isMaster(addr string, passwords []string) bool {
 
 // promote makes the local server a master: the failover, for when the old
 // primary has been gone longer than the failover window.
-func promote(addr string, passwords []string) error {
-	return withRedis(addr, passwords, redisTimeout, func(c redis.Conn) error {
+func promote(n redisNode, passwords []string) error {
+	return withRedis(n.dial, passwords, n.tls, redisTimeout, func(c redis.Conn) error {
 		if _, err := c.Do("REPLICAOF", "NO", "ONE"); err != nil {
 			return fmt.Errorf("REPLICAOF NO ONE: %w", err)
 		}
@@ -231,8 +233,8 @@ func promote(addr string, passwords []string) error {
 // pauseWrites keeps a master that is not the target from taking writes
 // while it has nowhere to hand over to; the pause is renewed while that
 // lasts, and ends with the handover.
-func pauseWrites(addr string, passwords []string) error {
-	return withRedis(addr, passwords, redisTimeout, func(c redis.Conn) error {
+func pauseWrites(n redisNode, passwords []string) error {
+	return withRedis(n.dial, passwords, n.tls, redisTimeout, func(c redis.Conn) error {
 		info, err := infoReplication(c)
 		if err != nil || info.role() != "master" {
 			return err // a replica takes no writes anyway
@@ -244,7 +246,7 @@ func pauseWrites(addr string, passwords []string) error {
 
 // followPrimary re-points a running replica whose primary moved. It never
 // promotes: that is a switchover, and must not lose writes.
-func followPrimary(addr string, passwords []string, obs *observation, want desiredRole) (moved bool, err error) {
+func followPrimary(n redisNode, passwords []string, obs *observation, want desiredRole) (moved bool, err error) {
 	if want.primary || want.replicaOf == "" || obs == nil || obs.err != nil || obs.role() != "slave" {
 		return false, nil
 	}
@@ -255,7 +257,7 @@ func followPrimary(addr string, passwords []string, obs *observation, want desir
 	if err != nil {
 		return false, err
 	}
-	err = withRedis(addr, passwords, redisTimeout, func(c redis.Conn) error {
+	err = withRedis(n.dial, passwords, n.tls, redisTimeout, func(c redis.Conn) error {
 		if _, err := c.Do("REPLICAOF", host, port); err != nil {
 			return fmt.Errorf("REPLICAOF %s %s: %w", host, port, err)
 		}

@@ -67,7 +67,7 @@ func (h *endpoints) restartLoses() string {
 		}
 	}
 	var save, aof []string
-	err := withRedis(localAddr(h.rec.settings.redisPort), h.rec.creds.list(), redisTimeout, func(c redis.Conn) error {
+	err := withRedis(localAddr(h.rec.settings.redisPort), h.rec.creds.list(), h.rec.creds.tlsLocal(), redisTimeout, func(c redis.Conn) error {
 		var err error
 		if save, err = redis.Strings(c.Do("CONFIG", "GET", "save")); err != nil {
 			return err
@@ -109,7 +109,7 @@ func (h *endpoints) awaitAnswer(ctx context.Context, pid int) (answered bool, ex
 		if sup := h.sup.snapshot(); !sup.running || sup.pid != pid {
 			return false, sup.lastExit
 		}
-		err := withRedis(localAddr(h.rec.settings.redisPort), h.rec.creds.list(), redisTimeout, func(c redis.Conn) error {
+		err := withRedis(localAddr(h.rec.settings.redisPort), h.rec.creds.list(), h.rec.creds.tlsLocal(), redisTimeout, func(c redis.Conn) error {
 			_, err := c.Do("PING")
 			if _, isReply := err.(redis.Error); isReply && strings.HasPrefix(err.Error(), "LOADING") {
 				return nil

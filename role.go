@@ -115,7 +115,12 @@ func (r *reconciler) enforceRole() {
 
 // me is this instance as a handover reaches it.
 func (r *reconciler) me() redisNode {
-	return redisNode{dial: localAddr(r.settings.redisPort), announce: r.settings.announceAddr()}
+	return redisNode{dial: localAddr(r.settings.redisPort), announce: r.settings.announceAddr(), tls: r.creds.tlsLocal()}
+}
+
+// peer is another instance, at the address its status entry publishes.
+func (r *reconciler) peer(addr string) redisNode {
+	return redisNode{dial: addr, announce: addr, tls: r.creds.tlsPeer(addr)}
 }
 
 // startHandover runs work on a goroutine of its own.
@@ -131,15 +136,16 @@ func (r *reconciler) startHandover(work func() handoverResult) {
 // were gone: the failover window decides.
 func (r *reconciler) takeOver(master string) {
 	me, creds, holder, known := r.me(), r.creds.list(), r.masterElsewhere(), r.creds.isPeer(master)
+	masterNode, holderNode := r.peer(master), r.peer(holder)
 	r.startHandover(func() handoverResult {
 		from, err := master, errOldNotMaster
 		if known {
-			err = r.handover(redisNode{dial: master, announce: master}, me, creds)
+			err = r.handover(masterNode, me, creds)
 		}
 		if errors.Is(err, errOldNotMaster) {
 			from, err = holder, fmt.Errorf("%w: no instance runs as master", errUnreachable)
 			if holder != "" {
-				err = r.handover(redisNode{dial: holder, announce: holder}, me, creds)
+				err = r.handover(holderNode, me, creds)
 			}
 		}
 		return handoverResult{kind: takingOver, peer: cmp.Or(from, master), err: err}
@@ -151,13 +157,13 @@ func (r *reconciler) takeOver(master string) {
 // once its pause ran out.
 func (r *reconciler) stayTheOnlyMaster() {
 	other := r.masterElsewhere()
-	if other == "" || !isMaster(other, r.creds.list()) {
+	if other == "" || !isMaster(r.peer(other), r.creds.list()) {
 		r.lostSince, r.roleErr = time.Time{}, ""
 		return
 	}
-	me, creds := r.me(), r.creds.list()
+	me, creds, otherNode := r.me(), r.creds.list(), r.peer(other)
 	r.startHandover(func() handoverResult {
-		return handoverResult{kind: demotingOther, peer: other, err: r.handover(redisNode{dial: other, announce: other}, me, creds)}
+		return handoverResult{kind: demotingOther, peer: other, err: r.handover(otherNode, me, creds)}
 	})
 }
 
@@ -172,15 +178,15 @@ func (r *reconciler) handOff() {
 		r.holdWrites()
 		return
 	}
-	me, creds, target := r.me(), r.creds.list(), r.role.replicaOf
+	me, creds, target := r.me(), r.creds.list(), r.peer(r.role.replicaOf)
 	r.startHandover(func() handoverResult {
-		return handoverResult{kind: handingOff, peer: target, err: r.handover(me, redisNode{dial: target, announce: target}, creds)}
+		return handoverResult{kind: handingOff, peer: target.dial, err: r.handover(me, target, creds)}
 	})
 }
 
 // holdWrites keeps a master that is not the target from taking writes.
 func (r *reconciler) holdWrites() {
-	if err := pauseWrites(localAddr(r.settings.redisPort), r.creds.list()); err != nil {
+	if err := pauseWrites(r.me(), r.creds.list()); err != nil {
 		r.roleFailed("cannot stop writes on this master, which is not the target", err)
 	}
 }
@@ -200,7 +206,7 @@ func (r *reconciler) handoverEnded(res handoverResult) {
 		r.roleErr = ""
 	case res.err != nil: // handingOff
 		r.roleFailed("cannot hand the primary role to "+r.role.target, res.err)
-		if err := pauseWrites(localAddr(r.settings.redisPort), r.creds.list()); err != nil {
+		if err := pauseWrites(r.me(), r.creds.list()); err != nil {
 			r.log.Error("cannot stop writes on this master, which is not the target", "error", err)
 		}
 	default:
@@ -240,7 +246,7 @@ func (r *reconciler) failOver(oldPrimary string) {
 		r.roleFailed("refusing to fail over to this instance", fmt.Errorf("%w: it holds no key while %s reported %d", errEmptyPrimary, holder, n))
 		return
 	}
-	if err := promote(localAddr(r.settings.redisPort), r.creds.list()); err != nil {
+	if err := promote(r.me(), r.creds.list()); err != nil {
 		r.roleFailed("cannot promote this instance", err)
 		return
 	}
@@ -258,7 +264,7 @@ func (r *reconciler) followTarget(obs *observation) {
 		r.roleFailed("refusing to follow "+r.role.target, fmt.Errorf("%w: it reports no key, and following it would drop the %d keys here", errEmptyPrimary, obs.info.keys()))
 		return
 	}
-	moved, err := followPrimary(localAddr(r.settings.redisPort), r.creds.list(), obs, r.role)
+	moved, err := followPrimary(r.me(), r.creds.list(), obs, r.role)
 	switch {
 	case err != nil:
 		r.roleFailed("cannot re-point the replica at the target primary", err)
@@ -308,7 +314,7 @@ func (r *reconciler) unstick(me redisNode, passwords []string, obs *observation)
 	if time.Since(r.stuckSince) < stalledFor {
 		return
 	}
-	err := withRedis(me.dial, passwords, redisTimeout, func(c redis.Conn) error {
+	err := withRedis(me.dial, passwords, me.tls, redisTimeout, func(c redis.Conn) error {
 		_, err := c.Do("CLIENT", "KILL", "TYPE", "master")
 		return err
 	})

@@ -64,6 +64,9 @@ func (r *reconciler) publish() {
 	if obs != nil && obs.err == nil {
 		ps.info, ps.infoAt = obs.info, obs.at // for /metrics: no INFO of its own
 	}
+	if r.tlsGood != nil {
+		ps.tlsNotAfter = r.tlsGood.notAfter
+	}
 	r.published.Store(ps)
 	if !r.observedSent && r.haveView && r.obs != nil && r.obs.err == nil {
 		r.observedSent = true
@@ -85,13 +88,14 @@ func (r *reconciler) statusEntry(sup supervisorState, obs *observation, crashed 
 		Restarts:           sup.restarts,
 		SentinelAddress:    r.settings.sentinelAddr(),
 		ObservedGeneration: r.view.cluster.Metadata.Generation,
-		LastError:          cmp.Or(r.viewErr, r.confErr, r.writeErr, r.fenceErr, r.guardErr, r.restoreErr, sup.refused, crashed, r.roleErr, r.authErr, r.liveErr),
+		LastError:          cmp.Or(r.viewErr, r.tlsErr, r.confErr, r.writeErr, r.fenceErr, r.guardErr, r.restoreErr, sup.refused, crashed, r.roleErr, r.authErr, r.liveErr, r.tlsLiveErr),
 		PendingRestart:     []string{},
 		Keys:               r.heldKeys, // while redis-server does not run: what it held
 		UpdatedAt:          time.Now().UTC(),
 	}
 	if sup.running {
 		st.ConfigHash, st.PendingRestart = r.configStatus()
+		st.TLS = servesTLS(sup.startedConf)
 	}
 	if obs == nil || obs.err != nil {
 		return st

@@ -104,6 +104,7 @@ func (s *supervisor) adopt(h *handoff) {
 		s.proc, _ = os.FindProcess(h.RedisPID)
 		s.exited = exited
 		s.st.running, s.st.pid, s.st.startedAt, s.st.startedConf = true, h.RedisPID, h.StartedAt, h.StartedConf
+		s.creds.setLocalTLS(servesTLS(h.StartedConf))
 	}
 }
 
@@ -185,7 +186,8 @@ func (s *supervisor) start() {
 	s.proc, s.exited = p, ch
 	s.st.running, s.st.pid, s.st.startedAt, s.st.retryAt, s.st.exitStatus = true, p.Pid, time.Now(), time.Time{}, 0
 	s.st.startedConf = conf
-	s.log.Info("redis-server started", "pid", p.Pid)
+	s.creds.setLocalTLS(servesTLS(conf))
+	s.log.Info("redis-server started", "pid", p.Pid, "tls", servesTLS(conf))
 }
 
 // stopNow stops the running redis-server gracefully, with the given
@@ -366,7 +368,7 @@ func (s *supervisor) stop(proc *os.Process, exited <-chan syscall.WaitStatus, de
 // askShutdown sends SHUTDOWN. Redis closes the connection instead of
 // answering when it goes, so an EOF is success.
 func (s *supervisor) askShutdown(deadline time.Time, args []string) error {
-	c, err := dialRedis(localAddr(s.port), s.creds.list(), time.Until(deadline))
+	c, err := dialRedis(localAddr(s.port), s.creds.list(), s.creds.tlsLocal(), time.Until(deadline))
 	if err != nil {
 		return err
 	}

@@ -320,7 +320,7 @@ func (k *kubeSource) view(ctx context.Context, obj *unstructured.Unstructured, p
 		return v, fmt.Errorf("RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
 	}
 	if !reread && prev != nil && reflect.DeepEqual(prev.cluster.Spec, v.cluster.Spec) {
-		v.fragment, v.password = prev.fragment, prev.password
+		v.fragment, v.password, v.tls = prev.fragment, prev.password, prev.tls
 		return v, nil
 	}
 	if ref := v.cluster.Spec.ConfigMapRef; ref != nil {
@@ -341,7 +341,37 @@ func (k *kubeSource) view(ctx context.Context, obj *unstructured.Unstructured, p
 		}
 		v.password = strings.TrimRight(string(pw), "\r\n")
 	}
+	if spec := v.cluster.Spec.TLS; spec != nil && spec.SecretRef != nil {
+		data, err := k.secretData(ctx, spec.SecretRef.Name)
+		if err != nil {
+			return v, err
+		}
+		if v.tls, err = tlsMaterialOf(spec, data); err != nil {
+			return v, fmt.Errorf("Secret %s/%s: %w", k.namespace, spec.SecretRef.Name, err)
+		}
+	}
 	return v, nil
+}
+
+// secretData reads a Secret's data, each value decoded. An error never
+// quotes a value.
+func (k *kubeSource) secretData(ctx context.Context, name string) (map[string][]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	obj, err := k.client.Resource(secretGVR).Namespace(k.namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("get Secret %s/%s: %w", k.namespace, name, err)
+	}
+	raw, _, _ := unstructured.NestedStringMap(obj.Object, "data")
+	data := make(map[string][]byte, len(raw))
+	for key, val := range raw {
+		b, err := base64.StdEncoding.DecodeString(val)
+		if err != nil {
+			return nil, fmt.Errorf("Secret %s/%s key %q is not base64", k.namespace, name, key)
+		}
+		data[key] = b
+	}
+	return data, nil
 }
 
 // get reads one key of a ConfigMap's or Secret's data.
