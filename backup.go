@@ -9,11 +9,11 @@ package main
 // client reads.
 
 import (
-	"crypto/tls"
 	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"

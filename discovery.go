@@ -11,11 +11,11 @@ package main
 // the client asks another.
 
 import (
-	"crypto/tls"
 	"bufio"
 	"context"
 	"crypto/sha1"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"

@@ -734,11 +734,17 @@ func BenchmarkRedisThroughput(b *testing.B) {
 	const fragment = "appendonly no\nsave \"\""
 	managed := oneInstance(b, fragment)
 	managed.waitReady(20 * time.Second)
+	compareThroughput(b, tool, managed, bareRedis(b, fragment, managed.password, nil))
+}
+
+// compareThroughput is BenchmarkRedisThroughput's measure, with
+// redis-benchmark's extra arguments (TLS) for both servers.
+func compareThroughput(b *testing.B, tool string, managed *instance, barePort int, extra ...string) {
 	pid := managed.redisPID()
-	ports := [2]int{bareRedis(b, fragment, managed.password), managed.port}
+	ports := [2]int{barePort, managed.port}
 	rate := func(port int) float64 {
-		out, err := exec.Command(tool, "-p", fmt.Sprint(port), "-a", managed.password,
-			"-t", "set,get", "-n", "500000", "-P", "16", "-c", "50", "-q", "--csv").Output()
+		out, err := exec.Command(tool, append([]string{"-p", fmt.Sprint(port), "-a", managed.password,
+			"-t", "set,get", "-n", "500000", "-P", "16", "-c", "50", "-q", "--csv"}, extra...)...).Output()
 		if err != nil {
 			var stderr []byte
 			if ee, ok := err.(*exec.ExitError); ok {
@@ -796,14 +802,15 @@ func BenchmarkRedisThroughput(b *testing.B) {
 }
 
 // bareRedis starts redis-server, with no manager, on the redis.conf the
-// manager renders for fragment and password, and returns its port.
-func bareRedis(b *testing.B, fragment, password string) int {
+// manager renders for fragment, password and TLS (nil for none), and
+// returns its port.
+func bareRedis(b *testing.B, fragment, password string, tlsFiles *podTLS) int {
 	directives, err := parseFragment(fragment)
 	if err != nil {
 		b.Fatal(err)
 	}
 	port, dir := freePort(b), b.TempDir()
-	conf, err := renderConfig(directives, podConfig{dataDir: dir, port: port, announceHost: "127.0.0.1", password: password})
+	conf, err := renderConfig(directives, podConfig{dataDir: dir, port: port, announceHost: "127.0.0.1", password: password, tls: tlsFiles})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -818,11 +825,18 @@ func bareRedis(b *testing.B, fragment, password string) int {
 	}
 	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	eventually(b, 10*time.Second, "the bare redis-server to answer", func() bool {
-		c, err := dialRedis(localAddr(port), []string{password}, nil, time.Second)
+		c, err := dialRedis(localAddr(port), []string{password}, bareTLS(tlsFiles), time.Second)
 		if err == nil {
 			c.Close()
 		}
 		return err == nil
 	})
 	return port
+}
+
+func bareTLS(files *podTLS) *tls.Config {
+	if files == nil {
+		return nil
+	}
+	return &tls.Config{InsecureSkipVerify: true}
 }

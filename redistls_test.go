@@ -22,6 +22,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -483,4 +484,29 @@ func pemDER(b []byte) []byte {
 		return nil
 	}
 	return block.Bytes
+}
+
+// BenchmarkRedisThroughputTLS is BenchmarkRedisThroughput over TLS: the
+// manager's redis-server with spec.tls against a bare one on the same
+// redis.conf TLS lines and certificate, both driven by redis-benchmark
+// --tls.
+func BenchmarkRedisThroughputTLS(b *testing.B) {
+	tool, err := exec.LookPath("redis-benchmark")
+	if err != nil {
+		b.Fatal("redis-benchmark is not installed; it comes with redis-tools")
+	}
+	const fragment = "appendonly no\nsave \"\""
+	secret := newTLSSecret(b, newTestCA(b, "bench-ca"), 2)
+	dir := b.TempDir()
+	cf := filepath.Join(dir, "cluster.yaml")
+	writeFile(b, cf, tlsClusterYAML("cache-0", fragment, "none", secret))
+	managed := startInstance(b, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw", clientTLS: clientTLSOf(b, secret)})
+	managed.waitReady(20 * time.Second)
+	files := &podTLS{cert: filepath.Join(dir, "tls.crt"), key: filepath.Join(dir, "tls.key"), ca: filepath.Join(dir, "ca.crt"), authClients: "no", replication: true}
+	for path, data := range map[string][]byte{files.cert: secret.cert, files.key: secret.key, files.ca: secret.ca} {
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	compareThroughput(b, tool, managed, bareRedis(b, fragment, managed.password, files), "--tls", "--cacert", files.ca)
 }

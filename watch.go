@@ -136,10 +136,13 @@ type kubeSource struct {
 	current *unstructured.Unstructured // the object as last seen; nil once deleted
 	sent    *clusterView               // the last view sent, whose ConfigMap and Secret a change of status reuses
 	rv      string                     // where the next watch resumes
+
+	secretWatch   *secretWatch  // of the spec.tls Secret; secretwatch.go
+	secretChanged chan struct{} // it changed: read it again
 }
 
 func newKubeSource(client dynamic.Interface, namespace, cluster, pod string, log *slog.Logger) *kubeSource {
-	k := &kubeSource{client: client, namespace: namespace, cluster: cluster, pod: pod, log: log, resync: resyncEvery, quickClose: time.Second}
+	k := &kubeSource{client: client, namespace: namespace, cluster: cluster, pod: pod, log: log, resync: resyncEvery, quickClose: time.Second, secretChanged: make(chan struct{}, 1)}
 	k.beat.Store(time.Now().UnixNano())
 	return k
 }
@@ -250,6 +253,8 @@ func (k *kubeSource) watch(ctx context.Context, f *feed, resync <-chan time.Time
 			k.beat.Store(time.Now().UnixNano())
 		case <-resync:
 			k.emit(ctx, f, true)
+		case <-k.secretChanged:
+			k.emit(ctx, f, true)
 		case ev, ok := <-w.ResultChan():
 			if !ok {
 				return errWatchExpired
@@ -299,6 +304,9 @@ func (k *kubeSource) emit(ctx context.Context, f *feed, reread bool) {
 		f.fail(fmt.Errorf("RedisCluster %s/%s does not exist", k.namespace, k.cluster))
 		return
 	}
+	// A Secret that is not there yet is watched too: its creation is news.
+	name, _, _ := unstructured.NestedString(k.current.Object, "spec", "tls", "secretRef", "name")
+	k.followSecret(ctx, name)
 	v, err := k.view(ctx, k.current, k.sent, reread)
 	if err != nil {
 		f.fail(err)

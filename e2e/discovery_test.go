@@ -110,9 +110,14 @@ func startGoWriter(sentinels []string, sentinelPassword string) *goWriter {
 
 // startGoWriterAs is startGoWriter with keys of its own: prefix:<i>.
 func startGoWriterAs(prefix string, sentinels []string, sentinelPassword string) *goWriter {
+	return startGoWriterWith(prefix, &goredis.FailoverOptions{MasterName: "cache", SentinelAddrs: sentinels,
+		Password: password, SentinelPassword: sentinelPassword})
+}
+
+// startGoWriterWith is startGoWriterAs with the client's options: TLS.
+func startGoWriterWith(prefix string, opts *goredis.FailoverOptions) *goWriter {
 	w := &goWriter{prefix: prefix, stop: make(chan struct{}), done: make(chan struct{}),
-		client: goredis.NewFailoverClient(&goredis.FailoverOptions{MasterName: "cache", SentinelAddrs: sentinels,
-			Password: password, SentinelPassword: sentinelPassword})}
+		client: goredis.NewFailoverClient(opts)}
 	go func() {
 		defer close(w.done)
 		ctx := context.Background()
@@ -168,6 +173,12 @@ func lostOn(t testing.TB, port int, prefix string, acked []int64) int {
 	t.Helper()
 	c := goredis.NewClient(&goredis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), Password: password})
 	defer c.Close()
+	return lostWith(t, c, prefix, acked)
+}
+
+// lostWith is lostOn through a client of the caller's.
+func lostWith(t testing.TB, c *goredis.Client, prefix string, acked []int64) int {
+	t.Helper()
 	lost := 0
 	for start := 0; start < len(acked); start += 1000 {
 		batch := acked[start:min(start+1000, len(acked))]
