@@ -42,6 +42,25 @@ func (k *kubeSource) followSecret(ctx context.Context, name string) {
 	go k.watchSecret(wctx, name)
 }
 
+// renewTLS sends the view again with the spec.tls Secret read anew: a
+// renewal costs one GET, not a read of every object the spec names (a
+// spec changed meanwhile is read whole, as ever).
+func (k *kubeSource) renewTLS(ctx context.Context, f *feed) {
+	if k.sent == nil || k.current == nil {
+		k.emit(ctx, f, true)
+		return
+	}
+	m, err := k.readTLS(ctx, k.sent.cluster.Spec.TLS)
+	if err != nil {
+		f.fail(err)
+		return
+	}
+	prev := *k.sent
+	prev.tls = m
+	k.sent = &prev
+	k.emit(ctx, f, false)
+}
+
 // watchSecret tells run of every change of the Secret after the first
 // sight of it, which the view already holds. A 410 or a closed watch
 // starts again from the Secret as it is, which counts as a change: a

@@ -254,7 +254,7 @@ func (k *kubeSource) watch(ctx context.Context, f *feed, resync <-chan time.Time
 		case <-resync:
 			k.emit(ctx, f, true)
 		case <-k.secretChanged:
-			k.emit(ctx, f, true)
+			k.renewTLS(ctx, f)
 		case ev, ok := <-w.ResultChan():
 			if !ok {
 				return errWatchExpired
@@ -349,16 +349,24 @@ func (k *kubeSource) view(ctx context.Context, obj *unstructured.Unstructured, p
 		}
 		v.password = strings.TrimRight(string(pw), "\r\n")
 	}
-	if spec := v.cluster.Spec.TLS; spec != nil && spec.SecretRef != nil {
-		data, err := k.secretData(ctx, spec.SecretRef.Name)
-		if err != nil {
-			return v, err
-		}
-		if v.tls, err = tlsMaterialOf(spec, data); err != nil {
-			return v, fmt.Errorf("Secret %s/%s: %w", k.namespace, spec.SecretRef.Name, err)
-		}
+	v.tls, err = k.readTLS(ctx, v.cluster.Spec.TLS)
+	return v, err
+}
+
+// readTLS reads the spec.tls Secret; nil without spec.tls.
+func (k *kubeSource) readTLS(ctx context.Context, spec *tlsSpec) (*tlsMaterial, error) {
+	if spec == nil || spec.SecretRef == nil {
+		return nil, nil
 	}
-	return v, nil
+	data, err := k.secretData(ctx, spec.SecretRef.Name)
+	if err != nil {
+		return nil, err
+	}
+	m, err := tlsMaterialOf(spec, data)
+	if err != nil {
+		return nil, fmt.Errorf("Secret %s/%s: %w", k.namespace, spec.SecretRef.Name, err)
+	}
+	return m, nil
 }
 
 // secretData reads a Secret's data, each value decoded. An error never
