@@ -335,6 +335,9 @@ func (r *reconciler) takeTLS(m *tlsMaterial) {
 	}
 	if g := r.tlsGood; g != nil && g.hash == m.hash() && g.authValue == clientAuthValues[m.clientAuth].redis {
 		r.tlsErr = ""
+		if r.creds.tlsConfig.Load() == nil {
+			r.creds.setTLS(g.clientConfig(nil)) // the certificate on disk, taken at start
+		}
 		r.discovery.setTLS(g.serverConfig())
 		return
 	}

@@ -7,6 +7,7 @@ package main
 // primary for longer than that primary's restart.
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -509,4 +510,95 @@ func BenchmarkRedisThroughputTLS(b *testing.B) {
 		}
 	}
 	compareThroughput(b, tool, managed, bareRedis(b, fragment, managed.password, files), "--tls", "--cacert", files.ca)
+}
+
+// A pod whose spec.tls Secret was never good does not start redis-server
+// at all, rather than serve plaintext; the Secret put right, it starts
+// with TLS.
+func TestTLSNeverPlaintextWithoutAGoodCertificate(t *testing.T) {
+	ca := newTestCA(t, "cache-ca")
+	good := newTLSSecret(t, ca, 2)
+	expiredCert, expiredKey := ca.tlsLeaf(t, 3, time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))
+	dir := t.TempDir()
+	cf := filepath.Join(dir, "cluster.yaml")
+	writeFile(t, cf, tlsClusterYAML("cache-0", "appendonly no", "none", tlsSecret{expiredCert, expiredKey, ca.pem}))
+	in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw", clientTLS: clientTLSOf(t, good)})
+	eventually(t, 10*time.Second, "the expired certificate to be refused", func() bool {
+		return strings.Contains(in.status().LastError, "not now")
+	})
+	time.Sleep(time.Second)
+	if c, err := net.DialTimeout("tcp", localAddr(in.port), time.Second); err == nil {
+		c.Close()
+		t.Fatal("redis-server listens without a good certificate")
+	}
+	if code, _ := in.get("/readyz"); code == http.StatusOK {
+		t.Error("ready without redis-server")
+	}
+	writeFile(t, cf, tlsClusterYAML("cache-0", "appendonly no", "none", good))
+	in.waitReady(20 * time.Second)
+	if st := in.status(); !st.TLS || st.LastError != "" {
+		t.Errorf("after the Secret was put right: tls %v, lastError %q", st.TLS, st.LastError)
+	}
+}
+
+// An in-place upgrade of a manager whose redis-server serves TLS: the new
+// manager reaches it over TLS from its first look (the certificate on
+// disk, before its first view), redis-server keeps its PID, and the
+// probes never fail; a stop after it is a graceful SHUTDOWN over TLS.
+func TestTLSUpgradeInPlace(t *testing.T) {
+	v2 := binaryV2(t)
+	secret := newTLSSecret(t, newTestCA(t, "cache-ca"), 2)
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "bin", "redis-operator")
+	os.MkdirAll(filepath.Dir(exe), 0o755)
+	if b, err := os.ReadFile(binary); err != nil || os.WriteFile(exe, b, 0o755) != nil {
+		t.Fatal("copying the manager", err)
+	}
+	writeFile(t, filepath.Join(dir, "token"), "up-token")
+	cf := filepath.Join(dir, "cluster.yaml")
+	writeFile(t, cf, tlsClusterYAML("cache-0", "appendonly no", "required", secret))
+	in := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf, password: "s3cret-pw", binary: exe, clientTLS: clientTLSOf(t, secret),
+		extraArgs: []string{"--operator-token-file", filepath.Join(dir, "token")}})
+	in.waitReady(20 * time.Second)
+	pid := in.redisPID()
+	stop := make(chan struct{})
+	failures := make(chan string, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				close(failures)
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			if code, body := in.get("/readyz"); code != http.StatusOK {
+				select {
+				case failures <- fmt.Sprintf("%d %s", code, body):
+				default:
+				}
+			}
+		}
+	}()
+	sum := sha256.Sum256(v2)
+	if code, out := in.put(bytes.NewReader(v2), hex.EncodeToString(sum[:]), "up-token"); code != http.StatusOK {
+		t.Fatalf("PUT /v1/update: %d %v", code, out)
+	}
+	eventually(t, 20*time.Second, "the new manager to run", func() bool { return in.status().ManagerVersion == "test-v2" })
+	time.Sleep(2 * time.Second) // several looks at Redis by the new manager
+	close(stop)
+	if f, failed := <-failures; failed {
+		t.Errorf("/readyz failed during the upgrade: %s", f)
+	}
+	if got := in.redisPID(); got != pid {
+		t.Errorf("redis-server's PID %d, was %d", got, pid)
+	}
+	if st := in.status(); !st.TLS || st.LastError != "" || !st.Ready {
+		t.Errorf("after the upgrade: %+v", st)
+	}
+	if code := in.stop(); code != 0 {
+		t.Errorf("exit %d", code)
+	}
+	if in.hasLog("SHUTDOWN failed; sending SIGTERM") {
+		t.Error("the stop could not SHUTDOWN over TLS")
+	}
 }
