@@ -354,14 +354,23 @@ func fragmentOf(conf string) ([]directive, bool) {
 	return ds, err == nil
 }
 
-// confPassword is the requirepass of a rendered configuration: the password
-// the redis-server started on it answers to.
-func confPassword(conf string) string {
+// servesTLS says whether a redis.conf the manager wrote has redis-server
+// serve TLS.
+func servesTLS(conf string) bool {
+	port := confSetting(conf, "tls-port")
+	return port != "" && port != "0"
+}
+
+// confSetting is the last value of a one-argument directive in a
+// redis.conf, or "": confSetting(conf, "requirepass") is the password the
+// redis-server started on it answers to.
+func confSetting(conf, name string) string {
 	ds, _ := parseConf(conf)
+	v := ""
 	for _, d := range ds {
-		if d.name == "requirepass" && len(d.args) == 1 {
-			return d.args[0]
+		if d.name == name && len(d.args) == 1 {
+			v = d.args[0]
 		}
 	}
-	return ""
+	return v
 }

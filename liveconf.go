@@ -182,7 +182,7 @@ func (r *reconciler) resetApplied() {
 	frag, _ := fragmentOf(sup.startedConf)
 	r.applied, r.appliedFor = valuesOf(frag), sup.startedAt
 	r.liveRefused, r.liveErr = "", ""
-	pw := confPassword(sup.startedConf)
+	pw := confSetting(sup.startedConf, "requirepass")
 	r.auth = authState{accepted: []string{pw}, masterauth: pw}
 	r.publishCredentials()
 }

@@ -56,6 +56,23 @@ func dialRedis(addr string, passwords []string, tlsc *tls.Config, timeout time.D
 	return c, nil
 }
 
+// dialSecure dials addr and, with tlsc, completes a TLS handshake within
+// timeout: every connection the manager makes to Redis goes through it.
+func dialSecure(ctx context.Context, network, addr string, tlsc *tls.Config, timeout time.Duration) (net.Conn, error) {
+	conn, err := (&net.Dialer{Timeout: timeout}).DialContext(ctx, network, addr)
+	if err != nil || tlsc == nil {
+		return conn, err
+	}
+	tc := tls.Client(conn, tlsc)
+	hctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)
+	}
+	return tc, nil
+}
+
 // withRedis runs fn on a connection of its own, closed after.
 func withRedis(addr string, passwords []string, tlsc *tls.Config, timeout time.Duration, fn func(redis.Conn) error) error {
 	c, err := dialRedis(addr, passwords, tlsc, timeout)

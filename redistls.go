@@ -25,14 +25,12 @@ package main
 
 import (
 	"cmp"
-	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -270,47 +268,6 @@ func verifyChain(chain []*x509.Certificate, roots *x509.CertPool, usage x509.Ext
 	return err
 }
 
-// dialSecure dials addr and, with tlsc, completes a TLS handshake within
-// timeout: every connection the manager makes to Redis goes through it.
-func dialSecure(ctx context.Context, network, addr string, tlsc *tls.Config, timeout time.Duration) (net.Conn, error) {
-	conn, err := (&net.Dialer{Timeout: timeout}).DialContext(ctx, network, addr)
-	if err != nil || tlsc == nil {
-		return conn, err
-	}
-	tc := tls.Client(conn, tlsc)
-	hctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)
-	}
-	return tc, nil
-}
-
-// servesTLS says whether a redis.conf the manager wrote has redis-server
-// serve TLS.
-func servesTLS(conf string) bool {
-	ds, _ := parseConf(conf)
-	for _, d := range ds {
-		if d.name == "tls-port" && len(d.args) == 1 && d.args[0] != "0" {
-			return true
-		}
-	}
-	return false
-}
-
-// confSetting is the last value of a directive in a redis.conf, or "".
-func confSetting(conf, name string) string {
-	ds, _ := parseConf(conf)
-	v := ""
-	for _, d := range ds {
-		if d.name == name && len(d.args) == 1 {
-			v = d.args[0]
-		}
-	}
-	return v
-}
-
 // tlsState is the reconciler's part of TLS.
 type tlsState struct {
 	tlsWanted  bool       // spec.tls is set
@@ -430,11 +387,16 @@ func (r *reconciler) syncTLS() {
 		return
 	}
 	r.tlsLiveErr, r.tlsLive = "", r.tlsGood.key()
+	took := time.Since(began).Round(time.Microsecond).String()
 	if r.replTLS != repl && slices.Contains(set, any("tls-replication")) {
-		r.log.Info("replicating over TLS as the primary serves", "tls-replication", repl)
+		r.log.Info("the link to the primary goes the way the primary serves", "tls-replication", repl, "primary", r.role.replicaOf)
 		r.replTLS = repl
 	}
-	if len(set) > 2 || set[0] != "tls-replication" {
-		r.log.Info("redis-server serves the spec.tls certificate to new connections", "notAfter", r.tlsGood.notAfter.UTC().Format(time.RFC3339), "took", time.Since(began).Round(time.Microsecond).String())
+	switch {
+	case set[0] == "tls-replication":
+	case servesTLS(sup.startedConf):
+		r.log.Info("redis-server serves the spec.tls certificate to new connections", "notAfter", r.tlsGood.notAfter.UTC().Format(time.RFC3339), "took", took)
+	default:
+		r.log.Info("redis-server holds the spec.tls certificate, for a link to a primary that serves TLS; it serves TLS itself after a restart", "took", took)
 	}
 }

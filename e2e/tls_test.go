@@ -16,13 +16,13 @@ import (
 	"fmt"
 	"math/big"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -94,23 +94,8 @@ func servedSerial(port int, cfg *tls.Config) int64 {
 	return c.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
 }
 
-// secretWatchRBAC lets the managers watch the TLS Secret, as deploy/rbac.yaml
-// does, for renewals served at once.
-const secretWatchRBAC = `apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: cache-tls-watch}
-rules:
-  - {apiGroups: [""], resources: [secrets], resourceNames: [cache-tls], verbs: [get, watch]}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: cache-tls-watch}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: cache-tls-watch}
-subjects: [{kind: ServiceAccount, name: fleet-instance}]
-`
-
 // tlsFixture is three managers of a RedisCluster with spec.tls on a real
-// API server.
+// API server, with the ServiceAccount and Role of deploy/rbac.yaml.
 type tlsFixture struct {
 	admin kubernetes.Interface
 	dyn   dynamic.Interface
@@ -123,11 +108,13 @@ func startTLSCluster(t testing.TB, ca *testCA) *tlsFixture {
 	cp := startControlPlane(t)
 	cp.apply(t, "../deploy/crd.yaml", ns)
 	cp.awaitCRD(t)
-	kubeconfig := fleetToken(t, cp)
-	rbac := filepath.Join(t.TempDir(), "rbac.yaml")
-	os.WriteFile(rbac, []byte(secretWatchRBAC), 0o600)
-	cp.apply(t, rbac, ns)
+	cp.apply(t, "../deploy/rbac.yaml", ns)
 	f := &tlsFixture{admin: kubernetes.NewForConfigOrDie(cp.admin), dyn: dynamic.NewForConfigOrDie(cp.admin), data: ca.secret(t, 2)}
+	tr, err := f.admin.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), "cache-instance", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := cp.kubeconfigFor(t, tr.Status.Token, cp.admin.Host)
 	if _, err := f.admin.CoreV1().Secrets(ns).Create(context.Background(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "cache-tls"},
 		Type: corev1.SecretTypeTLS, Data: f.data}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
