@@ -167,8 +167,10 @@ func TestTLSOnARealAPIServer(t *testing.T) {
 	ca := newTestCA(t)
 	f := startTLSCluster(t, ca)
 	for _, n := range f.nodes {
-		if e := f.entry(t, n.pod); e["tls"] != true || e["lastError"] != "" {
-			t.Errorf("%s: status tls %v, lastError %v", n.pod, e["tls"], e["lastError"])
+		// tls and sentinelAddress are in the CRD's schema: a field missing
+		// there would be pruned by the API server.
+		if e := f.entry(t, n.pod); e["tls"] != true || e["lastError"] != "" || e["sentinelAddress"] != fmt.Sprintf("127.0.0.1:%d", n.sentinelPort) {
+			t.Errorf("%s: status tls %v, sentinelAddress %v, lastError %v", n.pod, e["tls"], e["sentinelAddress"], e["lastError"])
 		}
 	}
 
