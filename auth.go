@@ -174,7 +174,7 @@ func (r *reconciler) acceptPassword(want string) bool {
 	if want == "" || slices.Equal(a.accepted, []string{""}) {
 		rules = []any{"resetpass", passRule(want)}
 	}
-	if err := aclSetDefault(localAddr(r.settings.redisPort), r.creds.list(), r.creds.tlsLocal(), rules...); err != nil {
+	if err := r.setDefaultPasswords(rules...); err != nil {
 		r.authFailed("cannot give redis-server the new password", err)
 		return false
 	}
@@ -233,7 +233,7 @@ func (r *reconciler) dropOldPassword(want string) {
 			return
 		}
 	}
-	if err := aclSetDefault(localAddr(r.settings.redisPort), r.creds.list(), r.creds.tlsLocal(), "resetpass", passRule(want)); err != nil {
+	if err := r.setDefaultPasswords("resetpass", passRule(want)); err != nil {
 		r.authFailed("cannot remove the old password", err)
 		return
 	}
@@ -259,8 +259,14 @@ func passRule(pw string) string {
 	return ">" + pw
 }
 
-func aclSetDefault(addr string, creds []string, tlsc *tls.Config, rules ...any) error {
-	return withRedis(addr, creds, tlsc, redisTimeout, func(c redis.Conn) error {
+// setDefaultPasswords gives the default user password rules, unless
+// spec.users declares it: then its password is its own, and only the
+// manager's user (syncUsers, right after) takes the new one.
+func (r *reconciler) setDefaultPasswords(rules ...any) error {
+	if r.declares("default") {
+		return nil
+	}
+	return withRedis(localAddr(r.settings.redisPort), r.creds.list(), r.creds.tlsLocal(), redisTimeout, func(c redis.Conn) error {
 		_, err := c.Do("ACL", append([]any{"SETUSER", "default"}, rules...)...)
 		return err
 	})
@@ -270,12 +276,7 @@ func aclSetDefault(addr string, creds []string, tlsc *tls.Config, rules ...any) 
 // for no password, a PING without one.
 func passwordWorks(addr, pw string, tlsc *tls.Config) bool {
 	return withRedis(addr, nil, tlsc, redisTimeout, func(c redis.Conn) error {
-		if pw == "" {
-			_, err := c.Do("PING")
-			return err
-		}
-		_, err := c.Do("AUTH", pw)
-		return err
+		return authenticate(c, operatorUser, pw)
 	}) == nil
 }
 

@@ -27,7 +27,8 @@ type clusterSpec struct {
 	Replication   struct {
 		MaxLagBytes int64 `json:"maxLagBytes"`
 	} `json:"replication"`
-	TLS       *tlsSpec `json:"tls"`
+	TLS       *tlsSpec   `json:"tls"`
+	Users     []userSpec `json:"users"`
 	Bootstrap struct {
 		Restore *restoreSpec `json:"restore"`
 	} `json:"bootstrap"`
@@ -42,6 +43,14 @@ type tlsSpec struct {
 
 type nameRef struct {
 	Name string `json:"name"`
+}
+
+// userSpec is one entry of spec.users: an ACL user, its rules (never a
+// password), and the Secret key of its password.
+type userSpec struct {
+	Name              string  `json:"name"`
+	Rules             string  `json:"rules"`
+	PasswordSecretRef *keyRef `json:"passwordSecretRef"`
 }
 
 type keyRef struct {
@@ -95,5 +104,7 @@ type clusterView struct {
 	fragment string       // the ConfigMap's redis.conf fragment
 	password string       // from the Secret; empty without authSecretRef
 	tls      *tlsMaterial // the spec.tls Secret as read, unchecked; nil without spec.tls
-	seq      uint64       // stamped by the feed
+	users    []declaredUser
+	usersErr string // why a user's password could not be read: the users stay as they were
+	seq      uint64 // stamped by the feed
 }

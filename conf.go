@@ -7,7 +7,9 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -86,7 +88,10 @@ func parseFragment(text string) ([]directive, error) {
 			}
 		}
 		if d.name == "user" && len(d.args) > 0 && d.args[0] == "default" {
-			return nil, fmt.Errorf("redis.conf fragment line %d: the default user is the manager's: its passwords come from spec.authSecretRef", d.line)
+			return nil, fmt.Errorf("redis.conf fragment line %d: the default user is declared in spec.users, or keeps the spec.authSecretRef password", d.line)
+		}
+		if d.name == "user" && len(d.args) > 0 && d.args[0] == operatorUser {
+			return nil, fmt.Errorf("redis.conf fragment line %d: %q is the manager's own user", d.line, operatorUser)
 		}
 		if _, names := dataFileDirectives[d.name]; names && len(d.args) == 1 {
 			if err := checkDataFileName(d.name, d.args[0]); err != nil {
@@ -261,7 +266,9 @@ type podConfig struct {
 	announceHost string
 	replicaOf    string // "host:port" of the primary to follow; empty for the primary
 	password     string
-	tls          *podTLS // nil: plaintext
+	tls          *podTLS             // nil: plaintext
+	users        map[string][]string // ACL users by name, as ACL SETUSER arguments: users.go
+	ownDefault   bool                // spec.users declares the default user: no requirepass
 }
 
 // podTLS is redis.conf's TLS: the files the manager keeps, whether
@@ -316,9 +323,15 @@ func renderConfig(fragment []directive, pod podConfig) (string, error) {
 	line("logfile", "")
 	line("replica-announce-ip", pod.announceHost)
 	line("replica-announce-port", port)
-	if pod.password != "" {
+	if pod.password != "" && !pod.ownDefault {
 		line("requirepass", pod.password)
+	}
+	if pod.password != "" {
 		line("masterauth", pod.password)
+	}
+	line("masteruser", operatorUser)
+	for _, name := range slices.Sorted(maps.Keys(pod.users)) {
+		line("user", append([]string{name}, pod.users[name]...)...)
 	}
 	if pod.replicaOf != "" {
 		host, p, err := splitHostPort(pod.replicaOf)

@@ -80,12 +80,13 @@ func TestParseFragmentRefusesWhatTheManagerOwns(t *testing.T) {
 		{"dbfilename ../dump.rdb", `dbfilename "../dump.rdb" is a path`},
 		{"dbfilename \"\"", `dbfilename "" does not name a file`},
 		{"aclfile /etc/redis/users.acl", `"aclfile" is set by the manager`},
+		{"user redis-operator on >x +@all", `"redis-operator" is the manager's own user`},
 		{"tls-port 6380", `"tls-port" is set by the manager and may not appear in the fragment: spec.tls serves TLS on --redis-port`},
 		{"tls-cert-file /etc/tls/tls.crt", `"tls-cert-file" is set by the manager`},
 		{"tls-key-file-pass hunter2", `"tls-key-file-pass" is set by the manager`},
 		{"tls-replication yes", `"tls-replication" is set by the manager`},
 		{"tls-auth-clients no", `"tls-auth-clients" is set by the manager`},
-		{"user default on >hunter2 ~* +@all", "line 1: the default user is the manager's"},
+		{"user default on >hunter2 ~* +@all", "line 1: the default user is declared in spec.users"},
 		{"maxmemory \"100mb", "line 1: unbalanced double quotes"},
 		{"maxmemory '100mb", "line 1: unbalanced single quotes"},
 		{"a\x00b", "NUL byte"},
@@ -229,7 +230,7 @@ func plainRedis(t *testing.T, args ...string) redis.Conn {
 	var c redis.Conn
 	eventually(t, 5*time.Second, "redis-server to answer", func() bool {
 		var err error
-		c, err = dialRedis(localAddr(port), []string{""}, nil, time.Second)
+		c, err = dialRedisAs("", localAddr(port), []string{""}, nil, time.Second)
 		return err == nil
 	})
 	t.Cleanup(func() { c.Close() })
@@ -665,7 +666,7 @@ func TestPasswordRotationKeepsLinksUp(t *testing.T) {
 				pw = newPW
 			}
 			n := nodes[i%3]
-			c, err := dialRedis(localAddr(n.port), []string{pw}, nil, time.Second)
+			c, err := dialRedisAs("", localAddr(n.port), []string{pw}, nil, time.Second)
 			if err != nil {
 				authFailures.Add(1)
 				firstFailure.CompareAndSwap(nil, fmt.Sprintf("%s with the %s password: %v", n.pod, map[bool]string{true: "new", false: "old"}[pw == newPW], err))
@@ -726,7 +727,7 @@ func awaitPasswordRefused(t *testing.T, nodes []*instance, pw string, timeout ti
 	t.Helper()
 	for _, n := range nodes {
 		eventually(t, timeout, n.pod+" to refuse the old password", func() bool {
-			c, err := dialRedis(localAddr(n.port), []string{pw}, nil, time.Second)
+			c, err := dialRedisAs("", localAddr(n.port), []string{pw}, nil, time.Second)
 			if err == nil {
 				c.Close()
 			}
@@ -762,7 +763,7 @@ func TestRotationTrustsOnlyTheClustersInstances(t *testing.T) {
 			c.Close()
 		}
 	}()
-	fake, err := dialRedis(localAddr(primary.port), []string{oldPW}, nil, 5*time.Second)
+	fake, err := dialRedisAs("", localAddr(primary.port), []string{oldPW}, nil, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -936,7 +937,7 @@ func TestTurningAuthenticationOnAndOff(t *testing.T) {
 		writeFile(t, cf, clusterYAML("cache", "cache-0", "appendonly no", pw))
 		for _, n := range nodes {
 			eventually(t, 10*time.Second, fmt.Sprintf("%s to want password %q", n.pod, pw), func() bool {
-				c, err := dialRedis(localAddr(n.port), nil, nil, time.Second)
+				c, err := dialRedisAs("", localAddr(n.port), nil, nil, time.Second)
 				if err != nil {
 					return false
 				}

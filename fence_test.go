@@ -58,7 +58,7 @@ func TestFencingStopsRedisAndUnfencingRestoresIt(t *testing.T) {
 	start := time.Now()
 	writeFile(t, in.clusterFile, withFence(plain, `["cache-0"]`))
 	eventually(t, 5*time.Second, "redis-server to stop when fenced", func() bool {
-		_, err := dialRedis(localAddr(in.port), []string{in.password}, nil, 100*time.Millisecond)
+		_, err := dialRedisAs("", localAddr(in.port), []string{in.password}, nil, 100*time.Millisecond)
 		return err != nil
 	})
 	t.Logf("fenced: redis-server stopped %s after the file changed", time.Since(start).Round(time.Millisecond))
@@ -73,7 +73,7 @@ func TestFencingStopsRedisAndUnfencingRestoresIt(t *testing.T) {
 	}
 	// Still fenced a while later: nothing restarts it.
 	time.Sleep(time.Second)
-	if _, err := dialRedis(localAddr(in.port), []string{in.password}, nil, 100*time.Millisecond); err == nil {
+	if _, err := dialRedisAs("", localAddr(in.port), []string{in.password}, nil, 100*time.Millisecond); err == nil {
 		t.Fatal("redis-server came back while fenced")
 	}
 	if st := in.status(); st.Restarts != 0 {
@@ -112,7 +112,7 @@ func TestMalformedFenceAtStartStartsNothing(t *testing.T) {
 		st := in.status()
 		return st.Fenced && strings.Contains(st.LastError, "must be a JSON array")
 	})
-	if _, err := dialRedis(localAddr(in.port), []string{""}, nil, 200*time.Millisecond); err == nil {
+	if _, err := dialRedisAs("", localAddr(in.port), []string{""}, nil, 200*time.Millisecond); err == nil {
 		t.Fatal("redis-server started under a malformed fence annotation")
 	}
 	writeFile(t, cf, withFence(plain, `[]`))
@@ -157,14 +157,14 @@ func startKeyWriter(t *testing.T, nodes []*instance) *keyWriter {
 	t.Cleanup(func() { w.finish() }) // a test that failed half-way leaves no writer behind
 	findMaster := func() (redis.Conn, int) {
 		for _, in := range nodes {
-			c, err := dialRedis(localAddr(in.port), []string{in.password}, nil, 200*time.Millisecond)
+			c, err := dialRedisAs("", localAddr(in.port), []string{in.password}, nil, 200*time.Millisecond)
 			if err != nil {
 				continue
 			}
 			info, err := infoReplication(c)
 			c.Close()
 			if err == nil && info.role() == "master" {
-				if c, err := dialRedis(localAddr(in.port), []string{in.password}, nil, time.Second); err == nil {
+				if c, err := dialRedisAs("", localAddr(in.port), []string{in.password}, nil, time.Second); err == nil {
 					return c, in.port
 				}
 			}

@@ -110,7 +110,7 @@ func inheritedFile(fd int, name string) *os.File {
 // first look at Redis, and a stop that cannot wait, do not wait for the
 // view to bring them.
 func (h *handoff) seedCredentials(creds *credentials, pod string) {
-	list := []string{confSetting(h.StartedConf, "requirepass")}
+	list := []string{confSetting(h.StartedConf, "masterauth")}
 	if h.View != nil && h.View.Password != list[0] {
 		list = append(list, h.View.Password)
 	}

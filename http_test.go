@@ -323,7 +323,7 @@ func TestBackupRoundTrip(t *testing.T) {
 	// A writer numbers its writes; each is acknowledged before the next.
 	stop, written := make(chan struct{}), make(chan int, 1)
 	go func() {
-		w, err := dialRedis(localAddr(src.port), []string{src.password}, nil, time.Second)
+		w, err := dialRedisAs("", localAddr(src.port), []string{src.password}, nil, time.Second)
 		if err != nil {
 			written <- -1
 			return
@@ -437,7 +437,7 @@ func BenchmarkBackup(b *testing.B) {
 	})
 	stop, pings := make(chan struct{}), make(chan []time.Duration, 1)
 	go func() {
-		c, err := dialRedis(localAddr(src.port), []string{src.password}, nil, 5*time.Second)
+		c, err := dialRedisAs("", localAddr(src.port), []string{src.password}, nil, 5*time.Second)
 		if err != nil {
 			pings <- nil
 			return

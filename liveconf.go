@@ -182,7 +182,7 @@ func (r *reconciler) resetApplied() {
 	frag, _ := fragmentOf(sup.startedConf)
 	r.applied, r.appliedFor = valuesOf(frag), sup.startedAt
 	r.liveRefused, r.liveErr = "", ""
-	pw := confSetting(sup.startedConf, "requirepass")
+	pw := confSetting(sup.startedConf, "masterauth") // requirepass is not there when spec.users declares default
 	r.auth = authState{accepted: []string{pw}, masterauth: pw}
 	r.publishCredentials()
 }

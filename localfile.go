@@ -132,6 +132,13 @@ func (s *localSource) load() (clusterView, error) {
 			return v, fmt.Errorf("cluster file %s: Secret %s: %w", s.path, spec.SecretRef.Name, err)
 		}
 	}
+	v.users, v.usersErr = declaredUsers(v.cluster.Spec.Users, func(ref *keyRef) (string, error) {
+		pw, ok := file.secrets[ref.Name][ref.Key]
+		if !ok {
+			return "", fmt.Errorf("cluster file %s holds no Secret %s with key %q", s.path, ref.Name, ref.Key)
+		}
+		return string(pw), nil
+	})
 	v.cluster.Status.InstancesStatus = s.readEntries()
 	v.cluster.Status.CurrentPrimary = readCurrentPrimary(s.statusDir)
 	return v, nil

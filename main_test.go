@@ -111,6 +111,7 @@ type instance struct {
 	sentinelPort   int // the discovery port
 	password       string
 	clientTLS      *tls.Config // how a client reaches its redis-server; nil: plaintext
+	user           string      // the ACL user a client logs in as, with password; "": default
 	cmd            *exec.Cmd
 	out            *syncBuffer
 	done           chan struct{}
@@ -257,7 +258,7 @@ func (in *instance) waitReady(timeout time.Duration) {
 
 func (in *instance) redis() redis.Conn {
 	in.t.Helper()
-	c, err := dialRedis(localAddr(in.port), []string{in.password}, in.clientTLS, 5*time.Second)
+	c, err := dialRedisAs(in.user, localAddr(in.port), []string{in.password}, in.clientTLS, 5*time.Second)
 	if err != nil {
 		in.t.Fatal(err)
 	}
@@ -471,7 +472,7 @@ func rdbFixture(t *testing.T, fill func(redis.Conn)) []byte {
 	var c redis.Conn
 	eventually(t, 5*time.Second, "redis-server to answer", func() bool {
 		var err error
-		c, err = dialRedis(localAddr(port), []string{""}, nil, time.Second)
+		c, err = dialRedisAs("", localAddr(port), []string{""}, nil, time.Second)
 		return err == nil
 	})
 	defer c.Close()
@@ -825,7 +826,7 @@ func bareRedis(b *testing.B, fragment, password string, tlsFiles *podTLS) int {
 	}
 	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	eventually(b, 10*time.Second, "the bare redis-server to answer", func() bool {
-		c, err := dialRedis(localAddr(port), []string{password}, bareTLS(tlsFiles), time.Second)
+		c, err := dialRedisAs("", localAddr(port), []string{password}, bareTLS(tlsFiles), time.Second)
 		if err == nil {
 			c.Close()
 		}

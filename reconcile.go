@@ -78,6 +78,7 @@ type reconciler struct {
 	restoreState  // restore.go
 	statusState   // status.go
 	tlsState      // redistls.go
+	usersState    // users.go
 }
 
 func newReconciler(s *settings, log *slog.Logger, deps reconcilerDeps) *reconciler {
@@ -88,6 +89,7 @@ func newReconciler(s *settings, log *slog.Logger, deps reconcilerDeps) *reconcil
 	r.fragment, r.fragmentOK = previousFragment(s.confPath())
 	r.wantedValues, r.restartOnly = valuesOf(r.fragment), map[string]bool{}
 	r.tlsGood = deps.lastTLS
+	r.seedUsers(s.confPath())
 	r.handovers = make(chan handoverResult, 1)
 	r.restores = make(chan restoreResult, 1)
 	r.restoreWait = backoff{min: restoreBackoff, max: 5 * time.Minute}
@@ -131,11 +133,11 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 			// which the handover's end asks for: the last look is of before.
 			r.steps(func() { r.handoverEnded(res) })
 		case v := <-f.views:
-			r.steps(func() { r.takeView(v) }, r.enforceRole, r.syncTLS, r.rotateAuth)
+			r.steps(func() { r.takeView(v) }, r.enforceRole, r.syncTLS, r.rotateAuth, r.syncUsers)
 		case e := <-f.errs:
 			r.takeSourceError(e)
 		case o := <-observations:
-			r.steps(func() { r.takeObservation(o) }, r.retryFragmentCheck, r.retryRestore, r.enforceRole, r.syncLive, r.syncTLS, r.rotateAuth)
+			r.steps(func() { r.takeObservation(o) }, r.retryFragmentCheck, r.retryRestore, r.enforceRole, r.syncLive, r.syncTLS, r.rotateAuth, r.syncUsers)
 		case <-tick.C:
 			r.steps(r.retryRestore, r.retryGuard)
 		}
@@ -267,6 +269,8 @@ func (r *reconciler) applyView(v clusterView) {
 	r.takeTLS(v.tls)
 	r.takeFragment(v.fragment) // a check by redis-server: a few seconds at most
 	r.touch()
+	r.takeUsers(v) // a check by redis-server too, when the rules changed
+	r.touch()
 	r.takeFencing(v.cluster.Metadata.Annotations)
 	r.role = roleFor(&v.cluster, r.settings.podName)
 	if r.fenced {
@@ -319,6 +323,8 @@ func (r *reconciler) writeConf() bool {
 		replicaOf:    r.role.replicaOf,
 		password:     r.view.password,
 		tls:          r.podTLS(),
+		users:        r.wantedUsers([]string{r.view.password}),
+		ownDefault:   r.declares("default"),
 	})
 	if err == nil && conf != r.conf {
 		err = writeFileAtomic(r.settings.confPath(), []byte(conf), 0o600)

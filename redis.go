@@ -18,13 +18,20 @@ import (
 	"github.com/gomodule/redigo/redis"
 )
 
-// dialRedis connects and authenticates with the first of passwords that
-// works ("" for none), with a deadline on every step. The manager offers
-// every password the server may answer to: during a rotation it accepts
-// two, and a restarted server may already have the new one only.
+// dialRedis connects as the manager's own user (users.go) and
+// authenticates with the first of passwords that works ("" for none), with
+// a deadline on every step. The manager offers every password the server
+// may answer to: during a rotation it accepts two, and a restarted server
+// may already have the new one only. No passwords: the caller
+// authenticates.
 //
 // With tlsc the connection is TLS (see dialSecure); nil is plaintext.
 func dialRedis(addr string, passwords []string, tlsc *tls.Config, timeout time.Duration, opts ...redis.DialOption) (redis.Conn, error) {
+	return dialRedisAs(operatorUser, addr, passwords, tlsc, timeout, opts...)
+}
+
+// dialRedisAs is dialRedis as user; "" is the default user.
+func dialRedisAs(user, addr string, passwords []string, tlsc *tls.Config, timeout time.Duration, opts ...redis.DialOption) (redis.Conn, error) {
 	timeout = max(timeout, 10*time.Millisecond)
 	c, err := redis.Dial("tcp", addr, append([]redis.DialOption{
 		redis.DialNetDial(func(network, addr string) (net.Conn, error) {
@@ -35,15 +42,11 @@ func dialRedis(addr string, passwords []string, tlsc *tls.Config, timeout time.D
 	if err != nil {
 		return nil, fmt.Errorf("connect to redis at %s: %w", addr, err)
 	}
-	if len(passwords) == 0 || len(passwords) == 1 && passwords[0] == "" {
+	if len(passwords) == 0 {
 		return c, nil
 	}
 	for _, pw := range passwords {
-		if pw == "" {
-			_, err = c.Do("PING")
-		} else {
-			_, err = c.Do("AUTH", pw)
-		}
+		err = authenticate(c, user, pw)
 		if _, refused := err.(redis.Error); !refused {
 			break // accepted, or the connection failed
 		}
@@ -54,6 +57,25 @@ func dialRedis(addr string, passwords []string, tlsc *tls.Config, timeout time.D
 		return nil, fmt.Errorf("authenticate to redis at %s: %w", addr, err)
 	}
 	return c, nil
+}
+
+// authenticate logs c in as user with pw. The manager's user is offered
+// the default user's way too when refused: a redis-server started by a
+// manager older than that user has it only once this manager gave it
+// (syncUsers), and until then the default user has the same password.
+func authenticate(c redis.Conn, user, pw string) error {
+	if user != "" {
+		_, err := c.Do("AUTH", user, pw)
+		if _, refused := err.(redis.Error); !refused || user != operatorUser {
+			return err
+		}
+	}
+	if pw == "" {
+		_, err := c.Do("PING")
+		return err
+	}
+	_, err := c.Do("AUTH", pw)
+	return err
 }
 
 // dialSecure dials addr and, with tlsc, completes a TLS handshake within

@@ -176,14 +176,14 @@ func TestTLSClusterWithClientCertificates(t *testing.T) {
 
 	// A plaintext client gets nothing; a TLS client without a certificate
 	// neither.
-	if c, err := dialRedis(localAddr(primary.port), []string{"s3cret-pw"}, nil, time.Second); err == nil {
+	if c, err := dialRedisAs("", localAddr(primary.port), []string{"s3cret-pw"}, nil, time.Second); err == nil {
 		_, err = c.Do("PING")
 		c.Close()
 		t.Errorf("a plaintext client was served (%v)", err)
 	}
 	noCert := clientTLSOf(t, secret)
 	noCert.Certificates = nil
-	if c, err := dialRedis(localAddr(primary.port), []string{"s3cret-pw"}, noCert, time.Second); err == nil {
+	if c, err := dialRedisAs("", localAddr(primary.port), []string{"s3cret-pw"}, noCert, time.Second); err == nil {
 		_, err = c.Do("PING")
 		c.Close()
 		if err == nil {
@@ -195,7 +195,7 @@ func TestTLSClusterWithClientCertificates(t *testing.T) {
 	// names the primary.
 	var addr []string
 	eventually(t, 5*time.Second, "the discovery port over TLS to name the primary", func() bool {
-		c, err := dialRedis(localAddr(nodes[2].sentinelPort), []string{"s3cret-pw"}, clientTLSOf(t, secret), 2*time.Second)
+		c, err := dialRedisAs("", localAddr(nodes[2].sentinelPort), []string{"s3cret-pw"}, clientTLSOf(t, secret), 2*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}

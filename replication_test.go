@@ -129,7 +129,7 @@ type writer struct {
 func startWriter(t *testing.T, from, to *instance) *writer {
 	w := &writer{stop: make(chan struct{}), done: make(chan struct{})}
 	dial := func(in *instance) redis.Conn {
-		c, err := dialRedis(localAddr(in.port), []string{in.password}, in.clientTLS, 5*time.Second)
+		c, err := dialRedisAs(in.user, localAddr(in.port), []string{in.password}, in.clientTLS, 5*time.Second)
 		if err != nil {
 			t.Error(err)
 		}
@@ -335,7 +335,7 @@ func startLocatingWriter(b testing.TB, addr, password string, locate func(refuse
 			}
 			if c == nil {
 				var err error
-				if c, err = dialRedis(addr, []string{password}, nil, 5*time.Second); err != nil {
+				if c, err = dialRedisAs("", addr, []string{password}, nil, 5*time.Second); err != nil {
 					time.Sleep(time.Millisecond)
 					continue
 				}
@@ -459,7 +459,7 @@ func bareServers(b *testing.B) ([3]int, func(port int) redis.Conn) {
 		var c redis.Conn
 		var err error
 		for range 100 {
-			if c, err = dialRedis(localAddr(port), []string{"s3cret-pw"}, nil, time.Second); err == nil {
+			if c, err = dialRedisAs("", localAddr(port), []string{"s3cret-pw"}, nil, time.Second); err == nil {
 				return c
 			}
 			time.Sleep(50 * time.Millisecond)
@@ -600,7 +600,7 @@ func BenchmarkSwitchoverSentinel(b *testing.B) {
 			switchTook = append(switchTook, first.Sub(start))
 		},
 		func() int64 {
-			c, err := dialRedis(primary, []string{"s3cret-pw"}, nil, 5*time.Second)
+			c, err := dialRedisAs("", primary, []string{"s3cret-pw"}, nil, 5*time.Second)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -653,7 +653,7 @@ func startSentinels(b *testing.B, port int) []int {
 }
 
 func sentinelDo(port int, cmd string, args ...any) (any, error) {
-	c, err := dialRedis(localAddr(port), nil, nil, time.Second)
+	c, err := dialRedisAs("", localAddr(port), nil, nil, time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -752,7 +752,7 @@ func TestEmptyPrimaryGuard(t *testing.T) {
 	if code, body := back.get("/readyz"); code != 503 || !strings.Contains(string(body), "empty data directory") {
 		t.Fatalf("/readyz %d %s", code, body)
 	}
-	if _, err := dialRedis(localAddr(back.port), []string{back.password}, nil, 200*time.Millisecond); err == nil {
+	if _, err := dialRedisAs("", localAddr(back.port), []string{back.password}, nil, 200*time.Millisecond); err == nil {
 		t.Fatal("redis-server started as an empty primary")
 	}
 	checkKeys(t, nodes[1].redis(), "k", 500)
@@ -800,7 +800,7 @@ func TestEmptyMasterGuard(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	for i, b := range back {
-		if _, err := dialRedis(localAddr(b.port), []string{b.password}, nil, 200*time.Millisecond); err == nil {
+		if _, err := dialRedisAs("", localAddr(b.port), []string{b.password}, nil, 200*time.Millisecond); err == nil {
 			t.Fatalf("%s started to follow an empty primary", b.pod)
 		}
 		if after := dirDigest(t, b.dataDir); after != digests[nodes[i+1].pod] {
@@ -822,7 +822,7 @@ func TestDatasetKeys(t *testing.T) {
 		var c redis.Conn
 		eventually(t, 5*time.Second, "redis-server to answer", func() bool {
 			var err error
-			c, err = dialRedis(localAddr(port), []string{""}, nil, time.Second)
+			c, err = dialRedisAs("", localAddr(port), []string{""}, nil, time.Second)
 			return err == nil
 		})
 		frag, _ := parseFragment("appendonly " + aof)
@@ -924,7 +924,7 @@ func TestCrashedPrimaryWithoutPersistenceIsNotRestartedEmpty(t *testing.T) {
 			strings.Contains(e, "refusing to start as the primary with an empty data directory")
 	})
 	time.Sleep(time.Second)
-	if _, err := dialRedis(localAddr(primary.port), []string{primary.password}, nil, 200*time.Millisecond); err == nil {
+	if _, err := dialRedisAs("", localAddr(primary.port), []string{primary.password}, nil, 200*time.Millisecond); err == nil {
 		t.Fatal("the primary's redis-server was restarted empty")
 	}
 	checkKeys(t, c1, "k", 300)

@@ -88,7 +88,7 @@ func (r *reconciler) statusEntry(sup supervisorState, obs *observation, crashed 
 		Restarts:           sup.restarts,
 		SentinelAddress:    r.settings.sentinelAddr(),
 		ObservedGeneration: r.view.cluster.Metadata.Generation,
-		LastError:          cmp.Or(r.viewErr, r.tlsErr, r.confErr, r.writeErr, r.fenceErr, r.guardErr, r.restoreErr, sup.refused, crashed, r.roleErr, r.authErr, r.liveErr, r.tlsLiveErr),
+		LastError:          cmp.Or(r.viewErr, r.tlsErr, r.confErr, r.writeErr, r.fenceErr, r.guardErr, r.restoreErr, sup.refused, crashed, r.roleErr, r.authErr, r.liveErr, r.tlsLiveErr, r.usersErr, r.usersLiveErr),
 		PendingRestart:     []string{},
 		Keys:               r.heldKeys, // while redis-server does not run: what it held
 		UpdatedAt:          time.Now().UTC(),

@@ -258,7 +258,7 @@ func startCounterWriter(t *testing.T, in *instance) *counterWriter {
 			}
 			if c == nil {
 				var err error
-				if c, err = dialRedis(localAddr(in.port), []string{in.password}, nil, time.Second); err != nil {
+				if c, err = dialRedisAs("", localAddr(in.port), []string{in.password}, nil, time.Second); err != nil {
 					c = nil
 					time.Sleep(5 * time.Millisecond) // a retrying client's pause, not a wait for anything
 					continue

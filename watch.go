@@ -328,7 +328,7 @@ func (k *kubeSource) view(ctx context.Context, obj *unstructured.Unstructured, p
 		return v, fmt.Errorf("RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
 	}
 	if !reread && prev != nil && reflect.DeepEqual(prev.cluster.Spec, v.cluster.Spec) {
-		v.fragment, v.password, v.tls = prev.fragment, prev.password, prev.tls
+		v.fragment, v.password, v.tls, v.users, v.usersErr = prev.fragment, prev.password, prev.tls, prev.users, prev.usersErr
 		return v, nil
 	}
 	if ref := v.cluster.Spec.ConfigMapRef; ref != nil {
@@ -349,6 +349,17 @@ func (k *kubeSource) view(ctx context.Context, obj *unstructured.Unstructured, p
 		}
 		v.password = strings.TrimRight(string(pw), "\r\n")
 	}
+	v.users, v.usersErr = declaredUsers(v.cluster.Spec.Users, func(ref *keyRef) (string, error) {
+		data, err := k.get(ctx, secretGVR, ref)
+		if err != nil {
+			return "", err
+		}
+		pw, err := base64.StdEncoding.DecodeString(data)
+		if err != nil {
+			return "", fmt.Errorf("Secret %s/%s key %q is not base64", k.namespace, ref.Name, ref.Key)
+		}
+		return string(pw), nil
+	})
 	v.tls, err = k.readTLS(ctx, v.cluster.Spec.TLS)
 	return v, err
 }

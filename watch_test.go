@@ -104,7 +104,7 @@ func TestReplicaWaitsForThePrimarysAddress(t *testing.T) {
 	if code, _ := replica.get("/healthz"); code != 200 {
 		t.Fatalf("/healthz %d while waiting on purpose", code)
 	}
-	if _, err := dialRedis(localAddr(replica.port), []string{""}, nil, 200*time.Millisecond); err == nil {
+	if _, err := dialRedisAs("", localAddr(replica.port), []string{""}, nil, 200*time.Millisecond); err == nil {
 		t.Fatal("redis-server runs although the primary's address is unknown")
 	}
 	primary := startInstance(t, instanceOpts{pod: "cache-0", clusterFile: cf})
