@@ -31,6 +31,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -319,6 +320,37 @@ func (r *reconciler) takeTLS(m *tlsMaterial) {
 	r.log.Info("took the spec.tls certificate", "notAfter", l.notAfter.UTC().Format(time.RFC3339), "clientAuth", l.authValue)
 }
 
+// abandonHandshake ends a replica's attempt to reach its primary over TLS
+// when that primary now serves plaintext: the primary reads the TLS
+// handshake as the start of a command and never answers, and the replica
+// would wait repl-timeout (60 s by default) before it tried again, the
+// plaintext way. No command abandons the attempt (REPLICAOF to the same
+// master is a no-op), so repl-timeout is lowered to 1 s for the two
+// seconds Redis takes to give up, and put back, unless it was changed
+// meanwhile. The link is down all along: nothing else times out.
+func abandonHandshake(log *slog.Logger, me redisNode, passwords []string) {
+	err := withRedis(me.dial, passwords, me.tls, redisTimeout, func(c redis.Conn) error {
+		v, err := redis.Strings(c.Do("CONFIG", "GET", "repl-timeout"))
+		if err != nil || len(v) != 2 || v[1] == "1" {
+			return err
+		}
+		if _, err := c.Do("CONFIG", "SET", "repl-timeout", "1"); err != nil {
+			return err
+		}
+		time.Sleep(2500 * time.Millisecond)
+		now, err := redis.Strings(c.Do("CONFIG", "GET", "repl-timeout"))
+		if err == nil && len(now) == 2 && now[1] == "1" {
+			_, err = c.Do("CONFIG", "SET", "repl-timeout", v[1])
+		}
+		return err
+	})
+	if err != nil {
+		log.Warn("cannot hurry the replica's link attempt; it ends at repl-timeout", "error", err)
+		return
+	}
+	log.Info("the replica's TLS attempt with a plaintext primary was abandoned; it reconnects in plaintext")
+}
+
 // podTLS is what redis.conf says of TLS: nil for none.
 func (r *reconciler) podTLS() *podTLS {
 	if !r.tlsWanted || r.tlsGood == nil {
@@ -390,6 +422,9 @@ func (r *reconciler) syncTLS() {
 	took := time.Since(began).Round(time.Microsecond).String()
 	if r.replTLS != repl && slices.Contains(set, any("tls-replication")) {
 		r.log.Info("the link to the primary goes the way the primary serves", "tls-replication", repl, "primary", r.role.replicaOf)
+		if repl == "no" && r.obs != nil && r.obs.info["master_link_status"] != "up" {
+			r.jobs.Go(func() { abandonHandshake(r.log, r.me(), r.creds.list()) })
+		}
 		r.replTLS = repl
 	}
 	switch {

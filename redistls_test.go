@@ -19,6 +19,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -600,5 +601,57 @@ func TestTLSUpgradeInPlace(t *testing.T) {
 	}
 	if in.hasLog("SHUTDOWN failed; sending SIGTERM") {
 		t.Error("the stop could not SHUTDOWN over TLS")
+	}
+}
+
+// A replica whose TLS attempt meets a primary that serves plaintext waits
+// for repl-timeout (60 s) unless abandonHandshake hurries it: the link is
+// up within seconds, and repl-timeout is as it was.
+func TestStuckTLSHandshakeIsAbandoned(t *testing.T) {
+	rs := requireRedis(t)
+	secret := newTLSSecret(t, newTestCA(t, "ca"), 2)
+	dir := t.TempDir()
+	for name, data := range map[string][]byte{"tls.crt": secret.cert, "tls.key": secret.key, "ca.crt": secret.ca} {
+		os.WriteFile(filepath.Join(dir, name), data, 0o600)
+	}
+	start := func(args ...string) int {
+		port := freePort(t)
+		cmd := exec.Command(rs, append([]string{"--port", fmt.Sprint(port), "--dir", t.TempDir(), "--save", "", "--appendonly", "no"}, args...)...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		eventually(t, 5*time.Second, "redis-server to answer", func() bool {
+			c, err := dialRedisAs("", localAddr(port), nil, nil, time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		})
+		return port
+	}
+	primary := start()
+	replica := start("--tls-cert-file", filepath.Join(dir, "tls.crt"), "--tls-key-file", filepath.Join(dir, "tls.key"),
+		"--tls-ca-cert-file", filepath.Join(dir, "ca.crt"), "--tls-replication", "yes", "--replicaof", "127.0.0.1", fmt.Sprint(primary))
+	c, err := dialRedisAs("", localAddr(replica), nil, nil, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(1500 * time.Millisecond) // the TLS attempt is under way, and stuck
+	linkUp := func() bool {
+		text, _ := redis.String(c.Do("INFO", "replication"))
+		return parseInfo(text)["master_link_status"] == "up"
+	}
+	if linkUp() {
+		t.Fatal("the TLS replica reached its plaintext primary")
+	}
+	c.Do("CONFIG", "SET", "tls-replication", "no")
+	began := time.Now()
+	abandonHandshake(slog.New(slog.DiscardHandler), redisNode{dial: localAddr(replica)}, []string{""})
+	eventually(t, 5*time.Second, "the link to come up in plaintext", linkUp)
+	t.Logf("link up %s after the attempt was abandoned", time.Since(began).Round(time.Millisecond))
+	if v, _ := redis.Strings(c.Do("CONFIG", "GET", "repl-timeout")); len(v) != 2 || v[1] != "60" {
+		t.Errorf("repl-timeout left at %v", v)
 	}
 }

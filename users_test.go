@@ -5,6 +5,9 @@ package main
 // and with the default user off, the manager still does all it does.
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/http"
 	"os"
@@ -270,9 +273,15 @@ func TestDefaultUserOffEverythingWorks(t *testing.T) {
 		writeFile(t, cf, strings.ReplaceAll(y, `password: "s3cret-pw"`, fmt.Sprintf("password: %q", password)))
 	}
 	write("cache-0", fragment, "s3cret-pw")
+	// cache-2 runs a copy of the manager, which an upgrade replaces.
+	exe := filepath.Join(dir, "bin", "redis-operator")
+	os.MkdirAll(filepath.Dir(exe), 0o755)
+	if b, err := os.ReadFile(binary); err != nil || os.WriteFile(exe, b, 0o755) != nil {
+		t.Fatal("copying the manager", err)
+	}
 	var nodes []*instance
 	for i := range 3 {
-		in := startInstance(t, instanceOpts{pod: fmt.Sprintf("cache-%d", i), clusterFile: cf, password: "app-pw",
+		in := startInstance(t, instanceOpts{pod: fmt.Sprintf("cache-%d", i), clusterFile: cf, password: "app-pw", binary: map[bool]string{true: exe}[i == 2],
 			extraArgs: []string{"--operator-token-file", filepath.Join(dir, "token"), "--password-rotation-window", "1s"}})
 		in.user = "app"
 		nodes = append(nodes, in)
@@ -345,9 +354,22 @@ func TestDefaultUserOffEverythingWorks(t *testing.T) {
 	})
 	for _, in := range nodes {
 		in.waitReady(10 * time.Second)
-		if st := in.status(); st.LastError != "" {
-			t.Errorf("%s after the rotation: %q", in.pod, st.LastError)
-		}
+		eventually(t, 15*time.Second, in.pod+" to end the rotation with no error", func() bool { return in.status().LastError == "" })
+	}
+
+	// An in-place upgrade of cache-2's manager: redis-server keeps its PID.
+	pid := nodes[2].redisPID()
+	v2 := binaryV2(t)
+	sum := sha256.Sum256(v2)
+	if code, out := nodes[2].put(bytes.NewReader(v2), hex.EncodeToString(sum[:]), "op-token"); code != http.StatusOK {
+		t.Fatalf("PUT /v1/update: %d %v", code, out)
+	}
+	eventually(t, 20*time.Second, "the new manager to run, ready", func() bool {
+		st := nodes[2].status()
+		return st.ManagerVersion == "test-v2" && st.Ready
+	})
+	if nodes[2].redisPID() != pid {
+		t.Error("redis-server restarted for the upgrade")
 	}
 
 	// A backup, and the discovery port.
