@@ -140,7 +140,6 @@ func passwordHash(pw string) string {
 // usersState is the reconciler's part of the users.
 type usersState struct {
 	userRules    map[string][]string // of the accepted declaration, by name: reset and the rules
-	usersOK      bool                // a declaration was accepted since start
 	usersChecked string              // the rules redis-server last accepted
 	usersErr     string              // why the latest declaration was refused
 	userHashes   map[string][]string // each declared user's password hashes, newest first
@@ -150,20 +149,26 @@ type usersState struct {
 	usersLiveErr string
 }
 
-// seedUsers takes, from the redis.conf a previous manager wrote, the
-// users' password hashes, so that a rotation under way at a restart of
-// the manager keeps the old password for a window still.
+// seedUsers takes the users of the redis.conf a previous manager wrote:
+// the last good ones, should the next declaration be refused, and their
+// password hashes, so that a rotation under way keeps its old password
+// for a window still.
 func (r *reconciler) seedUsers(confPath string) {
-	r.userHashes, r.userSince = map[string][]string{}, map[string]time.Time{}
-	conf, err := os.ReadFile(confPath)
-	if err != nil {
-		return
-	}
-	for name, args := range userLines(string(conf)) {
-		for _, a := range strings.Fields(args) {
-			if strings.HasPrefix(a, "#") && name != operatorUser {
+	r.userRules, r.userHashes, r.userSince = map[string][]string{}, map[string][]string{}, map[string]time.Time{}
+	conf, _ := os.ReadFile(confPath)
+	_, owned, _ := strings.Cut(string(conf), ownedMarker)
+	ds, _ := parseConf(owned)
+	for _, d := range ds {
+		if d.name != "user" || len(d.args) < 2 || d.args[0] == operatorUser {
+			continue
+		}
+		name := d.args[0]
+		for _, a := range d.args[1:] {
+			if strings.HasPrefix(a, "#") {
 				r.userHashes[name] = append(r.userHashes[name], a)
 				r.userSince[name] = time.Now()
+			} else {
+				r.userRules[name] = append(r.userRules[name], a)
 			}
 		}
 	}
@@ -187,7 +192,7 @@ func (r *reconciler) takeUsers(v clusterView) {
 	if r.usersErr != "" {
 		r.log.Info("spec.users accepted")
 	}
-	r.usersErr, r.userRules, r.usersOK = "", rules, true
+	r.usersErr, r.userRules = "", rules
 	hashes := map[string][]string{}
 	for _, u := range v.users {
 		if !u.hasPassword {
