@@ -292,11 +292,7 @@ func (r *reconciler) declares(name string) bool { return r.userRules[name] != ni
 func (r *reconciler) wantedUsers(operatorPasswords []string) map[string][]string {
 	out := map[string][]string{}
 	for name, rules := range r.userRules {
-		args := slices.Clone(rules)
-		for _, h := range r.userHashes[name] {
-			args = append(args, h)
-		}
-		out[name] = args
+		out[name] = append(slices.Clone(rules), r.userHashes[name]...)
 	}
 	op := append([]string{"reset", "on"}, operatorCommands...)
 	for _, pw := range operatorPasswords {
