@@ -253,7 +253,7 @@ func changeKey(set []any) string { return fmt.Sprintf("%q", set) }
 func (r *reconciler) configStatus() (string, []string) {
 	r.resetApplied()
 	restart := diffConfig(r.applied, r.wantedValues, r.restartOnly).restart
-	if tls := r.tlsRestart(r.sup.snapshot().startedConf); tls != nil {
+	if tls := r.tlsRestart(r.sup.snapshot().startedTLS); tls != nil {
 		restart = slices.Sorted(slices.Values(append(restart, tls...)))
 	}
 	return configHash(r.applied), restart

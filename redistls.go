@@ -271,13 +271,14 @@ func verifyChain(chain []*x509.Certificate, roots *x509.CertPool, usage x509.Ext
 
 // tlsState is the reconciler's part of TLS.
 type tlsState struct {
-	tlsWanted  bool       // spec.tls is set
-	tlsGood    *tlsLoaded // the last good material, on disk; kept when spec.tls goes, for a server that still serves it
-	tlsErr     string     // why the latest spec.tls Secret was refused
-	tlsLive    string     // key of what the running redis-server was last set to serve
-	tlsLiveFor time.Time  // the start of the redis-server tlsLive and replTLS describe
-	replTLS    string     // its tls-replication: yes or no
-	tlsLiveErr string     // why redis-server refused it
+	tlsWanted    bool       // spec.tls is set
+	tlsGood      *tlsLoaded // the last good material, on disk; kept when spec.tls goes, for a server that still serves it
+	tlsErr       string     // why the latest spec.tls Secret was refused
+	tlsLive      string     // key of what the running redis-server was last set to serve
+	tlsLiveFor   time.Time  // the start of the redis-server tlsLive and replTLS describe
+	replTLS      string     // its tls-replication: yes or no
+	tlsLiveErr   string     // why redis-server refused it
+	discoveryTLS bool       // the discovery port serves tlsGood
 }
 
 // takeTLS checks the view's spec.tls material and, when good, writes it
@@ -287,7 +288,7 @@ type tlsState struct {
 func (r *reconciler) takeTLS(m *tlsMaterial) {
 	r.tlsWanted = m != nil
 	if m == nil {
-		r.tlsErr = ""
+		r.tlsErr, r.discoveryTLS = "", false
 		r.discovery.setTLS(nil)
 		return
 	}
@@ -296,7 +297,10 @@ func (r *reconciler) takeTLS(m *tlsMaterial) {
 		if r.creds.tlsConfig.Load() == nil {
 			r.creds.setTLS(g.clientConfig(nil)) // the certificate on disk, taken at start
 		}
-		r.discovery.setTLS(g.serverConfig())
+		if !r.discoveryTLS {
+			r.discovery.setTLS(g.serverConfig())
+			r.discoveryTLS = true
+		}
 		return
 	}
 	l, err := checkTLS(m, time.Now())
@@ -317,6 +321,7 @@ func (r *reconciler) takeTLS(m *tlsMaterial) {
 	r.creds.setTLS(l.clientConfig(r.tlsGood))
 	r.tlsGood = l
 	r.discovery.setTLS(l.serverConfig())
+	r.discoveryTLS = true
 	r.log.Info("took the spec.tls certificate", "notAfter", l.notAfter.UTC().Format(time.RFC3339), "clientAuth", l.authValue)
 }
 
@@ -364,8 +369,8 @@ func (r *reconciler) podTLS() *podTLS {
 }
 
 // tlsRestart names what only a restart applies: turning TLS on or off.
-func (r *reconciler) tlsRestart(startedConf string) []string {
-	if servesTLS(startedConf) != (r.podTLS() != nil) {
+func (r *reconciler) tlsRestart(startedTLS bool) []string {
+	if startedTLS != (r.podTLS() != nil) {
 		return []string{"port", "tls-port"}
 	}
 	return nil
@@ -429,7 +434,7 @@ func (r *reconciler) syncTLS() {
 	}
 	switch {
 	case set[0] == "tls-replication":
-	case servesTLS(sup.startedConf):
+	case sup.startedTLS:
 		r.log.Info("redis-server serves the spec.tls certificate to new connections", "notAfter", r.tlsGood.notAfter.UTC().Format(time.RFC3339), "took", took)
 	default:
 		r.log.Info("redis-server holds the spec.tls certificate, for a link to a primary that serves TLS; it serves TLS itself after a restart", "took", took)

@@ -95,7 +95,7 @@ func (r *reconciler) statusEntry(sup supervisorState, obs *observation, crashed 
 	}
 	if sup.running {
 		st.ConfigHash, st.PendingRestart = r.configStatus()
-		st.TLS = servesTLS(sup.startedConf)
+		st.TLS = sup.startedTLS
 	}
 	if obs == nil || obs.err != nil {
 		return st

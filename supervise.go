@@ -29,6 +29,7 @@ type supervisorState struct {
 	restarts    int       // unexpected exits followed by a restart
 	startedAt   time.Time // of the current process
 	startedConf string    // redis.conf as it was read at the last start
+	startedTLS  bool      // it has redis-server serve TLS (spec.tls)
 	retryAt     time.Time // when a crashed redis-server will be started again
 	lastExit    string
 	exitStatus  int       // of the last exit when it was a non-zero status: see snapshot
@@ -104,7 +105,8 @@ func (s *supervisor) adopt(h *handoff) {
 		s.proc, _ = os.FindProcess(h.RedisPID)
 		s.exited = exited
 		s.st.running, s.st.pid, s.st.startedAt, s.st.startedConf = true, h.RedisPID, h.StartedAt, h.StartedConf
-		s.creds.setLocalTLS(servesTLS(h.StartedConf))
+		s.st.startedTLS = servesTLS(h.StartedConf)
+		s.creds.setLocalTLS(s.st.startedTLS)
 	}
 }
 
@@ -185,9 +187,9 @@ func (s *supervisor) start() {
 	}
 	s.proc, s.exited = p, ch
 	s.st.running, s.st.pid, s.st.startedAt, s.st.retryAt, s.st.exitStatus = true, p.Pid, time.Now(), time.Time{}, 0
-	s.st.startedConf = conf
-	s.creds.setLocalTLS(servesTLS(conf))
-	s.log.Info("redis-server started", "pid", p.Pid, "tls", servesTLS(conf))
+	s.st.startedConf, s.st.startedTLS = conf, servesTLS(conf)
+	s.creds.setLocalTLS(s.st.startedTLS)
+	s.log.Info("redis-server started", "pid", p.Pid, "tls", s.st.startedTLS)
 }
 
 // stopNow stops the running redis-server gracefully, with the given
