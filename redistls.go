@@ -330,30 +330,40 @@ func (r *reconciler) takeTLS(m *tlsMaterial) {
 // handshake as the start of a command and never answers, and the replica
 // would wait repl-timeout (60 s by default) before it tried again, the
 // plaintext way. No command abandons the attempt (REPLICAOF to the same
-// master is a no-op), so repl-timeout is lowered to 1 s for the two
-// seconds Redis takes to give up, and put back, unless it was changed
-// meanwhile. The link is down all along: nothing else times out.
+// master is a no-op), so repl-timeout is lowered to 1 s until Redis gives
+// up (two seconds at most) and put back, unless it was changed meanwhile.
+// Only while the link is down and no sync is under way: a link that is up,
+// or a transfer, would time out too.
 func abandonHandshake(log *slog.Logger, me redisNode, passwords []string) {
+	settled := func(c redis.Conn) bool {
+		info, err := infoReplication(c)
+		return err != nil || info["master_link_status"] == "up" || info["master_sync_in_progress"] == "1"
+	}
+	lowered := false
 	err := withRedis(me.dial, passwords, me.tls, redisTimeout, func(c redis.Conn) error {
 		v, err := redis.Strings(c.Do("CONFIG", "GET", "repl-timeout"))
-		if err != nil || len(v) != 2 || v[1] == "1" {
+		if err != nil || len(v) != 2 || v[1] == "1" || settled(c) {
 			return err
 		}
 		if _, err := c.Do("CONFIG", "SET", "repl-timeout", "1"); err != nil {
 			return err
 		}
-		time.Sleep(2500 * time.Millisecond)
+		lowered = true
+		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline) && !settled(c); {
+			time.Sleep(50 * time.Millisecond)
+		}
 		now, err := redis.Strings(c.Do("CONFIG", "GET", "repl-timeout"))
 		if err == nil && len(now) == 2 && now[1] == "1" {
 			_, err = c.Do("CONFIG", "SET", "repl-timeout", v[1])
 		}
 		return err
 	})
-	if err != nil {
+	switch {
+	case err != nil:
 		log.Warn("cannot hurry the replica's link attempt; it ends at repl-timeout", "error", err)
-		return
+	case lowered:
+		log.Info("the replica's TLS attempt with a plaintext primary was abandoned; it reconnects in plaintext")
 	}
-	log.Info("the replica's TLS attempt with a plaintext primary was abandoned; it reconnects in plaintext")
 }
 
 // podTLS is what redis.conf says of TLS: nil for none.
@@ -427,8 +437,9 @@ func (r *reconciler) syncTLS() {
 	took := time.Since(began).Round(time.Microsecond).String()
 	if r.replTLS != repl && slices.Contains(set, any("tls-replication")) {
 		r.log.Info("the link to the primary goes the way the primary serves", "tls-replication", repl, "primary", r.role.replicaOf)
-		if repl == "no" && r.obs != nil && r.obs.info["master_link_status"] != "up" {
-			r.jobs.Go(func() { abandonHandshake(r.log, r.me(), r.creds.list()) })
+		if repl == "no" {
+			me, passwords := r.me(), r.creds.list()
+			r.jobs.Go(func() { abandonHandshake(r.log, me, passwords) })
 		}
 		r.replTLS = repl
 	}
