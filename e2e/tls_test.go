@@ -105,16 +105,8 @@ type tlsFixture struct {
 
 func startTLSCluster(t testing.TB, ca *testCA) *tlsFixture {
 	t.Helper()
-	cp := startControlPlane(t)
-	cp.apply(t, "../deploy/crd.yaml", ns)
-	cp.awaitCRD(t)
-	cp.apply(t, "../deploy/rbac.yaml", ns)
+	cp, kubeconfig := startDeployedAPIServer(t)
 	f := &tlsFixture{admin: kubernetes.NewForConfigOrDie(cp.admin), dyn: dynamic.NewForConfigOrDie(cp.admin), data: ca.secret(t, 2)}
-	tr, err := f.admin.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), "cache-instance", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := cp.kubeconfigFor(t, tr.Status.Token, cp.admin.Host)
 	if _, err := f.admin.CoreV1().Secrets(ns).Create(context.Background(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "cache-tls"},
 		Type: corev1.SecretTypeTLS, Data: f.data}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -131,6 +123,23 @@ func startTLSCluster(t testing.TB, ca *testCA) *tlsFixture {
 		eventually(t, 60*time.Second, n.pod+" to be ready", func() bool { return n.get("/readyz") == 200 })
 	}
 	return f
+}
+
+// startDeployedAPIServer is a real API server with the CRD and the Role of
+// deploy/, and a kubeconfig with a token of its ServiceAccount, pointing
+// at the API server itself.
+func startDeployedAPIServer(t testing.TB) (*controlPlane, string) {
+	t.Helper()
+	cp := startControlPlane(t)
+	cp.apply(t, "../deploy/crd.yaml", ns)
+	cp.awaitCRD(t)
+	cp.apply(t, "../deploy/rbac.yaml", ns)
+	tr, err := kubernetes.NewForConfigOrDie(cp.admin).CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), "cache-instance",
+		&authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cp, cp.kubeconfigFor(t, tr.Status.Token, cp.admin.Host)
 }
 
 // renew writes the Secret through the API.

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -33,23 +32,15 @@ type usersFixture struct {
 
 func startUsersCluster(t testing.TB) *usersFixture {
 	t.Helper()
-	cp := startControlPlane(t)
-	cp.apply(t, "../deploy/crd.yaml", ns)
-	cp.awaitCRD(t)
-	cp.apply(t, "../deploy/rbac.yaml", ns)
+	cp, kubeconfig := startDeployedAPIServer(t)
 	admin := kubernetes.NewForConfigOrDie(cp.admin)
 	f := &usersFixture{dyn: dynamic.NewForConfigOrDie(cp.admin)}
-	tr, err := admin.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), "cache-instance", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := admin.CoreV1().Secrets(ns).Create(context.Background(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "cache-app"},
 		StringData: map[string]string{"password": "app-pw"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	createCluster(t, cp, "cache", 3)
 	f.setUsers(t, "on ~* &* +@all -@admin -@dangerous")
-	kubeconfig := cp.kubeconfigFor(t, tr.Status.Token, cp.admin.Host)
 	for i := range 3 {
 		f.nodes = append(f.nodes, startInstanceOf(t, "cache", fmt.Sprintf("cache-%d", i), kubeconfig, filepath.Join(t.TempDir(), fmt.Sprint(i)), freePort(t)))
 	}
