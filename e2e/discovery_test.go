@@ -98,6 +98,7 @@ type goWriter struct {
 	mu     sync.Mutex
 	acked  []int64
 	at     []time.Time
+	err    error // the last write's error, when it failed
 	stop   chan struct{}
 	done   chan struct{}
 }
@@ -128,11 +129,14 @@ func startGoWriterWith(prefix string, opts *goredis.FailoverOptions) *goWriter {
 			default:
 			}
 			if err := w.client.Set(ctx, fmt.Sprintf("%s:%d", w.prefix, i), i, 0).Err(); err != nil {
+				w.mu.Lock()
+				w.err = err
+				w.mu.Unlock()
 				time.Sleep(time.Millisecond)
 				continue
 			}
 			w.mu.Lock()
-			w.acked, w.at = append(w.acked, i), append(w.at, time.Now())
+			w.acked, w.at, w.err = append(w.acked, i), append(w.at, time.Now()), nil
 			w.mu.Unlock()
 			i++
 		}
@@ -158,6 +162,13 @@ func (w *goWriter) gap(from time.Time) time.Duration {
 		longest = max(longest, w.at[j].Sub(w.at[j-1]))
 	}
 	return longest
+}
+
+// lastError is the error of the last write, nil when it was acknowledged.
+func (w *goWriter) lastError() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
 }
 
 func (w *goWriter) finish() []int64 {

@@ -91,12 +91,17 @@ type controlPlane struct {
 
 func startControlPlane(t testing.TB) *controlPlane {
 	t.Helper()
+	return startControlPlaneWith(t, "--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount")
+}
+
+// startControlPlaneWith is startControlPlane with the API server's flags.
+func startControlPlaneWith(t testing.TB, flags ...string) *controlPlane {
+	t.Helper()
 	etcd := testserver.NewTestConfig(t)
 	testserver.RunEtcd(t, etcd)
 	storage := storagebackend.NewDefaultConfig(path.Join(uuid.New().String(), "registry"), nil)
 	storage.Transport.ServerList = []string{etcd.ListenClientUrls[0].String()}
-	srv := kubeapiservertesting.StartTestServerOrDie(t, nil,
-		[]string{"--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount"}, storage)
+	srv := kubeapiservertesting.StartTestServerOrDie(t, nil, flags, storage)
 	t.Cleanup(srv.TearDownFn)
 	host := strings.TrimPrefix(srv.ClientConfig.Host, "https://")
 	admin := kubernetes.NewForConfigOrDie(srv.ClientConfig)

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/ensure-redis.sh
 hack/ensure-clients.sh
+hack/ensure-node.sh
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
   echo "gofmt would change: $unformatted" >&2
