@@ -133,7 +133,7 @@ func TestRealNode(t *testing.T) {
 	// unfenced it is ready again.
 	phase = time.Now()
 	fence(t, dyn, `["cache-2"]`)
-	eventually(t, 2*time.Second, "cache-2's redis-server to stop within 1s of the fence", func() bool {
+	eventually(t, time.Second, "cache-2's redis-server to stop within 1s of the fence", func() bool {
 		return n.client(t, "cache-2").Ping(ctx).Err() != nil
 	})
 	t.Logf("fence: redis-server stopped %v after the annotation", time.Since(phase).Round(time.Millisecond))
