@@ -870,21 +870,7 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 		}
 	})
 	time.Sleep(200 * time.Millisecond)
-	v2, _ := os.ReadFile(binaryV2)
-	sum := sha256.Sum256(v2)
-	req, _ := http.NewRequest("PUT", fmt.Sprintf("http://127.0.0.1:%d/v1/update", primary.httpPort), bytes.NewReader(v2))
-	req.Header.Set("X-Binary-SHA256", hex.EncodeToString(sum[:]))
-	req.Header.Set("Authorization", "Bearer e2e-operator-token")
-	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var answer map[string]any
-	json.NewDecoder(resp.Body).Decode(&answer)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || answer["version"] != "e2e-v2" {
-		t.Fatalf("upgrade of the primary: %d %v", resp.StatusCode, answer)
-	}
+	_, answer := putUpdate(t, fmt.Sprintf("127.0.0.1:%d", primary.httpPort), "e2e-operator-token", binaryV2, "e2e-v2")
 	t.Logf("upgrade: the new manager served %v ms after the exec", answer["handoverMs"])
 	eventually(t, 10*time.Second, "the primary's entry to name the new build", func() bool {
 		es, _ := entries(t, dyn)
@@ -908,6 +894,32 @@ func TestInstancesOnARealAPIServer(t *testing.T) {
 			t.Errorf("%s logged the password", n.pod)
 		}
 	}
+}
+
+// putUpdate sends a manager binary to PUT /v1/update at addr, and fails
+// the test unless the new manager answers as version. It returns the
+// binary's SHA-256 and the answer.
+func putUpdate(t testing.TB, addr, token, file, version string) (string, map[string]any) {
+	t.Helper()
+	bin, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(bin)
+	req, _ := http.NewRequest("PUT", "http://"+addr+"/v1/update", bytes.NewReader(bin))
+	req.Header.Set("X-Binary-SHA256", hex.EncodeToString(sum[:]))
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var answer map[string]any
+	json.NewDecoder(resp.Body).Decode(&answer)
+	if resp.StatusCode != 200 || answer["version"] != version {
+		t.Fatalf("PUT /v1/update to %s: %d %v", addr, resp.StatusCode, answer)
+	}
+	return hex.EncodeToString(sum[:]), answer
 }
 
 // Every manifest deploy/kustomization.yaml lists is accepted by the real

@@ -7,9 +7,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -163,24 +160,11 @@ func TestRealNode(t *testing.T) {
 	// container's install --keep-existing leaves it in the emptyDir.
 	phase = time.Now()
 	pid := n.redisPID(t, "cache-2")
-	v2, _ := os.ReadFile(n.managers["node-v2"])
-	sum := sha256.Sum256(v2)
-	req, _ := http.NewRequest("PUT", "http://"+n.podAddr(t, "cache-2", 8000)+"/v1/update", bytes.NewReader(v2))
-	req.Header.Set("X-Binary-SHA256", hex.EncodeToString(sum[:]))
-	req.Header.Set("Authorization", "Bearer "+shippedToken)
-	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var answer map[string]any
-	json.NewDecoder(resp.Body).Decode(&answer)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || answer["version"] != "node-v2" {
-		t.Fatalf("PUT /v1/update: %d %v", resp.StatusCode, answer)
-	}
+	sum, answer := putUpdate(t, n.podAddr(t, "cache-2", 8000), shippedToken, n.managers["node-v2"], "node-v2")
+	t.Logf("upgrade: the new manager served %v ms after the exec", answer["handoverMs"])
 	eventually(t, 20*time.Second, "cache-2's entry to name the new binary", func() bool {
 		es, _ := entries(t, dyn)
-		return es["cache-2"]["executableHash"] == hex.EncodeToString(sum[:]) && es["cache-2"]["managerVersion"] == "node-v2" && es["cache-2"]["ready"] == true
+		return es["cache-2"]["executableHash"] == sum && es["cache-2"]["managerVersion"] == "node-v2" && es["cache-2"]["ready"] == true
 	})
 	time.Sleep(5 * time.Second) // two readiness periods and a half
 	if got := n.redisPID(t, "cache-2"); got != pid {
@@ -196,7 +180,7 @@ func TestRealNode(t *testing.T) {
 		es, _ := entries(t, dyn)
 		p := n.pod(t, "cache-2")
 		return isReady(p) && p.Status.ContainerStatuses[0].RestartCount == 1 &&
-			es["cache-2"]["executableHash"] == hex.EncodeToString(sum[:]) && es["cache-2"]["ready"] == true
+			es["cache-2"]["executableHash"] == sum && es["cache-2"]["ready"] == true
 	})
 	// The kubelet stopped the old container as for a pod's delete: the
 	// manager's graceful stop, redis-server asked to SHUTDOWN, no kill.
