@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -33,30 +34,49 @@ type localSource struct {
 	lastFile, lastPeers []byte
 	sentAt              time.Time // of the last view
 	beat                atomic.Int64
+	pollWatched         time.Duration // the poll while inotify tells of changes
+	log                 *slog.Logger
 }
 
-func newLocalSource(path, cluster, namespace, pod string) *localSource {
-	s := &localSource{path: path, statusDir: path + ".status", cluster: cluster, namespace: namespace, pod: pod}
+func newLocalSource(path, cluster, namespace, pod string, log *slog.Logger) *localSource {
+	s := &localSource{path: path, statusDir: path + ".status", cluster: cluster, namespace: namespace, pod: pod,
+		pollWatched: localPollWatched, log: log}
 	s.beat.Store(time.Now().UnixNano())
 	return s
 }
 
-// localPoll is how often the file and the other instances' entries are read;
-// they are small, and reading them is cheaper than a notification mechanism.
-const localPoll = 100 * time.Millisecond
+// The file and the other instances' entries are read when inotify tells of
+// a change in them (filewatch.go), and every localPollWatched all the same;
+// without inotify, every localPoll. They are small: a read costs tens of
+// microseconds.
+const (
+	localPoll        = 100 * time.Millisecond
+	localPollWatched = 2 * time.Second
+)
 
 func (s *localSource) heartbeat() time.Time { return time.Unix(0, s.beat.Load()) }
 
 // run sends a new view whenever the file or another instance's entry
 // changes, or an error when the file no longer makes a usable view.
 func (s *localSource) run(ctx context.Context, f *feed) {
-	t := time.NewTicker(localPoll)
+	poll, changed := localPoll, (<-chan struct{})(nil)
+	os.MkdirAll(s.statusDir, 0o755) // to be watched before any entry is written
+	w, err := watchDirs(ctx,
+		watchedDir{filepath.Dir(s.path), func(name string) bool { return name == filepath.Base(s.path) }},
+		watchedDir{s.statusDir, s.isPeerEntry})
+	if err != nil {
+		s.log.Warn("cannot watch the cluster file for changes; reading it every "+localPoll.String(), "error", err)
+	} else {
+		poll, changed = s.pollWatched, w.changed
+	}
+	t := time.NewTicker(poll)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-changed:
 		}
 		s.beat.Store(time.Now().UnixNano())
 		file, ferr := os.ReadFile(s.path)
@@ -84,13 +104,19 @@ func (s *localSource) readPeers() []byte {
 	entries, _ := os.ReadDir(s.statusDir)
 	for _, e := range entries {
 		name := e.Name()
-		if strings.HasPrefix(name, ".") || name == s.pod+".json" || !strings.HasSuffix(name, ".json") {
+		if !s.isPeerEntry(name) {
 			continue
 		}
 		b, _ := os.ReadFile(filepath.Join(s.statusDir, name))
 		all = append(append(append(all, name...), 0), b...)
 	}
 	return all
+}
+
+// isPeerEntry says whether a name in the status directory is another
+// instance's entry (not a temporary file of an atomic write).
+func (s *localSource) isPeerEntry(name string) bool {
+	return !strings.HasPrefix(name, ".") && name != s.pod+".json" && strings.HasSuffix(name, ".json")
 }
 
 // load reads the file into a view: the RedisCluster named by --cluster, the

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"math/rand/v2"
 	"os"
@@ -710,7 +711,7 @@ func waitKeys(t *testing.T, in *instance, n int64) redis.Conn {
 
 // entriesOf reads the status files of a local-mode cluster.
 func entriesOf(cf string) map[string]instanceStatus {
-	return newLocalSource(cf, "cache", "default", "-").readEntries()
+	return newLocalSource(cf, "cache", "default", "-", slog.New(slog.DiscardHandler)).readEntries()
 }
 
 // dirDigest is every file under dir with its content, to show it untouched.

@@ -44,7 +44,7 @@ type clusterSource interface {
 // a while, and the manager waits for it.
 func newSource(s *settings, log *slog.Logger, f *feed) (clusterSource, error) {
 	if s.clusterFile != "" {
-		src := newLocalSource(s.clusterFile, s.cluster, s.namespace, s.podName)
+		src := newLocalSource(s.clusterFile, s.cluster, s.namespace, s.podName, log)
 		first, err := src.load()
 		if err != nil {
 			return nil, configError{err}

@@ -40,7 +40,7 @@ func TestLocalClusterReplicates(t *testing.T) {
 	dir := t.TempDir()
 	cf := filepath.Join(dir, "cluster.yaml")
 	writeFile(t, cf, string(example))
-	v, err := newLocalSource(cf, "cache", "default", "x").load()
+	v, err := newLocalSource(cf, "cache", "default", "x", slog.New(slog.DiscardHandler)).load()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestLocalClusterReplicates(t *testing.T) {
 		}
 	}
 	eventually(t, 15*time.Second, "every status file to show its instance ready", func() bool {
-		entries := newLocalSource(cf, "cache", "default", "x").readEntries()
+		entries := newLocalSource(cf, "cache", "default", "x", slog.New(slog.DiscardHandler)).readEntries()
 		for _, n := range nodes {
 			if !entries[n.pod].Ready {
 				return false
@@ -159,7 +159,7 @@ data: {redis.conf: "maxmemory 1mb\n"}
 	writeFile(t, cf, base+secret)
 	os.MkdirAll(cf+".status", 0o755)
 	writeFile(t, filepath.Join(cf+".status", "cache-0.json"), `{"address": "10.0.0.1:6379", "role": "master"}`)
-	s := newLocalSource(cf, "cache", "prod", "cache-1")
+	s := newLocalSource(cf, "cache", "prod", "cache-1", slog.New(slog.DiscardHandler))
 	v, err := s.load()
 	if err != nil {
 		t.Fatal(err)
