@@ -1,12 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -330,4 +332,66 @@ func TestFaultFenceDuringSwitchover(t *testing.T) {
 			return len(missingKeys(t, c, acked)) == 0
 		})
 	}
+}
+
+// BenchmarkFenceLocal is e2e's BenchmarkFence in local mode: the fence
+// written into the cluster file, taken when inotify tells of it. stop runs
+// from the file written to redis-server refusing connections (its
+// graceful SHUTDOWN included), serve-again from the fence lifted to
+// redis-server answering PING with its data.
+func BenchmarkFenceLocal(b *testing.B) {
+	const fragment = "appendonly yes\nsave \"\""
+	in := oneInstance(b, fragment)
+	in.waitReady(20 * time.Second)
+	if _, err := in.redis().Do("SET", "kept", "yes"); err != nil {
+		b.Fatal(err)
+	}
+	plain := clusterYAML("cache", "cache-0", fragment, in.password)
+	refused := func() bool {
+		c, err := net.DialTimeout("tcp", localAddr(in.port), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return errors.Is(err, syscall.ECONNREFUSED)
+	}
+	serving := func() bool {
+		c, err := dialRedisAs("", localAddr(in.port), []string{in.password}, nil, 100*time.Millisecond)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_, err = c.Do("PING")
+		return err == nil
+	}
+	var down, up []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		writeFile(b, in.clusterFile, withFence(plain, `["cache-0"]`))
+		for !refused() {
+			if time.Since(start) > 30*time.Second {
+				b.Fatal("redis-server still accepts connections 30s after the fence")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		down = append(down, time.Since(start))
+		start = time.Now()
+		writeFile(b, in.clusterFile, plain)
+		for !serving() {
+			if time.Since(start) > 30*time.Second {
+				b.Fatal("redis-server not back 30s after unfencing")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		up = append(up, time.Since(start))
+	}
+	b.StopTimer()
+	if v, err := redis.String(in.redis().Do("GET", "kept")); err != nil || v != "yes" {
+		b.Fatalf("the key did not survive fencing: %q %v", v, err)
+	}
+	b.ReportMetric(percentileMS(down, 0.5), "stop-p50-ms")
+	b.ReportMetric(percentileMS(down, 0.99), "stop-p99-ms")
+	b.ReportMetric(percentileMS(up, 0.5), "serve-again-p50-ms")
+	b.ReportMetric(percentileMS(up, 0.99), "serve-again-p99-ms")
+	b.ReportMetric(0, "ns/op")
 }

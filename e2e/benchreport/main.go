@@ -44,6 +44,7 @@ var runs = []run{
 	{ID: "tls-renewal", Dir: "e2e", Bench: "TLSRenewal", Benchtime: "20x"},
 	{ID: "users", Dir: "e2e", Bench: "UsersChange", Benchtime: "20x"},
 	{ID: "fence", Dir: "e2e", Bench: "Fence", Benchtime: "20x"},
+	{ID: "fence-local", Dir: ".", Bench: "FenceLocal", Benchtime: "20x"},
 	{ID: "footprint", Dir: "e2e", Bench: "IdleFootprint", Benchtime: "3x"},
 	{ID: "fleet", Dir: "e2e", Bench: "Fleet", Benchtime: "1x"},
 	{ID: "discovery", Dir: "e2e", Bench: "ClientSwitchover/manager", Benchtime: "20x"},
