@@ -295,10 +295,11 @@ func (k *kubeSource) take(ctx context.Context, f *feed, ev watch.Event) error {
 	return nil
 }
 
-// emit sends the view of the object as last seen. The ConfigMap and Secret
-// are read again when the spec changes and on every resync; the many
-// changes that are only other instances' status entries reuse what was
-// read, or each would cost two GETs.
+// emit sends the view of the object as last seen. The ConfigMap and Secrets
+// are read again when the spec changes what it takes from them, and on
+// every resync; the many changes that are only other instances' status
+// entries, or a spec change that names the same objects (a switchover),
+// reuse what was read, or each would cost a GET per object on its way.
 func (k *kubeSource) emit(ctx context.Context, f *feed, reread bool) {
 	if k.current == nil {
 		f.fail(fmt.Errorf("RedisCluster %s/%s does not exist", k.namespace, k.cluster))
@@ -316,8 +317,9 @@ func (k *kubeSource) emit(ctx context.Context, f *feed, reread bool) {
 	f.view(v)
 }
 
-// view reads the ConfigMap and Secret the object names, or takes them from
-// prev when the spec is the one prev was made of and reread is false.
+// view reads the ConfigMap and Secrets the object names, or takes what it
+// read from prev when the spec takes the same from them as prev's did and
+// reread is false.
 func (k *kubeSource) view(ctx context.Context, obj *unstructured.Unstructured, prev *clusterView, reread bool) (clusterView, error) {
 	var v clusterView
 	raw, err := obj.MarshalJSON()
@@ -327,7 +329,7 @@ func (k *kubeSource) view(ctx context.Context, obj *unstructured.Unstructured, p
 	if err != nil {
 		return v, fmt.Errorf("RedisCluster %s/%s: %w", k.namespace, k.cluster, err)
 	}
-	if !reread && prev != nil && reflect.DeepEqual(prev.cluster.Spec, v.cluster.Spec) {
+	if !reread && prev != nil && reflect.DeepEqual(readsOf(prev.cluster.Spec), readsOf(v.cluster.Spec)) {
 		v.fragment, v.password, v.tls, v.users, v.usersErr = prev.fragment, prev.password, prev.tls, prev.users, prev.usersErr
 		return v, nil
 	}
@@ -362,6 +364,19 @@ func (k *kubeSource) view(ctx context.Context, obj *unstructured.Unstructured, p
 	})
 	v.tls, err = k.readTLS(ctx, v.cluster.Spec.TLS)
 	return v, err
+}
+
+// specReads is what of the spec decides what view reads and makes of it:
+// the objects named, and what the view combines with them (the users'
+// rules, clientAuth).
+type specReads struct {
+	configMap, authSecret *keyRef
+	tls                   *tlsSpec
+	users                 []userSpec
+}
+
+func readsOf(spec clusterSpec) specReads {
+	return specReads{spec.ConfigMapRef, spec.AuthSecretRef, spec.TLS, spec.Users}
 }
 
 // readTLS reads the spec.tls Secret; nil without spec.tls.

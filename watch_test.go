@@ -495,6 +495,59 @@ func TestKubeResyncReadsTheConfigMap(t *testing.T) {
 	})
 }
 
+// A switchover changes the spec, but not what it names: the view reuses
+// the ConfigMap and Secret it read, for a GET each would only delay the
+// handover (and count against client-go's request rate). A spec that names
+// another ConfigMap has it read at once.
+func TestKubeSpecChangeReadsOnlyWhatItNames(t *testing.T) {
+	h := startKubeHarness(t)
+	eventually(t, 5*time.Second, "the first redis.conf", func() bool {
+		b, _ := os.ReadFile(h.conf)
+		return bytes.Contains(b, []byte("maxmemory 10mb\n"))
+	})
+	gets := func() int {
+		n := 0
+		for _, a := range h.client.Actions() {
+			if a.GetVerb() == "get" && (a.GetResource() == configMapGVR || a.GetResource() == secretGVR) {
+				n++
+			}
+		}
+		return n
+	}
+	setSpec := func(field, value string) {
+		rcs := h.client.Resource(redisClusterGVR).Namespace("prod")
+		u, err := rcs.Get(context.Background(), "cache", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if field == "targetPrimary" {
+			unstructured.SetNestedField(u.Object, value, "spec", "targetPrimary")
+		} else {
+			unstructured.SetNestedField(u.Object, value, "spec", "configMapRef", "name")
+		}
+		if _, err := rcs.Update(context.Background(), u, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := gets()
+	setSpec("targetPrimary", "cache-1")
+	eventually(t, 5*time.Second, "redis.conf of the target, which follows no one", func() bool {
+		b, _ := os.ReadFile(h.conf)
+		return len(b) > 0 && !bytes.Contains(b, []byte("\nreplicaof "))
+	})
+	if got := gets() - before; got != 0 {
+		t.Fatalf("a switchover cost %d GETs of the ConfigMap and Secret", got)
+	}
+
+	h.client.Resource(configMapGVR).Namespace("prod").Create(context.Background(),
+		unstructuredFrom(t, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cache-config-2, namespace: prod}\ndata: {redis.conf: \"maxmemory 30mb\\n\"}\n"), metav1.CreateOptions{})
+	setSpec("configMapRef", "cache-config-2")
+	eventually(t, 5*time.Second, "the ConfigMap newly named to be read", func() bool {
+		b, _ := os.ReadFile(h.conf)
+		return bytes.Contains(b, []byte("maxmemory 30mb\n"))
+	})
+}
+
 // Fault: a watch answered with 410 Gone (its resourceVersion compacted
 // away). The manager lists afresh and goes on following the object, and
 // redis-server, which the 410 says nothing about, keeps running.

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -244,4 +245,49 @@ func BenchmarkDiscoverySubscribers(b *testing.B) {
 			c.Close()
 		}
 	}
+}
+
+// BenchmarkSwitchoverAPIServer is the main package's
+// BenchmarkSwitchoverManager on the real API server: three managers with
+// the shipped Role's token, a writer INCRing a counter on the primary as
+// fast as it can and moving to the other server when refused, and a
+// switchover back and forth between cache-0 and cache-1 per iteration,
+// with a second of writes before each (closer together, the managers'
+// status patches meet client-go's default limit of 5 requests a second,
+// which is another measure). Time-to-writable runs from the patch
+// of targetPrimary to the first write the new primary acknowledges; lost
+// writes are those the writer saw acknowledged minus the counter on the
+// last primary.
+func BenchmarkSwitchoverAPIServer(b *testing.B) {
+	dyn, nodes, _ := startAPIServerCluster(b)
+	var took []time.Duration
+	var acked int64
+	primary := 0
+	b.ResetTimer()
+	for range b.N {
+		target := 1 - primary
+		w := startWriter(b, nodes[primary].port, nodes[target].port)
+		time.Sleep(time.Second)
+		patched := time.Now()
+		patchSpec(b, dyn, fmt.Sprintf(`{"spec":{"targetPrimary":"cache-%d"}}`, target))
+		eventually(b, 20*time.Second, "the new primary to acknowledge writes", func() bool { return w.onNew() >= 100 })
+		took = append(took, w.firstOnNew().Sub(patched))
+		acked += w.finish()
+		eventually(b, 20*time.Second, "the old primary a ready replica", func() bool {
+			es, current := entries(b, dyn)
+			return current == fmt.Sprintf("cache-%d", target) && es[fmt.Sprintf("cache-%d", primary)]["ready"] == true
+		})
+		primary = target
+	}
+	b.StopTimer()
+	counter, err := nodes[primary].redis("GET", "counter")
+	if err != nil {
+		b.Fatal(err)
+	}
+	n, _ := strconv.ParseInt(counter, 10, 64)
+	b.ReportMetric(float64(acked), "acked-writes")
+	b.ReportMetric(float64(max(0, acked-n)), "lost-writes")
+	b.ReportMetric(percentileMS(took, 0.5), "p50-ms")
+	b.ReportMetric(percentileMS(took, 0.99), "p99-ms")
+	b.ReportMetric(0, "ns/op")
 }

@@ -36,6 +36,7 @@ type run struct {
 var runs = []run{
 	{ID: "switchover", Dir: ".", Bench: "Switchover(Manager|FailoverTo)", Benchtime: "20x"},
 	{ID: "sentinel", Dir: ".", Bench: "SwitchoverSentinel", Benchtime: "5x"}, // about 20 s each
+	{ID: "switchover-apiserver", Dir: "e2e", Bench: "SwitchoverAPIServer", Benchtime: "20x"},
 	{ID: "config", Dir: ".", Bench: "LiveConfig", Benchtime: "50x"},
 	{ID: "upgrade", Dir: ".", Bench: "UpgradeHandover", Benchtime: "30x"},
 	{ID: "backup", Dir: ".", Bench: "BenchmarkBackup", Benchtime: "3x"},
