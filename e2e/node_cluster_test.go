@@ -2,8 +2,8 @@ package e2e
 
 // A real node for the real-node test: containerd and runc, a CNI bridge,
 // a kubelet joined to the in-process API server, kube-controller-manager
-// (StatefulSet, PersistentVolume binding, the root CA ConfigMap),
-// kube-scheduler and kube-proxy (so that pods reach the API server at the
+// (node lifecycle, StatefulSet, PersistentVolume binding, the root CA
+// ConfigMap, EndpointSlices), kube-scheduler and kube-proxy (so that pods reach the API server at the
 // kubernetes Service, as in any cluster). All of it is built from the
 // k8s.io/kubernetes module e2e/ already uses, runs as root on this machine,
 // and is stopped and removed by the test that started it, failed or not.

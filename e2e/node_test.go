@@ -110,7 +110,7 @@ func TestRealNode(t *testing.T) {
 		es, current := entries(t, dyn)
 		return current == "cache-1" && es["cache-0"]["role"] == "replica" && es["cache-0"]["ready"] == true
 	})
-	if err := n.client(t, "cache-0").Set(ctx, "x", "y", 0).Err(); err == nil || !strings.Contains(err.Error(), "READONLY") {
+	if err := n.do(t, "cache-0", "SET", "x", "y").Err(); err == nil || !strings.Contains(err.Error(), "READONLY") {
 		t.Errorf("the old primary still takes writes: %v", err)
 	}
 	// The old primary, demoted, is not a ready replica until its link to
@@ -131,7 +131,7 @@ func TestRealNode(t *testing.T) {
 	phase = time.Now()
 	fence(t, dyn, `["cache-2"]`)
 	eventually(t, time.Second, "cache-2's redis-server to stop within 1s of the fence", func() bool {
-		return n.client(t, "cache-2").Ping(ctx).Err() != nil
+		return n.do(t, "cache-2", "PING").Err() != nil
 	})
 	t.Logf("fence: redis-server stopped %v after the annotation", time.Since(phase).Round(time.Millisecond))
 	eventually(t, 20*time.Second, "cache-2 fenced in status, and not Ready to the kubelet", func() bool {
@@ -219,7 +219,9 @@ func TestRealNode(t *testing.T) {
 		t.Errorf("cache-1 did not come back with its data: redis-server logged %q", loaded)
 	}
 	acked := w.finish()
-	if lost := lostWith(t, n.client(t, "cache-0"), "node", acked); lost > 0 || len(acked) < 1000 {
+	primary := n.client(t, "cache-0")
+	defer primary.Close()
+	if lost := lostWith(t, primary, "node", acked); lost > 0 || len(acked) < 1000 {
 		t.Errorf("%d of %d acknowledged writes lost across the switchover and the deleted primary", lost, len(acked))
 	}
 	t.Logf("go-redis: %d writes acknowledged, none lost; it could not write for %v across the delete and the move", len(acked), w.gap(phase).Round(time.Millisecond))
@@ -303,14 +305,21 @@ func (n *node) podAddr(t testing.TB, name string, port int) string {
 	return fmt.Sprintf("%s:%d", n.pod(t, name).Status.PodIP, port)
 }
 
+// client is a go-redis client of one pod's Redis, for one use: the caller
+// closes it.
 func (n *node) client(t testing.TB, name string) *goredis.Client {
-	c := goredis.NewClient(&goredis.Options{Addr: n.podAddr(t, name, 6379), Password: shippedPassword, MaxRetries: -1})
-	t.Cleanup(func() { c.Close() })
-	return c
+	return goredis.NewClient(&goredis.Options{Addr: n.podAddr(t, name, 6379), Password: shippedPassword, MaxRetries: -1})
+}
+
+// do runs one command on a pod's Redis.
+func (n *node) do(t testing.TB, name string, args ...any) *goredis.Cmd {
+	c := n.client(t, name)
+	defer c.Close()
+	return c.Do(context.Background(), args...)
 }
 
 func (n *node) role(t testing.TB, name string) string {
-	r, err := n.client(t, name).Do(context.Background(), "ROLE").Slice()
+	r, err := n.do(t, name, "ROLE").Slice()
 	if err != nil || len(r) == 0 {
 		return ""
 	}
@@ -319,7 +328,7 @@ func (n *node) role(t testing.TB, name string) string {
 
 // redisPID is redis-server's PID in its container, as INFO says.
 func (n *node) redisPID(t testing.TB, name string) int {
-	info, err := n.client(t, name).Info(context.Background(), "server").Result()
+	info, err := n.do(t, name, "INFO", "server").Text()
 	if err != nil {
 		t.Fatal(err)
 	}
