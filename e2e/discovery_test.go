@@ -164,6 +164,13 @@ func (w *goWriter) gap(from time.Time) time.Duration {
 	return longest
 }
 
+// count is how many writes were acknowledged so far.
+func (w *goWriter) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.acked)
+}
+
 // lastError is the error of the last write, nil when it was acknowledged.
 func (w *goWriter) lastError() error {
 	w.mu.Lock()

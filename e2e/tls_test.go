@@ -191,7 +191,9 @@ func TestTLSOnARealAPIServer(t *testing.T) {
 	}
 	w := startGoWriterWith("tls", &goredis.FailoverOptions{MasterName: "cache", SentinelAddrs: sentinels,
 		Password: password, SentinelPassword: password, TLSConfig: clientTLS(t, f.data)})
-	eventually(t, 30*time.Second, "go-redis to write over TLS", func() bool { return w.ackedSince(time.Time{}) })
+	// A hundred writes before the switchover, so that the count checked
+	// after it says something however quick the switchover is.
+	eventually(t, 30*time.Second, "go-redis to write over TLS", func() bool { return w.count() >= 100 })
 	moved := time.Now()
 	if _, err := f.dyn.Resource(redisCluster).Namespace(ns).Patch(context.Background(), "cache", types.MergePatchType,
 		[]byte(`{"spec":{"targetPrimary":"cache-1"}}`), metav1.PatchOptions{}); err != nil {

@@ -111,7 +111,9 @@ func TestUsersOnARealAPIServer(t *testing.T) {
 	}
 	w := startGoWriterWith("app", &goredis.FailoverOptions{MasterName: "cache", SentinelAddrs: sentinels,
 		Username: "app", Password: "app-pw", SentinelPassword: password})
-	eventually(t, 30*time.Second, "app to write", func() bool { return w.ackedSince(time.Time{}) })
+	// A hundred writes before the switchover, so that the count checked
+	// after it says something however quick the switchover is.
+	eventually(t, 30*time.Second, "app to write", func() bool { return w.count() >= 100 })
 	moved := time.Now()
 	if _, err := f.dyn.Resource(redisCluster).Namespace(ns).Patch(context.Background(), "cache", types.MergePatchType,
 		[]byte(`{"spec":{"targetPrimary":"cache-1"}}`), metav1.PatchOptions{}); err != nil {
