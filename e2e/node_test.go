@@ -75,7 +75,7 @@ func TestRealNode(t *testing.T) {
 
 	// Starting, a replica is not ready until its first sync is done: the
 	// readiness probe may say so. Liveness must never have failed.
-	probes := n.probeFailures(t, time.Time{})
+	probes := n.probeFailures(t, probeTally{})
 	t.Logf("node: probe failures while starting: %v", probes)
 	for pod, fails := range probes {
 		for _, f := range fails {
@@ -100,7 +100,7 @@ func TestRealNode(t *testing.T) {
 
 	// A switchover to cache-1 under the write load: nothing acknowledged
 	// is lost, the old primary refuses writes, and no probe fails.
-	phase := time.Now()
+	phase, tally := time.Now(), n.tally(t)
 	patchSpec(t, dyn, `{"spec":{"targetPrimary":"cache-1"}}`)
 	eventually(t, 30*time.Second, "go-redis to write to cache-1", func() bool {
 		return n.role(t, "cache-1") == "master" && w.ackedSince(phase.Add(100*time.Millisecond))
@@ -113,22 +113,25 @@ func TestRealNode(t *testing.T) {
 	if err := n.do(t, "cache-0", "SET", "x", "y").Err(); err == nil || !strings.Contains(err.Error(), "READONLY") {
 		t.Errorf("the old primary still takes writes: %v", err)
 	}
-	// The old primary, demoted, is not a ready replica until its link to
-	// the new one is up: a readiness probe may catch that moment, but not
-	// two in a row (failureThreshold 2), so the kubelet keeps it Ready.
-	for pod, fails := range n.probeFailures(t, phase) {
-		if pod != "cache-0" || len(fails) != 1 || !strings.HasPrefix(fails[0], "Readiness") || !strings.HasSuffix(fails[0], "(×1)") {
+	// The old primary, demoted, and the other replica, re-pointed, are no
+	// ready replicas until their link to the new primary is up: a
+	// readiness probe may catch that moment, but not two in a row
+	// (failureThreshold 2), so the kubelet keeps them Ready.
+	for pod, fails := range n.probeFailures(t, tally) {
+		if pod == "cache-1" || len(fails) != 1 || !strings.HasPrefix(fails[0], "Readiness") || !strings.HasSuffix(fails[0], "(×1)") {
 			t.Errorf("probes failed during the switchover: %s: %v", pod, fails)
 		}
 	}
-	if since := n.readySince(t, "cache-0"); since.After(phase) {
-		t.Errorf("the kubelet took cache-0 out of service during the switchover (Ready since %v)", since)
+	for _, pod := range []string{"cache-0", "cache-2"} {
+		if since := n.readySince(t, pod); since.After(phase) {
+			t.Errorf("the kubelet took %s out of service during the switchover (Ready since %v)", pod, since)
+		}
 	}
 
 	// A fence of cache-2 stops its redis-server; the kubelet sees it not
 	// ready (and only that: liveness holds, nothing restarts), and once
 	// unfenced it is ready again.
-	phase = time.Now()
+	phase, tally = time.Now(), n.tally(t)
 	fence(t, dyn, `["cache-2"]`)
 	eventually(t, time.Second, "cache-2's redis-server to stop within 1s of the fence", func() bool {
 		return n.do(t, "cache-2", "PING").Err() != nil
@@ -143,7 +146,7 @@ func TestRealNode(t *testing.T) {
 		es, _ := entries(t, dyn)
 		return es["cache-2"]["fenced"] == false && n.podReady(t, "cache-2")
 	})
-	for pod, fails := range n.probeFailures(t, phase) {
+	for pod, fails := range n.probeFailures(t, tally) {
 		for _, f := range fails {
 			if pod != "cache-2" || !strings.HasPrefix(f, "Readiness") {
 				t.Errorf("during the fence of cache-2: %s: %s", pod, f)
@@ -158,7 +161,7 @@ func TestRealNode(t *testing.T) {
 	// redis-server keeps its PID, the kubelet sees nothing, and the status
 	// names the new binary. A pod restarted afterwards keeps it: the init
 	// container's install --keep-existing leaves it in the emptyDir.
-	phase = time.Now()
+	tally = n.tally(t)
 	pid := n.redisPID(t, "cache-2")
 	sum, answer := putUpdate(t, n.podAddr(t, "cache-2", 8000), shippedToken, n.managers["node-v2"], "node-v2")
 	t.Logf("upgrade: the new manager served %v ms after the exec", answer["handoverMs"])
@@ -173,7 +176,7 @@ func TestRealNode(t *testing.T) {
 	if r := n.restarts(t); r != 0 {
 		t.Errorf("the upgrade restarted %d containers", r)
 	}
-	n.noProbeFailures(t, phase, "the upgrade")
+	n.noProbeFailures(t, tally, "the upgrade")
 
 	n.restartSandbox(t, "cache-2")
 	eventually(t, 2*time.Minute, "cache-2 back in a new sandbox, on the upgraded binary", func() bool {
@@ -192,7 +195,7 @@ func TestRealNode(t *testing.T) {
 	// stop well within the grace period, then the operator's move of
 	// targetPrimary, and the pod back with its data; nothing acknowledged
 	// is lost.
-	phase = time.Now()
+	phase, tally = time.Now(), n.tally(t)
 	old := n.pod(t, "cache-1")
 	stopped := n.watchStop(t, old)
 	if err := n.admin.CoreV1().Pods(ns).Delete(ctx, "cache-1", metav1.DeleteOptions{}); err != nil {
@@ -225,7 +228,7 @@ func TestRealNode(t *testing.T) {
 		t.Errorf("%d of %d acknowledged writes lost across the switchover and the deleted primary", lost, len(acked))
 	}
 	t.Logf("go-redis: %d writes acknowledged, none lost; it could not write for %v across the delete and the move", len(acked), w.gap(phase).Round(time.Millisecond))
-	for pod, fails := range n.probeFailures(t, phase) {
+	for pod, fails := range n.probeFailures(t, tally) {
 		for _, f := range fails {
 			if !strings.HasPrefix(f, "Readiness") {
 				t.Errorf("after the delete of cache-1: %s: %s", pod, f)
@@ -371,30 +374,40 @@ func (n *node) restarts(t testing.TB) int {
 	return total
 }
 
-// probeFailures are the kubelet's Unhealthy events since a time, by pod:
-// "Readiness probe failed: …" and the like.
-func (n *node) probeFailures(t testing.TB, since time.Time) map[string][]string {
+// probeTally is how many probe failures each of the kubelet's Unhealthy
+// events (one per pod and message, counted) had come to.
+type probeTally map[types.UID]int32
+
+func (n *node) unhealthy(t testing.TB) []corev1.Event {
 	events, err := n.admin.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "reason=Unhealthy"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return events.Items
+}
+
+// tally is the probe failures so far, for probeFailures to count from.
+func (n *node) tally(t testing.TB) probeTally {
+	counts := probeTally{}
+	for _, e := range n.unhealthy(t) {
+		counts[e.UID] = max(e.Count, 1)
+	}
+	return counts
+}
+
+// probeFailures are the probe failures since the tally, by pod:
+// "Readiness probe failed: … (×1)" and the like.
+func (n *node) probeFailures(t testing.TB, since probeTally) map[string][]string {
 	failures := map[string][]string{}
-	for _, e := range events.Items {
-		last := e.LastTimestamp.Time
-		if e.Series != nil {
-			last = e.Series.LastObservedTime.Time
-		}
-		if last.IsZero() {
-			last = e.EventTime.Time
-		}
-		if !last.Before(since.Truncate(time.Second)) {
-			failures[e.InvolvedObject.Name] = append(failures[e.InvolvedObject.Name], fmt.Sprintf("%s (×%d)", e.Message, max(e.Count, 1)))
+	for _, e := range n.unhealthy(t) {
+		if more := max(e.Count, 1) - since[e.UID]; more > 0 {
+			failures[e.InvolvedObject.Name] = append(failures[e.InvolvedObject.Name], fmt.Sprintf("%s (×%d)", e.Message, more))
 		}
 	}
 	return failures
 }
 
-func (n *node) noProbeFailures(t testing.TB, since time.Time, during string) {
+func (n *node) noProbeFailures(t testing.TB, since probeTally, during string) {
 	t.Helper()
 	if f := n.probeFailures(t, since); len(f) > 0 {
 		t.Errorf("probes failed during %s: %v", during, f)
