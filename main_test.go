@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -66,14 +67,30 @@ func requireRedis(t testing.TB) string {
 	return path
 }
 
+// handedOut are the ports freePort gave in this test binary.
+var handedOut sync.Map
+
+// freePort is a port for a server under test to listen on, below the
+// ephemeral range (32768 and up): a port the kernel picked for :0 can be
+// taken, before the server binds it, as the source port of an outgoing
+// connection (a replica's link), and the server fails with "Address
+// already in use". Never the same port twice in one test binary.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		p := 20000 + rand.IntN(12000)
+		if _, given := handedOut.LoadOrStore(p, true); given {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return p
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port below the ephemeral range")
+	return 0
 }
 
 // clusterYAML is a local-mode cluster file: the RedisCluster, its ConfigMap
