@@ -109,8 +109,7 @@ type discovery struct {
 	conns  sync.WaitGroup
 	mu     sync.Mutex
 	subs   map[*discoveryConn]bool
-	heard  map[*discoveryConn]time.Time // open connections: when each last sent or was answered
-	master string                       // the primary last announced, for +switch-master
+	master string // the primary last announced, for +switch-master
 
 	tlsConfig atomic.Pointer[tls.Config] // with spec.tls, every connection is TLS
 
@@ -124,8 +123,7 @@ type discovery struct {
 }
 
 func newDiscovery(log *slog.Logger, s *settings) *discovery {
-	d := &discovery{log: log, myid: sentinelID(s.namespace, s.cluster, s.podName), subs: map[*discoveryConn]bool{},
-		heard: map[*discoveryConn]time.Time{}, ready: make(chan struct{})}
+	d := &discovery{log: log, myid: sentinelID(s.namespace, s.cluster, s.podName), subs: map[*discoveryConn]bool{}, ready: make(chan struct{})}
 	d.view.Store(&discoveryView{})
 	return d
 }
@@ -218,7 +216,6 @@ func (d *discovery) serve(ctx context.Context, ln net.Listener) {
 			c = tls.Server(c, cfg) // the handshake is the first read's
 		}
 		dc := &discoveryConn{d: d, c: c, w: bufio.NewWriterSize(c, 512)}
-		dc.heardNow()
 		d.conns.Go(func() { dc.run(ctx) })
 	}
 	d.conns.Wait()
@@ -226,13 +223,8 @@ func (d *discovery) serve(ctx context.Context, ln net.Listener) {
 
 // quiesce stops accepting, for an upgrade's exec: the listener goes to the
 // next manager, and the clients who connect meanwhile wait in its queue.
-// The clients it took are given up to timeout to finish what they began:
-// the exec closes their connections, and one that closes between a
-// client's AUTH and its question would leave the question unanswered (a
-// reset). A subscriber, or a client quiet for discoveryQuiet (an idle
-// pooled connection), is not waited for: it reconnects, as it would to
-// another Sentinel. resume accepts again, should the exec not happen.
-func (d *discovery) quiesce(timeout time.Duration) (resume func()) {
+// resume accepts again, should the exec not happen.
+func (d *discovery) quiesce() (resume func()) {
 	if d == nil || d.ln.Load() == nil {
 		return func() {}
 	}
@@ -240,37 +232,11 @@ func (d *discovery) quiesce(timeout time.Duration) (resume func()) {
 	resumed := make(chan struct{})
 	d.pausing.Store(&resumed)
 	ln.SetDeadline(time.Now()) // wakes the pending Accept
-	for deadline := time.Now().Add(timeout); d.talking() && time.Now().Before(deadline); {
-		time.Sleep(time.Millisecond)
-	}
 	return func() {
 		d.pausing.Store(nil)
 		ln.SetDeadline(time.Time{})
 		close(resumed)
 	}
-}
-
-// discoveryQuiet is how long a client that sent nothing is taken for idle.
-const discoveryQuiet = 200 * time.Millisecond
-
-// talking says whether a client that is no subscriber was heard from or
-// answered within discoveryQuiet.
-func (d *discovery) talking() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for dc, at := range d.heard {
-		if !d.subs[dc] && time.Since(at) < discoveryQuiet {
-			return true
-		}
-	}
-	return false
-}
-
-// heardNow records that the client was just heard from or answered.
-func (dc *discoveryConn) heardNow() {
-	dc.d.mu.Lock()
-	dc.d.heard[dc] = time.Now()
-	dc.d.mu.Unlock()
 }
 
 // paused holds the accept loop while an upgrade is under way, and says
@@ -309,11 +275,6 @@ func (dc *discoveryConn) run(ctx context.Context) {
 	defer stop()
 	defer dc.c.Close()
 	defer dc.unsubscribeAll()
-	defer func() {
-		dc.d.mu.Lock()
-		delete(dc.d.heard, dc)
-		dc.d.mu.Unlock()
-	}()
 	r := bufio.NewReaderSize(dc.c, 512)
 	for {
 		args, err := readCommand(r)
@@ -328,9 +289,7 @@ func (dc *discoveryConn) run(ctx context.Context) {
 			continue
 		}
 		err = nil
-		dc.heardNow()
 		dc.reply(func(w *respWriter) { err = dc.do(w, args) })
-		dc.heardNow()
 		if err != nil {
 			return
 		}

@@ -267,7 +267,7 @@ func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, r
 	// Requests in flight are answered; new connections wait in the listen
 	// queue for the next manager.
 	srv.quiesce(2 * time.Second)
-	defer disc.quiesce(time.Second)()
+	defer disc.quiesce()()
 	err = errStopping
 	if ctx.Err() == nil {
 		err = syscall.Exec(exe, os.Args, append(os.Environ(), handoffEnv+"="+path))
