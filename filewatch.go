@@ -8,6 +8,7 @@ package main
 // and when inotify cannot be had at all, the poll is as quick as before.
 
 import (
+	"bytes"
 	"context"
 	byteorder "encoding/binary"
 	"errors"
@@ -89,7 +90,7 @@ func eventsMatter(batch []byte, matters map[int32]func(string) bool) bool {
 		mask := byteorder.NativeEndian.Uint32(batch[4:])
 		size := int(byteorder.NativeEndian.Uint32(batch[12:]))
 		end := min(len(batch), syscall.SizeofInotifyEvent+size)
-		name := string(trimNUL(batch[syscall.SizeofInotifyEvent:end]))
+		name := string(bytes.TrimRight(batch[syscall.SizeofInotifyEvent:end], "\x00"))
 		batch = batch[end:]
 		if mask&(syscall.IN_Q_OVERFLOW|syscall.IN_IGNORED) != 0 {
 			return true
@@ -99,13 +100,6 @@ func eventsMatter(batch []byte, matters map[int32]func(string) bool) bool {
 		}
 	}
 	return false
-}
-
-func trimNUL(b []byte) []byte {
-	for len(b) > 0 && b[len(b)-1] == 0 {
-		b = b[:len(b)-1]
-	}
-	return b
 }
 
 func (w *dirWatch) signal() {
