@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path"
 	"slices"
 	"strconv"
@@ -116,14 +117,17 @@ type discovery struct {
 	ready     chan struct{} // closed by the first view
 	readyOnce sync.Once
 
-	// An upgrade stops the accepting, so that the clients who connect meanwhile
-	// wait in the listen queue for the next manager: see quiesce.
+	// An upgrade stops the accepting, so that the clients who connect
+	// meanwhile wait in the listen queue for the next manager, and hands the
+	// open connections over: see discoveryhandoff.go.
 	ln      atomic.Pointer[net.TCPListener]
-	pausing atomic.Pointer[chan struct{}] // closed to resume
+	pausing atomic.Pointer[discoveryPause]
+	open    map[*discoveryConn]bool // under mu
+	adopted []*discoveryConn        // from the manager this one replaced, served with the first view
 }
 
 func newDiscovery(log *slog.Logger, s *settings) *discovery {
-	d := &discovery{log: log, myid: sentinelID(s.namespace, s.cluster, s.podName), subs: map[*discoveryConn]bool{}, ready: make(chan struct{})}
+	d := &discovery{log: log, myid: sentinelID(s.namespace, s.cluster, s.podName), subs: map[*discoveryConn]bool{}, open: map[*discoveryConn]bool{}, ready: make(chan struct{})}
 	d.view.Store(&discoveryView{})
 	return d
 }
@@ -201,10 +205,14 @@ func (d *discovery) serve(ctx context.Context, ln net.Listener) {
 	if tl, ok := ln.(*net.TCPListener); ok {
 		d.ln.Store(tl)
 	}
-	for {
+	for _, dc := range d.adopted {
+		d.conns.Go(func() { dc.run(ctx) })
+	}
+	d.adopted = nil
+	for d.holdAccepting(ctx) {
 		c, err := ln.Accept()
-		if err != nil && d.paused(ctx) {
-			continue
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue // woken for an upgrade: see quiesce
 		}
 		if err != nil {
 			if ctx.Err() == nil {
@@ -215,43 +223,19 @@ func (d *discovery) serve(ctx context.Context, ln net.Listener) {
 		if cfg := d.tlsConfig.Load(); cfg != nil {
 			c = tls.Server(c, cfg) // the handshake is the first read's
 		}
-		dc := &discoveryConn{d: d, c: c, w: bufio.NewWriterSize(c, 512)}
+		dc := d.newConn(c)
 		d.conns.Go(func() { dc.run(ctx) })
 	}
 	d.conns.Wait()
 }
 
-// quiesce stops accepting, for an upgrade's exec: the listener goes to the
-// next manager, and the clients who connect meanwhile wait in its queue.
-// resume accepts again, should the exec not happen.
-func (d *discovery) quiesce() (resume func()) {
-	if d == nil || d.ln.Load() == nil {
-		return func() {}
-	}
-	ln := d.ln.Load()
-	resumed := make(chan struct{})
-	d.pausing.Store(&resumed)
-	ln.SetDeadline(time.Now()) // wakes the pending Accept
-	return func() {
-		d.pausing.Store(nil)
-		ln.SetDeadline(time.Time{})
-		close(resumed)
-	}
-}
-
-// paused holds the accept loop while an upgrade is under way, and says
-// whether it was.
-func (d *discovery) paused(ctx context.Context) bool {
-	p := d.pausing.Load()
-	if p == nil {
-		return false
-	}
-	select {
-	case <-*p:
-	case <-ctx.Done():
-		return false
-	}
-	return true
+// newConn registers a connection, so that an upgrade finds it.
+func (d *discovery) newConn(c net.Conn) *discoveryConn {
+	dc := &discoveryConn{d: d, c: c, w: bufio.NewWriterSize(c, 512)}
+	d.mu.Lock()
+	d.open[dc] = true
+	d.mu.Unlock()
+	return dc
 }
 
 // discoveryConn is one client.
@@ -265,6 +249,11 @@ type discoveryConn struct {
 	name    string
 	chans   map[string]bool
 	pattern map[string]bool
+
+	// An upgrade stops the connection between two commands (discoveryhandoff.go).
+	pmu   sync.Mutex
+	idle  bool            // waiting for a command, nothing of it read
+	pause *discoveryPause // the upgrade's, until the connection stopped or ended
 }
 
 // errQuit ends a connection after its answer.
@@ -273,10 +262,12 @@ var errQuit = errors.New("quit")
 func (dc *discoveryConn) run(ctx context.Context) {
 	stop := context.AfterFunc(ctx, func() { dc.c.Close() })
 	defer stop()
-	defer dc.c.Close()
-	defer dc.unsubscribeAll()
+	defer dc.end()
 	r := bufio.NewReaderSize(dc.c, 512)
 	for {
+		if dc.next(ctx, r) != nil {
+			return
+		}
 		args, err := readCommand(r)
 		if err != nil {
 			var pe protocolError
@@ -571,10 +562,19 @@ func (dc *discoveryConn) subscribe(w *respWriter, cmd string, names []string) {
 	}
 }
 
-func (dc *discoveryConn) unsubscribeAll() {
+// end closes the connection and forgets it.
+func (dc *discoveryConn) end() {
+	dc.c.Close()
 	dc.d.mu.Lock()
 	delete(dc.d.subs, dc)
+	delete(dc.d.open, dc)
 	dc.d.mu.Unlock()
+	dc.pmu.Lock()
+	if p := dc.pause; p != nil {
+		p.stopped <- nil // an upgrade waiting for it waits no more
+		dc.pause = nil
+	}
+	dc.pmu.Unlock()
 }
 
 // sentinel answers SENTINEL's subcommands, in Sentinel's own shapes.

@@ -29,21 +29,25 @@ const (
 // holds the redis.conf redis-server started on, password included, so it is
 // private to the data directory and removed as soon as it is read.
 type handoff struct {
-	Version     int       `json:"version"` // of this format
-	From        string    `json:"from"`
-	ExecAt      time.Time `json:"execAt"`
-	Listener    int       `json:"listenerFd"`
-	Discovery   int       `json:"discoveryFd,omitempty"` // the discovery port's listener; 0 when off
-	LogR        int       `json:"logReadFd"`
-	LogW        int       `json:"logWriteFd"`
-	Reply       int       `json:"replyFd"` // the upgrade request's connection; -1 when answered already
-	RedisPID    int       `json:"redisPid"`
-	StartedAt   time.Time `json:"startedAt"`
-	StartedConf string    `json:"startedConf"`
-	Restarts    int       `json:"restarts"`
-	NewHash     string    `json:"executableHash"` // of the new binary, checked on upload: not hashed again
-	Fenced      bool      `json:"fenced"`         // as the old manager held it, a malformed annotation notwithstanding
-	Upgrades    int64     `json:"upgrades"`       // in-place upgrades of this pod's manager, this one included
+	Version   int       `json:"version"` // of this format
+	From      string    `json:"from"`
+	ExecAt    time.Time `json:"execAt"`
+	Listener  int       `json:"listenerFd"`
+	Discovery int       `json:"discoveryFd,omitempty"` // the discovery port's listener; 0 when off
+	// The discovery port's connections, and the primary it last announced
+	// to subscribers (discoveryhandoff.go).
+	DiscoveryConns  []discoveryConnHandoff `json:"discoveryConns,omitempty"`
+	DiscoveryMaster string                 `json:"discoveryMaster,omitempty"`
+	LogR            int                    `json:"logReadFd"`
+	LogW            int                    `json:"logWriteFd"`
+	Reply           int                    `json:"replyFd"` // the upgrade request's connection; -1 when answered already
+	RedisPID        int                    `json:"redisPid"`
+	StartedAt       time.Time              `json:"startedAt"`
+	StartedConf     string                 `json:"startedConf"`
+	Restarts        int                    `json:"restarts"`
+	NewHash         string                 `json:"executableHash"` // of the new binary, checked on upload: not hashed again
+	Fenced          bool                   `json:"fenced"`         // as the old manager held it, a malformed annotation notwithstanding
+	Upgrades        int64                  `json:"upgrades"`       // in-place upgrades of this pod's manager, this one included
 	// The last view of the cluster, so that the new manager is ready at
 	// once rather than after its first read of the API server.
 	View *handoffView `json:"view,omitempty"`
@@ -85,7 +89,11 @@ func takeHandoff() (*handoff, error) {
 		return nil, fmt.Errorf("handoff: %w", err)
 	}
 	// No child this manager starts may inherit them.
-	for _, fd := range []int{h.Listener, h.LogR, h.LogW, h.Reply, h.Discovery} {
+	fds := []int{h.Listener, h.LogR, h.LogW, h.Reply, h.Discovery}
+	for _, c := range h.DiscoveryConns {
+		fds = append(fds, c.Fd)
+	}
+	for _, fd := range fds {
 		if fd > 2 {
 			syscall.CloseOnExec(fd)
 		}

@@ -163,6 +163,9 @@ func (m *manager) connect() error {
 			return configErrorf("the discovery port: %w", err)
 		}
 		m.disc = newDiscovery(m.log, s)
+		if h := m.inherited; h != nil {
+			m.disc.adopt(h.DiscoveryConns, h.DiscoveryMaster)
+		}
 	}
 	if m.exe, err = os.Executable(); err != nil {
 		return fmt.Errorf("find this binary: %w", err)

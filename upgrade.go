@@ -237,6 +237,10 @@ func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, r
 	// From here no exit of redis-server is reaped by this process: the next
 	// one must see it.
 	defer reaper.hold()()
+	// The discovery port stops: its listener and its connections cross the
+	// exec.
+	discConns, resumeDisc := disc.quiesce()
+	defer resumeDisc()
 
 	fds := inherit()
 	h := handoff{Version: handoffVersion, From: version, Restarts: st.restarts, NewHash: req.sha256, Fenced: rec.fenced, Upgrades: counts.upgrades.Load() + 1,
@@ -247,6 +251,12 @@ func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, r
 	if l, ok := discLn.(*net.TCPListener); ok {
 		h.Discovery = fds.dup(l)
 	}
+	for _, dc := range discConns {
+		if fd := fds.dup(dc.c.(*net.TCPConn)); fd >= 0 {
+			h.DiscoveryConns = append(h.DiscoveryConns, dc.handoff(fd))
+		}
+	}
+	h.DiscoveryMaster = disc.announced()
 	if h.Listener < 0 || h.LogR < 0 || h.LogW < 0 || req.conn != nil && h.Reply < 0 || h.Discovery < 0 {
 		fds.close()
 		return refuse(http.StatusInternalServerError, "cannot keep the listeners, the log pipe or this connection across the exec")
@@ -267,7 +277,6 @@ func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, r
 	// Requests in flight are answered; new connections wait in the listen
 	// queue for the next manager.
 	srv.quiesce(2 * time.Second)
-	defer disc.quiesce()()
 	err = errStopping
 	if ctx.Err() == nil {
 		err = syscall.Exec(exe, os.Args, append(os.Environ(), handoffEnv+"="+path))

@@ -182,6 +182,45 @@ func TestUpgradeInPlaceKeepsRedisServing(t *testing.T) {
 			}
 		}
 	})
+	// A client that keeps its connection, as a Sentinel client's pool does,
+	// and asks on it all along; and a subscriber. Both connections cross the
+	// exec, with what they had set on them.
+	dialDiscovery := func() redis.Conn {
+		c, err := redis.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", in.sentinelPort), redis.DialPassword(in.password), redis.DialReadTimeout(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	kept := dialDiscovery()
+	if _, err := kept.Do("CLIENT", "SETNAME", "kept"); err != nil {
+		t.Fatal(err)
+	}
+	var keptAsks, keptFailures atomic.Int64
+	var firstKeptFailure atomic.Value
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			keptAsks.Add(1)
+			addr, err := redis.Strings(kept.Do("SENTINEL", "get-master-addr-by-name", "cache"))
+			if err != nil || len(addr) != 2 || addr[1] != fmt.Sprint(in.port) {
+				keptFailures.Add(1)
+				firstKeptFailure.CompareAndSwap(nil, fmt.Sprint(addr, err))
+			}
+		}
+	})
+	sub := redis.PubSubConn{Conn: dialDiscovery()}
+	if err := sub.Subscribe("+switch-master"); err != nil {
+		t.Fatal(err)
+	}
+	if m, ok := sub.Receive().(redis.Subscription); !ok || m.Count != 1 {
+		t.Fatalf("SUBSCRIBE answered %v", m)
+	}
 	time.Sleep(200 * time.Millisecond)
 	for _, to := range []struct {
 		bin     []byte
@@ -207,6 +246,19 @@ func TestUpgradeInPlaceKeepsRedisServing(t *testing.T) {
 	}
 	if n := askFailures.Load(); n > 0 || asks.Load() == 0 {
 		t.Errorf("%d of %d questions to the discovery port failed during the upgrades; the first: %v", n, asks.Load(), firstAskFailure.Load())
+	}
+	if n := keptFailures.Load(); n > 0 || keptAsks.Load() == 0 {
+		t.Errorf("%d of %d questions on a kept connection to the discovery port failed during the upgrades; the first: %v", n, keptAsks.Load(), firstKeptFailure.Load())
+	}
+	if name, err := redis.String(kept.Do("CLIENT", "GETNAME")); name != "kept" {
+		t.Errorf("the kept connection's name after the upgrades: %q, %v", name, err)
+	}
+	// Still subscribed: a PING in RESP2 gets the subscriber's answer.
+	if err := sub.Ping(""); err != nil {
+		t.Fatal(err)
+	}
+	if m := sub.Receive(); m != (redis.Pong{}) {
+		t.Errorf("the subscriber's PING after the upgrades answered %v, not a subscriber's pong", m)
 	}
 	if got := in.redisPID(); got != pid {
 		t.Fatalf("redis-server's PID went from %d to %d", pid, got)
