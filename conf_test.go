@@ -421,6 +421,54 @@ func FuzzParseFragment(f *testing.F) {
 	})
 }
 
+// A change of parameters Redis takes live is judged by the running
+// redis-server's atomic CONFIG SET, without the ~20 ms of a redis-server
+// run; anything else still has redis-server read the fragment first, and a
+// value CONFIG SET refuses is refused with the fragment's line all the same.
+func TestLiveChangeJudgedByTheRunningServer(t *testing.T) {
+	in := oneInstance(t, "maxmemory 100mb")
+	in.waitReady(20 * time.Second)
+	pid := in.redisPID()
+	applied := func(n int) map[string]any {
+		var recs []map[string]any
+		for _, r := range in.logRecords() {
+			if r["msg"] == "applied configuration live" {
+				recs = append(recs, r)
+			}
+		}
+		if len(recs) < n {
+			return nil
+		}
+		return recs[n-1]
+	}
+	change := func(fragment string, n int) map[string]any {
+		t.Helper()
+		writeFile(t, in.clusterFile, clusterYAML("cache", "cache-0", fragment, "s3cret-pw"))
+		var rec map[string]any
+		eventually(t, 10*time.Second, "the change to apply live", func() bool { rec = applied(n); return rec != nil })
+		return rec
+	}
+	if rec := change("maxmemory 150mb\nhz 20", 1); rec["judgedBy"] != "CONFIG SET" || fmt.Sprint(rec["parameters"]) != "[hz maxmemory]" {
+		t.Errorf("a change of live parameters was applied as %v", rec)
+	}
+	// io-threads only a restart applies: redis-server reads the fragment.
+	if rec := change("maxmemory 160mb\nhz 20\nio-threads 2", 2); rec["judgedBy"] != nil || fmt.Sprint(rec["pendingRestart"]) != "[io-threads]" {
+		t.Errorf("a change with a restart-only parameter was applied as %v", rec)
+	}
+	writeFile(t, in.clusterFile, clusterYAML("cache", "cache-0", "maxmemory banana\nhz 20\nio-threads 2", "s3cret-pw"))
+	eventually(t, 10*time.Second, "the refusal to name the line", func() bool {
+		return strings.Contains(in.status().LastError, "line 1: redis-server refuses 'maxmemory banana'")
+	})
+	for name, want := range map[string]string{"maxmemory": fmt.Sprint(160 << 20), "hz": "20"} {
+		if got, _ := redis.Strings(in.redis().Do("CONFIG", "GET", name)); len(got) != 2 || got[1] != want {
+			t.Errorf("%s = %v after the refusal, want %s", name, got, want)
+		}
+	}
+	if in.redisPID() != pid {
+		t.Error("redis-server restarted")
+	}
+}
+
 // A bad fragment never reaches redis-server: whether the manager or Redis
 // refuses it, the file and the running server stay as they were, lastError
 // says what and why, and fixing it clears it.

@@ -1,8 +1,11 @@
 package main
 
-// A new fragment is accepted only once redis-server itself has read it:
+// A new fragment is accepted only once redis-server itself has judged it:
 // parsing and refusing what the manager owns (conf.go) catches what the
-// manager knows of, and redis-server's verdict everything else.
+// manager knows of, and redis-server's verdict everything else. That
+// verdict is the running server's CONFIG SET for a change of parameters
+// it takes live (liveconf.go judgeLive), and otherwise a redis-server run
+// that reads the fragment as a start would (checkFragment).
 
 import (
 	"context"
@@ -51,11 +54,13 @@ func (r *reconciler) takeFragment(text string) {
 	if err != nil {
 		err = refusal{err}
 	}
-	if err == nil && r.checkConfig != nil {
-		err = r.checkConfig(frag)
-	}
-	if err == nil {
-		err = r.setLive(valuesOf(frag), began)
+	if err == nil && !r.judgeLive(valuesOf(frag), began) {
+		if r.checkConfig != nil {
+			err = r.checkConfig(frag)
+		}
+		if err == nil {
+			err = r.setLive(valuesOf(frag), began)
+		}
 	}
 	if err != nil {
 		if r.confErr != err.Error() {

@@ -213,6 +213,47 @@ func (r *reconciler) setLive(wanted confValues, began time.Time) error {
 		r.log.Warn("cannot apply the configuration live yet", "error", err)
 		return nil
 	}
+	r.appliedLive(d, wanted, began)
+	return nil
+}
+
+// judgeLive makes a change that alters only parameters the running
+// redis-server takes live, each on one line, with that server as its
+// judge: CONFIG SET is atomic, and Redis reads each value with the code it
+// reads redis.conf with, so what it takes, a start takes too, and what it
+// refuses it leaves as it was. That saves the ~20 ms of a redis-server run
+// (checkFragment). It says whether it made the change; one it did not, a
+// refusal included, goes to checkFragment, whose verdict names the line.
+// A restart checks the fragment again all the same (restart.go).
+func (r *reconciler) judgeLive(wanted confValues, began time.Time) bool {
+	if !r.fragmentOK || !r.reachable() {
+		return false
+	}
+	r.resetApplied()
+	unjudged := diffConfig(r.wantedValues, wanted, r.restartOnly)
+	d := diffConfig(r.applied, wanted, r.restartOnly)
+	if len(unjudged.set) == 0 || len(unjudged.restart) > 0 || len(d.restart) > 0 {
+		return false
+	}
+	for i := 0; i < len(unjudged.set); i += 2 {
+		if n := unjudged.set[i].(string); len(wanted[n]) != 1 || n == "save" || n == "client-output-buffer-limit" {
+			return false // several lines make one value: as a file reads them
+		}
+	}
+	c, err := dialRedis(localAddr(r.settings.redisPort), r.creds.list(), r.creds.tlsLocal(), redisTimeout)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	if _, err := c.Do("CONFIG", append([]any{"SET"}, d.set...)...); err != nil {
+		return false
+	}
+	r.appliedLive(d, wanted, began, "judgedBy", "CONFIG SET")
+	return true
+}
+
+// appliedLive records and logs a change redis-server took live.
+func (r *reconciler) appliedLive(d configDiff, wanted confValues, began time.Time, attrs ...any) {
 	names := make([]string, 0, len(d.set)/2)
 	for i := 0; i < len(d.set); i += 2 {
 		n := d.set[i].(string)
@@ -221,9 +262,9 @@ func (r *reconciler) setLive(wanted confValues, began time.Time) error {
 	}
 	r.liveRefused, r.liveErr = "", ""
 	if len(names) > 0 {
-		r.log.Info("applied configuration live", "parameters", names, "pendingRestart", d.restart, "took", time.Since(began).Round(time.Microsecond).String())
+		attrs = append([]any{"parameters", names, "pendingRestart", d.restart, "took", time.Since(began).Round(time.Microsecond).String()}, attrs...)
+		r.log.Info("applied configuration live", attrs...)
 	}
-	return nil
 }
 
 // syncLive brings a running redis-server to the accepted fragment: after a

@@ -100,12 +100,12 @@ func TestKubeWatchExpiryResumesWithoutAList(t *testing.T) {
 func TestFenceDoesNotWaitForAHandover(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
 	var handovers atomic.Int32
-	slow := func(old, new redisNode, passwords []string) error {
+	slow := func(old, new redisNode, passwords []string) (handoverSteps, error) {
 		if handovers.Add(1) == 1 {
 			close(entered)
 		}
 		<-release
-		return nil
+		return handoverSteps{}, nil
 	}
 	// cache-1 runs as a master, but cache-0 is the target: after the
 	// grace, its manager hands the role over.

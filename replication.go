@@ -49,125 +49,165 @@ var errUnreachable = errors.New("the old primary does not answer")
 // and the new one is not master either; the role is held elsewhere.
 var errOldNotMaster = errors.New("the old primary runs as a replica, and so does the new one")
 
+// handoverSteps is where a handover's time went, for its log line: what
+// limits a switchover is read from there.
+type handoverSteps struct {
+	paused      time.Time     // writes paused on the old primary; zero when they were not
+	catchUp     time.Duration // the new primary applying the old one's last writes, in the pause
+	offsetLooks int           // the looks at its offset that took
+	promoted    time.Time     // the new primary took writes
+	demoted     time.Time     // the old one refused them (READONLY)
+}
+
+// attrs are the steps as log attributes, from began on.
+func (s handoverSteps) attrs(began time.Time) []any {
+	ms := func(d time.Duration) string { return d.Round(10 * time.Microsecond).String() }
+	a := []any{"took", ms(time.Since(began))}
+	if !s.paused.IsZero() && !s.demoted.IsZero() {
+		a = append(a, "beforePause", ms(s.paused.Sub(began)), "writesPaused", ms(s.demoted.Sub(s.paused)),
+			"catchUp", ms(s.catchUp), "offsetLooks", s.offsetLooks, "promotedAfterPause", ms(s.promoted.Sub(s.paused)))
+	}
+	return a
+}
+
 // handover moves the primary role from old to new: writes stop on the old
 // primary, the new one takes over once it holds every acknowledged write,
 // and the old one follows it.
-func handover(old, new redisNode, passwords []string) error {
+func handover(old, new redisNode, passwords []string) (steps handoverSteps, err error) {
 	oc, err := dialRedis(old.dial, passwords, old.tls, oldPrimaryTimeout)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUnreachable, err)
+		return steps, fmt.Errorf("%w: %v", errUnreachable, err)
 	}
 	defer oc.Close()
 	nc, err := dialRedis(new.dial, passwords, new.tls, redisTimeout)
 	if err != nil {
-		return fmt.Errorf("connect to the new primary: %w", err)
+		return steps, fmt.Errorf("connect to the new primary: %w", err)
 	}
 	defer nc.Close()
 	oldInfo, err := infoReplication(oc)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUnreachable, err)
+		return steps, fmt.Errorf("%w: %v", errUnreachable, err)
 	}
 	if oldInfo.role() == "master" {
-		if err := promoteInPause(oc, nc); err != nil {
-			return err
+		if err := promoteInPause(oc, nc, &steps); err != nil {
+			return steps, err
 		}
 	} else if newInfo, err := infoReplication(nc); err != nil || newInfo.role() != "master" {
 		// Neither is master: the role is held elsewhere, not lost.
-		return errOldNotMaster
+		return steps, errOldNotMaster
 	}
-	return demoteOld(oc, nc, new.announce)
+	err = demoteOld(oc, nc, new.announce, !steps.promoted.IsZero())
+	steps.demoted = time.Now()
+	return steps, err
 }
 
 // promoteInPause pauses writes on the old primary (oc) and promotes the
 // new one (nc) once it has applied every write acknowledged before the
 // pause, well inside the pause: once it lapsed, the old primary would take
 // writes again, and they would be lost.
-func promoteInPause(oc, nc redis.Conn) error {
+func promoteInPause(oc, nc redis.Conn, steps *handoverSteps) error {
 	// A new primary still copying the old one's dataset cannot catch up
 	// within a pause: pausing now would only hold writes back for nothing,
 	// once a second, for as long as its full sync takes.
 	if ni, err := infoReplication(nc); err == nil && ni.role() == "slave" && (ni["master_sync_in_progress"] == "1" || ni["master_link_status"] != "up") {
 		return fmt.Errorf("the new primary is still syncing from the old one; handing over once it has")
 	}
+	// The pause and the old primary's offset after it, and a look at the
+	// new one, in one round trip each, both under way at once: the pause
+	// holds writes back until the old primary follows the new one, and
+	// every round trip in it is a client's wait.
 	pausedAt := time.Now()
-	if _, err := oc.Do("CLIENT", "PAUSE", handoverPause.Milliseconds(), "WRITE"); err != nil {
-		return fmt.Errorf("pause writes on the old primary: %w", err)
-	}
-	// The offset after the pause: every acknowledged write is below it.
-	oldInfo, err := infoReplication(oc)
+	steps.paused = pausedAt
+	asked := send(oc, cmd("CLIENT", "PAUSE", handoverPause.Milliseconds(), "WRITE"), cmd("INFO", "replication"))
+	looked := send(nc, cmd("INFO", "replication"))
+	replies, err := asked()
 	if err != nil {
+		if _, refused := err.(redis.Error); refused {
+			return fmt.Errorf("pause writes on the old primary: %w", err)
+		}
 		return fmt.Errorf("%w: %v", errUnreachable, err)
 	}
-	newInfo, err := infoReplication(nc)
+	// The offset after the pause: every acknowledged write is below it.
+	offset := parseInfo(replyString(replies[1])).int("master_repl_offset")
+	first, err := looked()
 	if err != nil {
 		return fmt.Errorf("read the new primary's role: %w", err)
 	}
+	newInfo := parseInfo(replyString(first[0]))
 	// Already a master (a failover while this one was cut off, or a
 	// handover that stopped half way): the old one only has to follow,
 	// unless that would trade its data for an empty dataset.
 	if newInfo.role() == "master" {
 		return refuseEmpty(oc, nc)
 	}
-	if err := awaitCatchUp(nc, oldInfo.int("master_repl_offset")); err != nil {
+	caughtUp := time.Now()
+	looks, err := awaitCatchUp(nc, offset, newInfo)
+	steps.catchUp, steps.offsetLooks = time.Since(caughtUp), looks
+	if err != nil {
 		return err
 	}
 	if took := time.Since(pausedAt); took > handoverPause/2 {
 		return fmt.Errorf("the handover took %s, too long for the %s pause; abandoned", took.Round(time.Millisecond), handoverPause)
 	}
-	if _, err := nc.Do("REPLICAOF", "NO", "ONE"); err != nil {
+	// Promoted, and unpaused: a pause left on it by an earlier guard must
+	// not hold back its first writes.
+	if _, err := send(nc, cmd("REPLICAOF", "NO", "ONE"), cmd("CLIENT", "UNPAUSE"))(); err != nil {
 		return fmt.Errorf("promote the new primary: %w", err)
 	}
+	steps.promoted = time.Now()
 	return nil
 }
 
 // demoteOld has the old primary (oc) follow the new one (nc, announced at
 // announce) before its pause ends, so the writes it held back are refused
-// (READONLY) rather than acknowledged on the wrong side.
-func demoteOld(oc, nc redis.Conn, announce string) error {
-	// A pause left on the new primary by an earlier guard must not hold
-	// back its first writes.
-	if _, err := nc.Do("CLIENT", "UNPAUSE"); err != nil {
-		return fmt.Errorf("unpause the new primary: %w", err)
+// (READONLY) rather than acknowledged on the wrong side. The three steps
+// go in one round trip, in order.
+func demoteOld(oc, nc redis.Conn, announce string, promoted bool) error {
+	if !promoted {
+		// A pause left on the new primary by an earlier guard must not
+		// hold back its first writes.
+		if _, err := nc.Do("CLIENT", "UNPAUSE"); err != nil {
+			return fmt.Errorf("unpause the new primary: %w", err)
+		}
 	}
 	host, port, err := splitHostPort(announce)
 	if err != nil {
 		return err
 	}
-	if _, err := oc.Do("REPLICAOF", host, port); err != nil {
-		return fmt.Errorf("demote the old primary: %w", err)
-	}
-	if _, err := oc.Do("CLIENT", "UNPAUSE"); err != nil {
-		return fmt.Errorf("unpause the old primary: %w", err)
-	}
 	// Redis 7.0 can leave the link to the new master, made while writes
 	// were paused, stuck: the replica acknowledges but applies nothing more.
-	// A new link, made unpaused, resumes with a partial resync.
-	if _, err := oc.Do("CLIENT", "KILL", "TYPE", "master"); err != nil {
-		return fmt.Errorf("renew the old primary's replication link: %w", err)
+	// A new link, made unpaused, resumes with a partial resync: whatever
+	// link exists once the pause ended is renewed.
+	if _, err := send(oc, cmd("REPLICAOF", host, port), cmd("CLIENT", "UNPAUSE"), cmd("CLIENT", "KILL", "TYPE", "master"))(); err != nil {
+		return fmt.Errorf("demote the old primary: %w", err)
 	}
 	return nil
 }
 
 // awaitCatchUp waits until the new primary, a replica of old, has applied
-// the replication stream up to offset. A new primary that is already a
-// master has nothing to wait for only if it has all of it, which a master
-// cannot show: it must be a replica of old.
-func awaitCatchUp(nc redis.Conn, offset int64) error {
+// the replication stream up to offset; info is the first look at it. A new
+// primary that is already a master has nothing to wait for only if it has
+// all of it, which a master cannot show: it must be a replica of old.
+// The first look settles it as a rule: the replication stream is quicker
+// than the round trips of a pause.
+func awaitCatchUp(nc redis.Conn, offset int64, info redisInfo) (looks int, err error) {
 	deadline := time.Now().Add(catchUpTimeout)
 	last, moved := int64(-1), time.Now()
-	for {
-		info, err := infoReplication(nc)
-		if err != nil {
-			return fmt.Errorf("read the new primary's offset: %w", err)
+	for looks = 1; ; looks++ {
+		if looks > 1 {
+			time.Sleep(time.Millisecond)
+			if info, err = infoReplication(nc); err != nil {
+				return looks, fmt.Errorf("read the new primary's offset: %w", err)
+			}
 		}
 		at := info.int("slave_repl_offset")
 		switch {
 		case info.role() != "slave":
-			return fmt.Errorf("the new primary runs as %s, not as a replica of the old one: refusing to hand over", info.role())
+			return looks, fmt.Errorf("the new primary runs as %s, not as a replica of the old one: refusing to hand over", info.role())
 		case info["master_link_status"] == "up" && at >= offset:
-			return nil
+			return looks, nil
 		case time.Now().After(deadline):
-			return fmt.Errorf("the new primary reached offset %d of %d within %s; not promoting it", at, offset, catchUpTimeout)
+			return looks, fmt.Errorf("the new primary reached offset %d of %d within %s; not promoting it", at, offset, catchUpTimeout)
 		case at != last:
 			last, moved = at, time.Now()
 		case info["master_link_status"] == "up" && time.Since(moved) > stalledLink:
@@ -175,12 +215,47 @@ func awaitCatchUp(nc redis.Conn, offset int64) error {
 			// after a sub-replica's full sync from this replica): a new
 			// link resumes from the backlog with a partial resync.
 			if _, err := nc.Do("CLIENT", "KILL", "TYPE", "master"); err != nil {
-				return fmt.Errorf("renew the new primary's replication link: %w", err)
+				return looks, fmt.Errorf("renew the new primary's replication link: %w", err)
 			}
 			moved = time.Now()
 		}
-		time.Sleep(time.Millisecond)
 	}
+}
+
+// send pipelines commands on c and returns a function that reads their
+// replies, in order: the first error, a refusal included, ends it.
+func send(c redis.Conn, cmds ...[]any) func() ([]any, error) {
+	for _, a := range cmds {
+		c.Send(a[0].(string), a[1:]...)
+	}
+	err := c.Flush()
+	return func() ([]any, error) {
+		if err != nil {
+			return nil, err
+		}
+		replies := make([]any, len(cmds))
+		for i := range cmds {
+			r, err := c.Receive()
+			if err == nil {
+				if e, ok := r.(redis.Error); ok {
+					err = e
+				}
+			}
+			if err != nil {
+				return nil, err
+			}
+			replies[i] = r
+		}
+		return replies, nil
+	}
+}
+
+func cmd(name string, args ...any) []any { return append([]any{name}, args...) }
+
+// replyString is a bulk string reply as text.
+func replyString(r any) string {
+	b, _ := r.([]byte)
+	return string(b)
 }
 
 // stalledLink is how long a replica's offset may stand still, behind the

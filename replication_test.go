@@ -434,6 +434,76 @@ func BenchmarkSwitchoverManager(b *testing.B) {
 			n, _ := redis.Int64(nodes[b.N%2].redis().Do("GET", "counter"))
 			return n
 		})
+	reportHandoverSteps(b, nodes[:2])
+}
+
+// reportHandoverSteps reports where the handovers' time went, from the
+// managers' own log lines: the target's "took over the primary role" and
+// the old primary's "holding writes", whose pause may begin before the
+// target's. writes-held is what a client meets: from the first of the
+// two pauses to the old primary answering READONLY.
+func reportHandoverSteps(b *testing.B, nodes []*instance) {
+	type event struct {
+		pod string
+		at  time.Time
+		rec map[string]any
+	}
+	var tookOver, holding []event
+	for _, in := range nodes {
+		for _, r := range in.logRecords() {
+			at, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(r["time"]))
+			switch r["msg"] {
+			case "took over the primary role":
+				tookOver = append(tookOver, event{in.pod, at, r})
+			case "this master is not the target: holding writes for its take-over":
+				holding = append(holding, event{in.pod, at, r})
+			}
+		}
+	}
+	dur := func(r map[string]any, k string) time.Duration {
+		d, err := time.ParseDuration(fmt.Sprint(r[k]))
+		if err != nil {
+			b.Fatalf("%s of %v: %v", k, r, err)
+		}
+		return d
+	}
+	var afterView, beforePause, catchUp, promoted, paused, held []time.Duration
+	looks := 0
+	for _, t := range tookOver {
+		r := t.rec
+		if r["writesPaused"] == nil {
+			continue // no pause of its own: the role had moved already
+		}
+		afterView = append(afterView, dur(r, "afterView"))
+		beforePause = append(beforePause, dur(r, "beforePause"))
+		catchUp = append(catchUp, dur(r, "catchUp"))
+		promoted = append(promoted, dur(r, "promotedAfterPause"))
+		paused = append(paused, dur(r, "writesPaused"))
+		looks = max(looks, int(r["offsetLooks"].(float64)))
+		// The old primary's own hold of writes for this take-over, when
+		// it began first: at most a moment before.
+		demoted := t.at
+		began := demoted.Add(-dur(r, "took")).Add(dur(r, "beforePause"))
+		for _, h := range holding {
+			if h.pod != t.pod && h.rec["target"] == t.pod && h.at.Before(began) && began.Sub(h.at) < 200*time.Millisecond {
+				began = h.at
+			}
+		}
+		held = append(held, demoted.Sub(began))
+	}
+	if len(paused) == 0 {
+		b.Fatal("no handover logged its steps")
+	}
+	for _, m := range []struct {
+		name string
+		d    []time.Duration
+	}{{"view-to-handover", afterView}, {"handover-to-pause", beforePause}, {"catch-up", catchUp},
+		{"pause-to-promoted", promoted}, {"pause-to-demoted", paused}, {"writes-held", held}} {
+		b.ReportMetric(percentileMS(m.d, 0.50), m.name+"-p50-ms")
+	}
+	b.ReportMetric(percentileMS(catchUp, 0.99), "catch-up-p99-ms")
+	b.ReportMetric(percentileMS(held, 0.99), "writes-held-p99-ms")
+	b.ReportMetric(float64(looks), "max-offset-looks")
 }
 
 // bareServers starts three bare redis-servers of the managers' build and

@@ -66,7 +66,7 @@ type roleState struct {
 }
 
 // handoverFunc moves the primary role from old to new: handover.
-type handoverFunc func(old, new redisNode, passwords []string) error
+type handoverFunc func(old, new redisNode, passwords []string) (handoverSteps, error)
 
 // A handover is the only step of the role that may take long: it waits for
 // the old primary (a dead one, up to oldPrimaryTimeout a step) and for the
@@ -74,9 +74,12 @@ type handoverFunc func(old, new redisNode, passwords []string) error
 // reconciler goes on meanwhile: a fence, a new view or a stop is never held
 // up behind it. One runs at a time; its end comes back to the loop.
 type handoverResult struct {
-	kind handoverKind
-	peer string // the old primary taken over from, the master demoted, or the target handed to
-	err  error
+	kind  handoverKind
+	peer  string // the old primary taken over from, the master demoted, or the target handed to
+	err   error
+	steps handoverSteps
+	began time.Time
+	after time.Duration // from the view that asked for it to its start
 }
 
 type handoverKind int
@@ -126,7 +129,18 @@ func (r *reconciler) peer(addr string) redisNode {
 // startHandover runs work on a goroutine of its own.
 func (r *reconciler) startHandover(work func() handoverResult) {
 	r.handing = true
-	r.jobs.Go(func() { r.handovers <- work() })
+	began, after := time.Now(), time.Since(r.viewAt)
+	r.jobs.Go(func() {
+		res := work()
+		res.began, res.after = began, after
+		r.handovers <- res
+	})
+}
+
+// handoverAttrs are a handover's timings for its log line: from the view
+// that asked for it, and its steps.
+func (res handoverResult) attrs() []any {
+	return append([]any{"afterView", res.after.Round(10 * time.Microsecond).String()}, res.steps.attrs(res.began)...)
 }
 
 // takeOver has the target take the primary role from the master it
@@ -138,17 +152,17 @@ func (r *reconciler) takeOver(master string) {
 	me, creds, holder, known := r.me(), r.creds.list(), r.masterElsewhere(), r.creds.isPeer(master)
 	masterNode, holderNode := r.peer(master), r.peer(holder)
 	r.startHandover(func() handoverResult {
-		from, err := master, errOldNotMaster
+		from, err, steps := master, errOldNotMaster, handoverSteps{}
 		if known {
-			err = r.handover(masterNode, me, creds)
+			steps, err = r.handover(masterNode, me, creds)
 		}
 		if errors.Is(err, errOldNotMaster) {
 			from, err = holder, fmt.Errorf("%w: no instance runs as master", errUnreachable)
 			if holder != "" {
-				err = r.handover(holderNode, me, creds)
+				steps, err = r.handover(holderNode, me, creds)
 			}
 		}
-		return handoverResult{kind: takingOver, peer: cmp.Or(from, master), err: err}
+		return handoverResult{kind: takingOver, peer: cmp.Or(from, master), err: err, steps: steps}
 	})
 }
 
@@ -163,7 +177,8 @@ func (r *reconciler) stayTheOnlyMaster() {
 	}
 	me, creds, otherNode := r.me(), r.creds.list(), r.peer(other)
 	r.startHandover(func() handoverResult {
-		return handoverResult{kind: demotingOther, peer: other, err: r.handover(otherNode, me, creds)}
+		steps, err := r.handover(otherNode, me, creds)
+		return handoverResult{kind: demotingOther, peer: other, err: err, steps: steps}
 	})
 }
 
@@ -173,6 +188,7 @@ func (r *reconciler) stayTheOnlyMaster() {
 func (r *reconciler) handOff() {
 	if r.role.replicaOf != "" && r.demoteSince.IsZero() {
 		r.demoteSince = time.Now()
+		r.log.Info("this master is not the target: holding writes for its take-over", "target", r.role.target, "afterView", time.Since(r.viewAt).Round(10*time.Microsecond).String())
 	}
 	if r.role.replicaOf == "" || time.Since(r.demoteSince) < handoverGrace {
 		r.holdWrites()
@@ -180,7 +196,8 @@ func (r *reconciler) handOff() {
 	}
 	me, creds, target := r.me(), r.creds.list(), r.peer(r.role.replicaOf)
 	r.startHandover(func() handoverResult {
-		return handoverResult{kind: handingOff, peer: target.dial, err: r.handover(me, target, creds)}
+		steps, err := r.handover(me, target, creds)
+		return handoverResult{kind: handingOff, peer: target.dial, err: err, steps: steps}
 	})
 }
 
@@ -201,8 +218,13 @@ func (r *reconciler) handoverEnded(res handoverResult) {
 		r.tookOver(res)
 	case res.kind == demotingOther && res.err != nil:
 		r.roleFailed("cannot demote the other master at "+res.peer, res.err)
+	case res.kind == demotingOther && !res.steps.promoted.IsZero():
+		// This instance was a replica after all: its last look was of
+		// before the role moved here. A take-over, as takeOver would have.
+		r.log.Info("took over the primary role", append([]any{"from", res.peer}, res.attrs()...)...)
+		r.roleErr = ""
 	case res.kind == demotingOther:
-		r.log.Warn("demoted another master", "address", res.peer)
+		r.log.Warn("demoted another master", append([]any{"address", res.peer}, res.attrs()...)...)
 		r.roleErr = ""
 	case res.err != nil: // handingOff
 		r.roleFailed("cannot hand the primary role to "+r.role.target, res.err)
@@ -210,7 +232,7 @@ func (r *reconciler) handoverEnded(res handoverResult) {
 			r.log.Error("cannot stop writes on this master, which is not the target", "error", err)
 		}
 	default:
-		r.log.Info("handed the primary role over", "to", r.role.target, "address", res.peer)
+		r.log.Info("handed the primary role over", append([]any{"to", r.role.target, "address", res.peer}, res.attrs()...)...)
 		r.roleErr = ""
 		r.pokeObserver()
 	}
@@ -222,7 +244,7 @@ func (r *reconciler) handoverEnded(res handoverResult) {
 func (r *reconciler) tookOver(res handoverResult) {
 	switch {
 	case res.err == nil:
-		r.log.Info("took over the primary role", "from", res.peer)
+		r.log.Info("took over the primary role", append([]any{"from", res.peer}, res.attrs()...)...)
 		r.lostSince, r.roleErr = time.Time{}, ""
 		r.pokeObserver()
 	case errors.Is(res.err, errUnreachable):
