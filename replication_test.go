@@ -398,19 +398,20 @@ func (w *flipWriter) finish() int64 {
 // runSwitchovers times b.N switchovers back and forth between two servers,
 // made by trigger(i), and reports p50, p99 and the writes lost, read from
 // final.
-func runSwitchovers(b *testing.B, addrs [2]string, password string, trigger func(i int), final func() int64) {
-	timeSwitchovers(b, startFlipWriter(b, addrs, password), trigger, final)
+func runSwitchovers(b *testing.B, addrs [2]string, password string, trigger func(i int), final func() int64) []time.Time {
+	return timeSwitchovers(b, startFlipWriter(b, addrs, password), trigger, final)
 }
 
 // timeSwitchovers is runSwitchovers with a writer of the caller's. The
 // writer stamps its first acknowledgement on the new primary itself, so
 // trigger may return before it or long after.
-func timeSwitchovers(b *testing.B, w *flipWriter, trigger func(i int), final func() int64) {
+func timeSwitchovers(b *testing.B, w *flipWriter, trigger func(i int), final func() int64) (starts []time.Time) {
 	time.Sleep(300 * time.Millisecond)
 	var took []time.Duration
 	b.ResetTimer()
 	for i := 1; i <= b.N; i++ {
 		start := time.Now()
+		starts = append(starts, start)
 		trigger(i)
 		took = append(took, w.await(b, i).Sub(start))
 		time.Sleep(300 * time.Millisecond) // writes flowing before the next one
@@ -423,18 +424,19 @@ func timeSwitchovers(b *testing.B, w *flipWriter, trigger func(i int), final fun
 	b.ReportMetric(float64(lost), "lost-writes")
 	b.ReportMetric(float64(acked), "acked-writes")
 	b.ReportMetric(0, "ns/op")
+	return starts
 }
 
 func BenchmarkSwitchoverManager(b *testing.B) {
 	const fragment = "appendonly no\nsave \"\"\nrepl-diskless-sync-delay 0"
 	cf, nodes := cluster3(b, fragment)
-	runSwitchovers(b, [2]string{localAddr(nodes[0].port), localAddr(nodes[1].port)}, "s3cret-pw",
+	starts := runSwitchovers(b, [2]string{localAddr(nodes[0].port), localAddr(nodes[1].port)}, "s3cret-pw",
 		func(i int) { writeFile(b, cf, clusterYAML("cache", nodes[i%2].pod, fragment, "s3cret-pw")) },
 		func() int64 {
 			n, _ := redis.Int64(nodes[b.N%2].redis().Do("GET", "counter"))
 			return n
 		})
-	reportHandoverSteps(b, nodes[:2])
+	reportHandoverSteps(b, nodes[:2], starts)
 }
 
 // reportHandoverSteps reports where the handovers' time went, from the
@@ -442,7 +444,7 @@ func BenchmarkSwitchoverManager(b *testing.B) {
 // the old primary's "holding writes", whose pause may begin before the
 // target's. writes-held is what a client meets: from the first of the
 // two pauses to the old primary answering READONLY.
-func reportHandoverSteps(b *testing.B, nodes []*instance) {
+func reportHandoverSteps(b *testing.B, nodes []*instance, starts []time.Time) {
 	type event struct {
 		pod string
 		at  time.Time
@@ -467,12 +469,17 @@ func reportHandoverSteps(b *testing.B, nodes []*instance) {
 		}
 		return d
 	}
-	var afterView, beforePause, catchUp, promoted, paused, held []time.Duration
+	var toView, afterView, beforePause, catchUp, promoted, paused, held []time.Duration
 	looks := 0
 	for _, t := range tookOver {
 		r := t.rec
 		if r["writesPaused"] == nil {
 			continue // no pause of its own: the role had moved already
+		}
+		// The view that asked for it came after the last trigger before.
+		viewAt := t.at.Add(-dur(r, "took")).Add(-dur(r, "afterView"))
+		if i, _ := slices.BinarySearchFunc(starts, viewAt, time.Time.Compare); i > 0 {
+			toView = append(toView, viewAt.Sub(starts[i-1]))
 		}
 		afterView = append(afterView, dur(r, "afterView"))
 		beforePause = append(beforePause, dur(r, "beforePause"))
@@ -497,7 +504,7 @@ func reportHandoverSteps(b *testing.B, nodes []*instance) {
 	for _, m := range []struct {
 		name string
 		d    []time.Duration
-	}{{"view-to-handover", afterView}, {"handover-to-pause", beforePause}, {"catch-up", catchUp},
+	}{{"trigger-to-view", toView}, {"view-to-handover", afterView}, {"handover-to-pause", beforePause}, {"catch-up", catchUp},
 		{"pause-to-promoted", promoted}, {"pause-to-demoted", paused}, {"writes-held", held}} {
 		b.ReportMetric(percentileMS(m.d, 0.50), m.name+"-p50-ms")
 	}

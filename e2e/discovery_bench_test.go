@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -260,7 +262,7 @@ func BenchmarkDiscoverySubscribers(b *testing.B) {
 // last primary.
 func BenchmarkSwitchoverAPIServer(b *testing.B) {
 	dyn, nodes, _ := startAPIServerCluster(b)
-	var took []time.Duration
+	var took, toView, handover []time.Duration
 	var acked int64
 	primary := 0
 	b.ResetTimer()
@@ -268,11 +270,18 @@ func BenchmarkSwitchoverAPIServer(b *testing.B) {
 		target := 1 - primary
 		w := startWriter(b, nodes[primary].port, nodes[target].port)
 		time.Sleep(time.Second)
+		logged := len(nodes[target].out.String())
 		patched := time.Now()
 		patchSpec(b, dyn, fmt.Sprintf(`{"spec":{"targetPrimary":"cache-%d"}}`, target))
 		eventually(b, 20*time.Second, "the new primary to acknowledge writes", func() bool { return w.onNew() >= 100 })
 		took = append(took, w.firstOnNew().Sub(patched))
 		acked += w.finish()
+		// Where it went, by the new primary's manager's own log line.
+		if at, r := tookOver(nodes[target].out.String()[logged:]); r != nil {
+			d := func(k string) time.Duration { v, _ := time.ParseDuration(fmt.Sprint(r[k])); return v }
+			toView = append(toView, at.Add(-d("took")).Add(-d("afterView")).Sub(patched))
+			handover = append(handover, d("took"))
+		}
 		eventually(b, 20*time.Second, "the old primary a ready replica", func() bool {
 			es, current := entries(b, dyn)
 			return current == fmt.Sprintf("cache-%d", target) && es[fmt.Sprintf("cache-%d", primary)]["ready"] == true
@@ -289,5 +298,24 @@ func BenchmarkSwitchoverAPIServer(b *testing.B) {
 	b.ReportMetric(float64(max(0, acked-n)), "lost-writes")
 	b.ReportMetric(percentileMS(took, 0.5), "p50-ms")
 	b.ReportMetric(percentileMS(took, 0.99), "p99-ms")
+	if len(toView) > 0 {
+		b.ReportMetric(percentileMS(toView, 0.5), "patch-to-view-p50-ms")
+		b.ReportMetric(percentileMS(toView, 0.99), "patch-to-view-p99-ms")
+		b.ReportMetric(percentileMS(handover, 0.5), "handover-p50-ms")
+		b.ReportMetric(percentileMS(handover, 0.99), "handover-p99-ms")
+	}
 	b.ReportMetric(0, "ns/op")
+}
+
+// tookOver finds the manager's "took over the primary role" line in log,
+// and when it was written.
+func tookOver(log string) (time.Time, map[string]any) {
+	for _, line := range strings.Split(log, "\n") {
+		var r map[string]any
+		if json.Unmarshal([]byte(line), &r) == nil && r["msg"] == "took over the primary role" {
+			at, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(r["time"]))
+			return at, r
+		}
+	}
+	return time.Time{}, nil
 }

@@ -47,6 +47,7 @@ var runs = []run{
 	{ID: "fence", Dir: "e2e", Bench: "Fence", Benchtime: "20x"},
 	{ID: "fence-local", Dir: ".", Bench: "FenceLocal", Benchtime: "20x"},
 	{ID: "footprint", Dir: "e2e", Bench: "IdleFootprint", Benchtime: "3x"},
+	{ID: "footprint-local", Dir: ".", Bench: "IdleFootprintLocal", Benchtime: "3x"},
 	{ID: "fleet", Dir: "e2e", Bench: "Fleet", Benchtime: "1x"},
 	{ID: "discovery", Dir: "e2e", Bench: "ClientSwitchover/manager", Benchtime: "20x"},
 	{ID: "discovery-sentinel", Dir: "e2e", Bench: "ClientSwitchover/sentinel", Benchtime: "5x"}, // about 30 s each
