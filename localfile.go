@@ -46,12 +46,12 @@ func newLocalSource(path, cluster, namespace, pod string, log *slog.Logger) *loc
 }
 
 // The file and the other instances' entries are read when inotify tells of
-// a change in them (filewatch.go), and every localPollWatched all the same;
-// without inotify, every localPoll. They are small: a read costs tens of
-// microseconds.
+// a change in them (filewatch.go), and every localPollWatched all the same,
+// should a change ever go untold; without inotify, every localPoll. A read
+// costs tens of microseconds, but each wakes an idle manager.
 const (
 	localPoll        = 100 * time.Millisecond
-	localPollWatched = 2 * time.Second
+	localPollWatched = 5 * time.Second // well inside loopStale: it is the loop's heartbeat too
 )
 
 func (s *localSource) heartbeat() time.Time { return time.Unix(0, s.beat.Load()) }

@@ -31,9 +31,12 @@ func (o *observation) loading() bool { return o.info["loading"] == "1" }
 func (o *observation) role() string { return o.info.role() }
 
 // Poll intervals: quick while redis-server starts or loads, so that probes
-// see progress; relaxed once it serves, at one INFO a second.
+// see progress; relaxed once it serves, at one INFO every two seconds. What
+// must be seen at once is told, not polled for: redis-server's exit by the
+// reaper, a handover's end and a role change by the reconciler's pokes.
+// Each look wakes an idle manager, and was most of what one cost.
 const (
-	pollServing  = time.Second
+	pollServing  = 2 * time.Second
 	pollStarting = 200 * time.Millisecond
 	redisTimeout = time.Second
 )
