@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"runtime/debug"
 	"strings"
 	"syscall"
 )
@@ -30,21 +29,9 @@ var (
 func main() {
 	// Before anything else, so that a SIGTERM at any moment is a clean stop.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	smallHeap()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(exitCode(err, os.Stderr))
-}
-
-// smallHeap makes the garbage collector keep the heap near what is live,
-// unless GOGC says otherwise: an idle manager's live heap is well under a
-// megabyte, and the default lets it grow to 4 MiB between collections,
-// which then stays resident. At a quarter of that, a collection comes every
-// 15 s or so when idle, at about a millisecond of CPU each.
-func smallHeap() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(25)
-	}
 }
 
 // configError is a mistake in how the manager was started: exit 2, one line.
