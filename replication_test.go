@@ -473,8 +473,8 @@ func reportHandoverSteps(b *testing.B, nodes []*instance, starts []time.Time) {
 	looks := 0
 	for _, t := range tookOver {
 		r := t.rec
-		if r["writesPaused"] == nil {
-			continue // no pause of its own: the role had moved already
+		if r["promotedAfterPause"] == nil {
+			continue // no promotion in a pause of its own: the role had moved already
 		}
 		// The view that asked for it came after the last trigger before.
 		viewAt := t.at.Add(-dur(r, "took")).Add(-dur(r, "afterView"))
