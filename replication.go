@@ -130,12 +130,14 @@ func promoteInPause(oc, nc redis.Conn, steps *handoverSteps) error {
 		return fmt.Errorf("%w: %v", errUnreachable, err)
 	}
 	// The offset after the pause: every acknowledged write is below it.
-	offset := parseInfo(replyString(replies[1])).int("master_repl_offset")
+	oldText, _ := redis.String(replies[1], nil)
+	offset := parseInfo(oldText).int("master_repl_offset")
 	first, err := looked()
 	if err != nil {
 		return fmt.Errorf("read the new primary's role: %w", err)
 	}
-	newInfo := parseInfo(replyString(first[0]))
+	newText, _ := redis.String(first[0], nil)
+	newInfo := parseInfo(newText)
 	// Already a master (a failover while this one was cut off, or a
 	// handover that stopped half way): the old one only has to follow,
 	// unless that would trade its data for an empty dataset.
@@ -261,12 +263,6 @@ func send(c redis.Conn, cmds ...[]any) func() ([]any, error) {
 }
 
 func cmd(name string, args ...any) []any { return append([]any{name}, args...) }
-
-// replyString is a bulk string reply as text.
-func replyString(r any) string {
-	b, _ := r.([]byte)
-	return string(b)
-}
 
 // stalledLink is how long a replica's offset may stand still, behind the
 // offset it must reach, before its replication link is renewed.
