@@ -75,6 +75,51 @@ func TestLocalSourceSeesChangesAsWritten(t *testing.T) {
 	quiet("another file beside the cluster file")
 }
 
+// A change inotify does not tell (here a write whose file is still open:
+// no IN_CLOSE_WRITE yet) is still seen by the poll, which reads only when
+// the file's stat moved; and an unmoved stat sends nothing.
+func TestLocalPollSeesAnUntoldChange(t *testing.T) {
+	dir := t.TempDir()
+	cf := filepath.Join(dir, "cluster.yaml")
+	cluster := func(target string) string {
+		return "apiVersion: redisoperator.io/v1\nkind: RedisCluster\nmetadata: {name: cache}\nspec: {instances: 3, targetPrimary: " + target + "}\n"
+	}
+	writeFile(t, cf, cluster("cache-0"))
+	s := newLocalSource(cf, "cache", "default", "cache-1", slog.New(slog.DiscardHandler))
+	s.pollWatched = 100 * time.Millisecond
+	f := newFeed()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.run(ctx, f)
+	select {
+	case <-f.views:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no first view")
+	}
+	select {
+	case v := <-f.views:
+		t.Fatalf("a view with nothing changed: %+v", v.cluster.Spec)
+	case <-time.After(500 * time.Millisecond):
+	}
+
+	w, err := os.OpenFile(cf, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.WriteString(cluster("cache-2")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case v := <-f.views:
+		if v.cluster.targetPrimary() != "cache-2" {
+			t.Fatalf("targetPrimary %q after the untold edit", v.cluster.targetPrimary())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("an edit inotify did not tell was not seen by the poll")
+	}
+}
+
 // A batch that lost events, or a watch whose directory went, is news: the
 // reader cannot know what changed.
 func TestLostInotifyEventsAreNews(t *testing.T) {

@@ -220,6 +220,7 @@ func (m *manager) start(ctx context.Context) {
 	if m.disc != nil {
 		m.loops.Go(func() { m.disc.serve(ctx, m.discLn) })
 	}
+	m.loops.Go(func() { trimFootprint(ctx, m.rec.observed, m.log) })
 	go func() { m.sup.run(ctx); close(m.supDone) }()
 	if m.inherited != nil {
 		// Probes are answered from the first look at the adopted

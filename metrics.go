@@ -102,7 +102,7 @@ func renderMetrics(ps *probeState, now time.Time) []byte {
 
 	i := ps.info
 	up := i != nil && now.Sub(ps.infoAt) < redisStale
-	m.one("redis_up", "gauge", "1 when redis-server answered the manager's last INFO (one a second).", flag01(up))
+	m.one("redis_up", "gauge", "1 when redis-server answered the manager's last INFO (one every 2.5 s).", flag01(up))
 	if !up {
 		return []byte(m.b.String()) // no figure rather than an old one
 	}

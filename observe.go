@@ -31,12 +31,13 @@ func (o *observation) loading() bool { return o.info["loading"] == "1" }
 func (o *observation) role() string { return o.info.role() }
 
 // Poll intervals: quick while redis-server starts or loads, so that probes
-// see progress; relaxed once it serves, at one INFO every two seconds. What
-// must be seen at once is told, not polled for: redis-server's exit by the
-// reaper, a handover's end and a role change by the reconciler's pokes.
-// Each look wakes an idle manager, and was most of what one cost.
+// see progress; relaxed once it serves, at one INFO every 2.5 s, every
+// other one on the 5 s beats of the other loops. What must be seen at once
+// is told, not polled for: redis-server's exit by the reaper, a handover's
+// end and a role change by the reconciler's pokes. Each look wakes an idle
+// manager, and was most of what one cost.
 const (
-	pollServing  = 2 * time.Second
+	pollServing  = 2500 * time.Millisecond
 	pollStarting = 200 * time.Millisecond
 	redisTimeout = time.Second
 )
@@ -91,7 +92,7 @@ func (o *observer) run(ctx context.Context) {
 		if obs.err != nil || obs.pingErr != nil || obs.loading() {
 			t.Reset(pollStarting)
 		} else {
-			t.Reset(pollServing)
+			t.Reset(untilBeat(pollServing)) // on the other loops' beats (footprint.go)
 		}
 	}
 }

@@ -95,8 +95,8 @@ func (r *reaper) hold() func() {
 // arrived while nothing listened (coalesced signals, a child adopted late).
 func (r *reaper) run(ctx context.Context) {
 	defer signal.Stop(r.sigchld)
-	sweep := time.NewTicker(5 * time.Second)
-	defer sweep.Stop()
+	sweep := newBeat(5 * time.Second)
+	defer sweep.stop()
 	for {
 		r.reapAll()
 		select {
@@ -104,6 +104,7 @@ func (r *reaper) run(ctx context.Context) {
 			return
 		case <-r.sigchld:
 		case <-sweep.C:
+			sweep.next()
 		}
 	}
 }

@@ -60,6 +60,7 @@ type reconciler struct {
 	viewSeq    uint64 // of the latest view applied
 	errSeq     uint64 // of the latest complaint
 	conf       string // redis.conf as last written
+	confDue    bool   // a view changed it while redis-server ran; written after the role step
 	writeErr   string // why redis.conf could not be written
 	fenced     bool
 	fenceErr   string // why the latest fence annotation was refused
@@ -109,11 +110,11 @@ func newReconciler(s *settings, log *slog.Logger, deps reconcilerDeps) *reconcil
 // few seconds at most), and what may take longer (a restore, a handover)
 // runs on a goroutine of its own, whose end comes back here.
 func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *observation) {
-	// The observer's looks, at least one a second, are what moves the
-	// reconciler; the tick only keeps it beating should they stop, and
-	// costs an idle pod a wakeup each time.
-	tick := time.NewTicker(5 * time.Second)
-	defer tick.Stop()
+	// The observer's looks, at least one every pollServing, are what moves
+	// the reconciler; the tick only keeps it beating should they stop, and
+	// falls on one of their beats (footprint.go).
+	tick := newBeat(5 * time.Second)
+	defer tick.stop()
 	defer r.stopping()
 	for {
 		r.publish()
@@ -133,12 +134,13 @@ func (r *reconciler) run(ctx context.Context, f *feed, observations <-chan *obse
 			// which the handover's end asks for: the last look is of before.
 			r.steps(func() { r.handoverEnded(res) })
 		case v := <-f.views:
-			r.steps(func() { r.takeView(v) }, r.enforceRole, r.syncTLS, r.rotateAuth, r.syncUsers)
+			r.steps(func() { r.takeView(v) }, r.enforceRole, r.writeDueConf, r.syncTLS, r.rotateAuth, r.syncUsers)
 		case e := <-f.errs:
 			r.takeSourceError(e)
 		case o := <-observations:
 			r.steps(func() { r.takeObservation(o) }, r.retryFragmentCheck, r.retryRestore, r.enforceRole, r.syncLive, r.syncTLS, r.rotateAuth, r.syncUsers)
 		case <-tick.C:
+			tick.next()
 			r.steps(r.retryRestore, r.retryGuard)
 		}
 	}
@@ -280,7 +282,13 @@ func (r *reconciler) applyView(v clusterView) {
 		r.setWanted(false) // never a configuration we did not check
 		return
 	}
-	if !r.writeConf() {
+	if r.sup.snapshot().running {
+		// redis-server reads redis.conf only when it starts: the write
+		// (two fsyncs, a millisecond or more, longer under load) comes
+		// after the role is enforced (writeDueConf), not on a
+		// switchover's path.
+		r.confDue = true
+	} else if !r.writeConf() {
 		return
 	}
 	waiting := !r.role.primary && r.role.replicaOf == ""
@@ -311,6 +319,14 @@ func (r *reconciler) takeFencing(annotations map[string]string) {
 		r.log.Info("fencing changed", "fenced", fenced)
 	}
 	r.fenced, r.fenceErr = fenced, ""
+}
+
+// writeDueConf writes the redis.conf a view deferred.
+func (r *reconciler) writeDueConf() {
+	if r.confDue {
+		r.confDue = false
+		r.writeConf()
+	}
 }
 
 // writeConf writes redis.conf for the accepted fragment and this pod, and

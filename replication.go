@@ -76,25 +76,29 @@ func (s handoverSteps) attrs(began time.Time) []any {
 // primary, the new one takes over once it holds every acknowledged write,
 // and the old one follows it.
 func handover(old, new redisNode, passwords []string) (steps handoverSteps, err error) {
-	oc, err := dialRedis(old.dial, passwords, old.tls, oldPrimaryTimeout)
+	oc, nc, err := dialBoth(old, new, passwords)
 	if err != nil {
-		return steps, fmt.Errorf("%w: %v", errUnreachable, err)
+		return steps, err
 	}
 	defer oc.Close()
-	nc, err := dialRedis(new.dial, passwords, new.tls, redisTimeout)
-	if err != nil {
-		return steps, fmt.Errorf("connect to the new primary: %w", err)
-	}
 	defer nc.Close()
-	oldInfo, err := infoReplication(oc)
-	if err != nil {
-		return steps, fmt.Errorf("%w: %v", errUnreachable, err)
+	// A first look at each, both under way at once: every round trip
+	// before the pause adds to the switchover.
+	lookedOld, lookedNew := send(oc, cmd("INFO", "replication")), send(nc, cmd("INFO", "replication"))
+	oldReply, oldErr := lookedOld()
+	newReply, newErr := lookedNew()
+	if oldErr != nil {
+		return steps, fmt.Errorf("%w: %v", errUnreachable, oldErr)
 	}
+	if newErr != nil {
+		return steps, fmt.Errorf("read the new primary's role: %w", newErr)
+	}
+	oldInfo, newInfo := infoOf(oldReply), infoOf(newReply)
 	if oldInfo.role() == "master" {
-		if err := promoteInPause(oc, nc, &steps); err != nil {
+		if err := promoteInPause(oc, nc, newInfo, &steps); err != nil {
 			return steps, err
 		}
-	} else if newInfo, err := infoReplication(nc); err != nil || newInfo.role() != "master" {
+	} else if newInfo.role() != "master" {
 		// Neither is master: the role is held elsewhere, not lost.
 		return steps, errOldNotMaster
 	}
@@ -103,15 +107,45 @@ func handover(old, new redisNode, passwords []string) (steps handoverSteps, err 
 	return steps, err
 }
 
+// dialBoth connects to the old primary and the new one at once. An old
+// primary that cannot be reached is errUnreachable: a failover's matter.
+func dialBoth(old, new redisNode, passwords []string) (oc, nc redis.Conn, err error) {
+	var newErr error
+	dialed := make(chan struct{})
+	go func() {
+		defer close(dialed)
+		nc, newErr = dialRedis(new.dial, passwords, new.tls, redisTimeout)
+	}()
+	oc, err = dialRedis(old.dial, passwords, old.tls, oldPrimaryTimeout)
+	<-dialed
+	switch {
+	case err != nil:
+		if nc != nil {
+			nc.Close()
+		}
+		return nil, nil, fmt.Errorf("%w: %v", errUnreachable, err)
+	case newErr != nil:
+		oc.Close()
+		return nil, nil, fmt.Errorf("connect to the new primary: %w", newErr)
+	}
+	return oc, nc, nil
+}
+
+// infoOf parses an INFO reply as send returns it.
+func infoOf(replies []any) redisInfo {
+	text, _ := redis.String(replies[0], nil)
+	return parseInfo(text)
+}
+
 // promoteInPause pauses writes on the old primary (oc) and promotes the
-// new one (nc) once it has applied every write acknowledged before the
-// pause, well inside the pause: once it lapsed, the old primary would take
-// writes again, and they would be lost.
-func promoteInPause(oc, nc redis.Conn, steps *handoverSteps) error {
+// new one (nc, of which ni is a look from just before) once it has applied
+// every write acknowledged before the pause, well inside the pause: once it
+// lapsed, the old primary would take writes again, and they would be lost.
+func promoteInPause(oc, nc redis.Conn, ni redisInfo, steps *handoverSteps) error {
 	// A new primary still copying the old one's dataset cannot catch up
 	// within a pause: pausing now would only hold writes back for nothing,
 	// once a second, for as long as its full sync takes.
-	if ni, err := infoReplication(nc); err == nil && ni.role() == "slave" && (ni["master_sync_in_progress"] == "1" || ni["master_link_status"] != "up") {
+	if ni.role() == "slave" && (ni["master_sync_in_progress"] == "1" || ni["master_link_status"] != "up") {
 		return fmt.Errorf("the new primary is still syncing from the old one; handing over once it has")
 	}
 	// The pause and the old primary's offset after it, and a look at the
@@ -130,14 +164,12 @@ func promoteInPause(oc, nc redis.Conn, steps *handoverSteps) error {
 		return fmt.Errorf("%w: %v", errUnreachable, err)
 	}
 	// The offset after the pause: every acknowledged write is below it.
-	oldText, _ := redis.String(replies[1], nil)
-	offset := parseInfo(oldText).int("master_repl_offset")
+	offset := infoOf(replies[1:]).int("master_repl_offset")
 	first, err := looked()
 	if err != nil {
 		return fmt.Errorf("read the new primary's role: %w", err)
 	}
-	newText, _ := redis.String(first[0], nil)
-	newInfo := parseInfo(newText)
+	newInfo := infoOf(first)
 	// Already a master (a failover while this one was cut off, or a
 	// handover that stopped half way): the old one only has to follow,
 	// unless that would trade its data for an empty dataset.

@@ -137,8 +137,8 @@ func (s *supervisor) publish() {
 
 // run owns redis-server until ctx ends, then stops it gracefully.
 func (s *supervisor) run(ctx context.Context) {
-	beat := time.NewTicker(5 * time.Second) // well inside loopStale; an idle pod should sleep
-	defer beat.Stop()
+	beat := newBeat(5 * time.Second) // well inside loopStale; an idle pod should sleep
+	defer beat.stop()
 	for {
 		s.publish()
 		select {
@@ -157,6 +157,7 @@ func (s *supervisor) run(ctx context.Context) {
 		case <-s.retryC:
 			s.retryStart()
 		case <-beat.C:
+			beat.next()
 		}
 	}
 }

@@ -39,7 +39,8 @@ func loadTLS(certFile, keyFile, caFile string, log *slog.Logger) (*tlsFiles, err
 	return t, nil
 }
 
-// fileStamp changes when any of the files does.
+// fileStamp changes when any of the files does (a write, a rename over it,
+// an entry added to a directory).
 func fileStamp(paths ...string) string {
 	var b strings.Builder
 	for _, p := range paths {

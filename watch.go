@@ -243,13 +243,14 @@ func (k *kubeSource) watch(ctx context.Context, f *feed, resync <-chan time.Time
 		return err
 	}
 	defer w.Stop()
-	beat := time.NewTicker(5 * time.Second)
-	defer beat.Stop()
+	beat := newBeat(5 * time.Second)
+	defer beat.stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-beat.C:
+			beat.next()
 			k.beat.Store(time.Now().UnixNano())
 		case <-resync:
 			k.emit(ctx, f, true)
