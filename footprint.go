@@ -42,6 +42,15 @@ import (
 // considered done: a replica's first sync and the first status write are.
 const trimAfter = 5 * time.Second
 
+// idleGCPercent is GOGC once the start is over, unless GOGC is set. An idle
+// manager's live heap is under a megabyte; at the default of 100 the heap
+// grows to the runtime's 4 MiB minimum between collections, and that stays
+// resident. At 50 the minimum is 2 MiB, for a collection every half minute
+// or so when idle. (At 25 the managers collected four times as often in
+// the moment of a switchover, while they decode watch events, and the
+// handover on the real API server took 17 ms p50 instead of 10.)
+const idleGCPercent = 50
+
 // trimFootprint waits for the start's work to end, then trims once.
 func trimFootprint(ctx context.Context, observed <-chan struct{}, log *slog.Logger) {
 	select {
@@ -57,6 +66,9 @@ func trimFootprint(ctx context.Context, observed <-chan struct{}, log *slog.Logg
 	before := residentKiB()
 	if err := unmapReadOnlyImage(); err != nil {
 		log.Warn("cannot release the start's pages of this binary", "error", err)
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(idleGCPercent)
 	}
 	debug.FreeOSMemory()
 	log.Info("released what the start used", "residentKiBBefore", before, "residentKiBAfter", residentKiB())

@@ -164,6 +164,9 @@ func (s *supervisor) run(ctx context.Context) {
 
 // follow starts or stops redis-server as the latest wish says.
 func (s *supervisor) follow() {
+	if !s.st.wanted && s.proc == nil {
+		s.stopStrayIfAny() // not wanted (fenced): nor is one a dead manager left (portholder.go)
+	}
 	switch {
 	case s.st.wanted && s.proc == nil && s.retryC == nil:
 		s.start()
@@ -178,6 +181,11 @@ func (s *supervisor) follow() {
 // start starts redis-server, or schedules a retry when it cannot.
 func (s *supervisor) start() {
 	s.retryC = nil
+	if why := s.clearPort(); why != "" {
+		s.refuse(why)
+		return
+	}
+	s.st.refused = ""
 	p, ch, conf, err := s.startRedis()
 	if err != nil {
 		s.log.Error("cannot start redis-server", "error", err)
@@ -278,7 +286,6 @@ func (s *supervisor) retryStart() {
 		s.refuse(why)
 		return
 	}
-	s.st.refused = ""
 	s.start()
 }
 
@@ -312,13 +319,18 @@ func (s *supervisor) startRedis() (*os.Process, <-chan syscall.WaitStatus, strin
 	}
 	defer devnull.Close()
 	s.tail.reset()
-	p, ch, err := s.reaper.start(func() (*os.Process, error) {
-		return os.StartProcess(s.redisServer, []string{s.redisServer, s.confPath}, &os.ProcAttr{
-			Dir:   s.dataDir,
-			Env:   os.Environ(),
-			Files: []*os.File{devnull, s.logW, s.logW},
-			Sys:   &syscall.SysProcAttr{Setpgid: true},
+	p, ch, err := s.reaper.start(func() (p *os.Process, err error) {
+		// From the main thread, with SIGTERM should the manager die
+		// (mainthread.go).
+		onMainThread(func() {
+			p, err = os.StartProcess(s.redisServer, []string{s.redisServer, s.confPath}, &os.ProcAttr{
+				Dir:   s.dataDir,
+				Env:   os.Environ(),
+				Files: []*os.File{devnull, s.logW, s.logW},
+				Sys:   &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM},
+			})
 		})
+		return p, err
 	})
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("start %s: %w", s.redisServer, err)

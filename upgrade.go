@@ -279,7 +279,9 @@ func execUpgrade(ctx context.Context, req upgradeRequest, exe, dataDir string, r
 	srv.quiesce(2 * time.Second)
 	err = errStopping
 	if ctx.Err() == nil {
-		err = syscall.Exec(exe, os.Args, append(os.Environ(), handoffEnv+"="+path))
+		// From the main thread, redis-server's parent: no other thread's
+		// end may send it its parent-death signal (mainthread.go).
+		onMainThread(func() { err = syscall.Exec(exe, os.Args, append(os.Environ(), handoffEnv+"="+path)) })
 	}
 	// Still here: the exec did not happen.
 	os.Remove(path)

@@ -262,7 +262,7 @@ func BenchmarkDiscoverySubscribers(b *testing.B) {
 // last primary.
 func BenchmarkSwitchoverAPIServer(b *testing.B) {
 	dyn, nodes, _ := startAPIServerCluster(b)
-	var took, patchCall, toView, handover []time.Duration
+	var took, patchCall, toView, afterView, handover []time.Duration
 	var acked int64
 	primary := 0
 	b.ResetTimer()
@@ -281,6 +281,7 @@ func BenchmarkSwitchoverAPIServer(b *testing.B) {
 		if at, r := tookOver(nodes[target].out.String()[logged:]); r != nil {
 			d := func(k string) time.Duration { v, _ := time.ParseDuration(fmt.Sprint(r[k])); return v }
 			toView = append(toView, at.Add(-d("took")).Add(-d("afterView")).Sub(patched))
+			afterView = append(afterView, d("afterView"))
 			handover = append(handover, d("took"))
 		}
 		eventually(b, 20*time.Second, "the old primary a ready replica", func() bool {
@@ -303,6 +304,7 @@ func BenchmarkSwitchoverAPIServer(b *testing.B) {
 	if len(toView) > 0 {
 		b.ReportMetric(percentileMS(toView, 0.5), "patch-to-view-p50-ms")
 		b.ReportMetric(percentileMS(toView, 0.99), "patch-to-view-p99-ms")
+		b.ReportMetric(percentileMS(afterView, 0.5), "view-to-handover-p50-ms")
 		b.ReportMetric(percentileMS(handover, 0.5), "handover-p50-ms")
 		b.ReportMetric(percentileMS(handover, 0.99), "handover-p99-ms")
 	}
