@@ -11,21 +11,22 @@ import (
 	"time"
 )
 
+// clusterDoc is a cluster file of one RedisCluster with its target primary.
+func clusterDoc(target string) string {
+	return "apiVersion: redisoperator.io/v1\nkind: RedisCluster\nmetadata: {name: cache}\nspec: {instances: 3, targetPrimary: " + target + "}\n"
+}
+
 // Local mode takes an edit of the cluster file, or another instance's new
 // entry, when it is written, not at the next poll: with the poll an hour
 // away, each still reaches the reconciler. The manager's own entry, a
 // temporary file and another file of the directory are no news.
 func TestLocalSourceSeesChangesAsWritten(t *testing.T) {
-	dir := t.TempDir()
-	cf := filepath.Join(dir, "cluster.yaml")
-	cluster := func(target string) string {
-		return "apiVersion: redisoperator.io/v1\nkind: RedisCluster\nmetadata: {name: cache}\nspec: {instances: 3, targetPrimary: " + target + "}\n"
-	}
-	writeFile(t, cf, cluster("cache-0"))
+	cf := filepath.Join(t.TempDir(), "cluster.yaml")
+	writeFile(t, cf, clusterDoc("cache-0"))
 	s := newLocalSource(cf, "cache", "default", "cache-1", slog.New(slog.DiscardHandler))
 	s.pollWatched = time.Hour
 	s.sentAt = time.Now()
-	s.lastFile, s.lastPeers = []byte(cluster("cache-0")), s.readPeers() // as after the first view
+	s.lastFile, s.lastPeers = []byte(clusterDoc("cache-0")), s.readPeers() // as after the first view
 	f := newFeed()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -54,24 +55,24 @@ func TestLocalSourceSeesChangesAsWritten(t *testing.T) {
 	}
 
 	// As sed -i edits it: a new file renamed over the old.
-	writeFileAtomic(cf, []byte(cluster("cache-2")), 0o644)
+	writeFileAtomic(cf, []byte(clusterDoc("cache-2")), 0o644)
 	if v := next("the file replaced"); v.cluster.targetPrimary() != "cache-2" {
 		t.Fatalf("targetPrimary %q after the edit", v.cluster.targetPrimary())
 	}
 	// As an editor saves in place: written and closed.
-	os.WriteFile(cf, []byte(cluster("cache-1")), 0o644)
+	os.WriteFile(cf, []byte(clusterDoc("cache-1")), 0o644)
 	if v := next("the file written in place"); v.cluster.targetPrimary() != "cache-1" {
 		t.Fatalf("targetPrimary %q after the edit", v.cluster.targetPrimary())
 	}
 	// Another instance's entry.
-	writeFileAtomic(filepath.Join(dir, "cluster.yaml.status", "cache-0.json"), []byte(`{"role": "master", "address": "10.0.0.1:6379"}`), 0o644)
+	writeFileAtomic(filepath.Join(filepath.Dir(cf), "cluster.yaml.status", "cache-0.json"), []byte(`{"role": "master", "address": "10.0.0.1:6379"}`), 0o644)
 	if v := next("cache-0's entry"); v.cluster.Status.InstancesStatus["cache-0"].Address != "10.0.0.1:6379" {
 		t.Fatalf("entries %v", v.cluster.Status.InstancesStatus)
 	}
 
-	writeFileAtomic(filepath.Join(dir, "cluster.yaml.status", "cache-1.json"), []byte(`{"role": "replica"}`), 0o644)
+	writeFileAtomic(filepath.Join(filepath.Dir(cf), "cluster.yaml.status", "cache-1.json"), []byte(`{"role": "replica"}`), 0o644)
 	quiet("this instance's own entry")
-	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(filepath.Dir(cf), "notes.txt"), []byte("x"), 0o644)
 	quiet("another file beside the cluster file")
 }
 
@@ -79,12 +80,8 @@ func TestLocalSourceSeesChangesAsWritten(t *testing.T) {
 // no IN_CLOSE_WRITE yet) is still seen by the poll, which reads only when
 // the file's stat moved; and an unmoved stat sends nothing.
 func TestLocalPollSeesAnUntoldChange(t *testing.T) {
-	dir := t.TempDir()
-	cf := filepath.Join(dir, "cluster.yaml")
-	cluster := func(target string) string {
-		return "apiVersion: redisoperator.io/v1\nkind: RedisCluster\nmetadata: {name: cache}\nspec: {instances: 3, targetPrimary: " + target + "}\n"
-	}
-	writeFile(t, cf, cluster("cache-0"))
+	cf := filepath.Join(t.TempDir(), "cluster.yaml")
+	writeFile(t, cf, clusterDoc("cache-0"))
 	s := newLocalSource(cf, "cache", "default", "cache-1", slog.New(slog.DiscardHandler))
 	s.pollWatched = 100 * time.Millisecond
 	f := newFeed()
@@ -107,7 +104,7 @@ func TestLocalPollSeesAnUntoldChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	if _, err := w.WriteString(cluster("cache-2")); err != nil {
+	if _, err := w.WriteString(clusterDoc("cache-2")); err != nil {
 		t.Fatal(err)
 	}
 	select {
