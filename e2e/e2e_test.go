@@ -61,6 +61,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if ports := os.Getenv(writerProcessEnv); ports != "" {
+		runWriterProcess(ports)
+		return
+	}
 	dir, err := os.MkdirTemp("", "redis-operator-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -496,6 +500,12 @@ type writer struct {
 
 func startWriter(t testing.TB, oldPort, newPort int) *writer {
 	w := &writer{stop: make(chan struct{}), done: make(chan struct{})}
+	go w.write(oldPort, newPort)
+	return w
+}
+
+// write is the writer's loop, until stop.
+func (w *writer) write(oldPort, newPort int) {
 	dial := func(port int) (net.Conn, *bufio.Reader) {
 		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
@@ -506,7 +516,7 @@ func startWriter(t testing.TB, oldPort, newPort int) *writer {
 		r.ReadString('\n')
 		return c, r
 	}
-	go func() {
+	func() {
 		defer close(w.done)
 		c, r := dial(oldPort)
 		onNew := false
@@ -544,7 +554,79 @@ func startWriter(t testing.TB, oldPort, newPort int) *writer {
 			c, onNew = nil, true
 		}
 	}()
+}
+
+// startWriterProcess is startWriter in a process of its own (this test
+// binary again, see writerProcessEnv): a client of its own, not one
+// sharing the test process's CPU and collections with the API server and
+// etcd it runs. Its figures come back over a pipe.
+func startWriterProcess(t testing.TB, oldPort, newPort int) *writer {
+	w := &writer{stop: make(chan struct{}), done: make(chan struct{})}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d,%d", writerProcessEnv, oldPort, newPort))
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		<-w.stop
+		stdin.Close()
+	}()
+	go func() {
+		defer close(w.done)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var acked, ackedNew, first int64
+			fmt.Sscan(sc.Text(), &acked, &ackedNew, &first)
+			w.mu.Lock()
+			w.acked, w.ackedNew = acked, ackedNew
+			if first != 0 {
+				w.firstNew = time.Unix(0, first)
+			}
+			w.mu.Unlock()
+		}
+		cmd.Wait()
+	}()
 	return w
+}
+
+// writerProcessEnv makes this test binary a writer (runWriterProcess):
+// "<old port>,<new port>".
+const writerProcessEnv = "E2E_WRITER_PORTS"
+
+// runWriterProcess writes until its stdin closes, and reports every few
+// milliseconds, and at the end: "<acked> <acked on the new> <first on the
+// new, Unix ns>".
+func runWriterProcess(ports string) {
+	var oldPort, newPort int
+	fmt.Sscanf(ports, "%d,%d", &oldPort, &newPort)
+	w := &writer{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		close(w.stop)
+	}()
+	go w.write(oldPort, newPort)
+	report := func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		var first int64
+		if !w.firstNew.IsZero() {
+			first = w.firstNew.UnixNano()
+		}
+		fmt.Printf("%d %d %d\n", w.acked, w.ackedNew, first)
+	}
+	tick := time.NewTicker(5 * time.Millisecond)
+	for {
+		select {
+		case <-tick.C:
+			report()
+		case <-w.done:
+			report()
+			return
+		}
+	}
 }
 
 func (w *writer) onNew() int64 {
