@@ -29,13 +29,13 @@ var (
 func main() {
 	// Before anything else, so that a SIGTERM at any moment is a clean stop.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	exit := make(chan int, 1)
-	go func() {
+	// The main thread starts redis-server and makes the upgrade's exec
+	// (mainthread.go); the manager runs beside it.
+	os.Exit(serveMainThread(func() int {
 		err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 		stop()
-		exit <- exitCode(err, os.Stderr)
-	}()
-	os.Exit(serveMainThread(exit)) // the main thread starts redis-server and makes the upgrade's exec (mainthread.go)
+		return exitCode(err, os.Stderr)
+	}))
 }
 
 // configError is a mistake in how the manager was started: exit 2, one line.

@@ -29,10 +29,14 @@ var (
 	mainThreadServing atomic.Bool
 )
 
-// serveMainThread runs what onMainThread sends, on the main thread, until
-// the manager's exit code comes, and returns it.
-func serveMainThread(exit <-chan int) int {
+// serveMainThread runs work on a goroutine of its own, and what
+// onMainThread sends on the main thread, until work returns its exit code.
+// The main thread serves before work begins: a redis-server started by
+// work is never started from another thread.
+func serveMainThread(work func() int) int {
 	mainThreadServing.Store(true)
+	exit := make(chan int, 1)
+	go func() { exit <- work() }()
 	for {
 		select {
 		case f := <-mainThread:

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +21,11 @@ func TestKilledManagerTakesItsRedisServerWithIt(t *testing.T) {
 	in := oneInstance(t, "appendonly yes\nappendfsync always")
 	in.waitReady(30 * time.Second)
 	redisPID := in.redisPID()
+	t.Cleanup(func() {
+		if alive(redisPID) { // the test failed: it must not outlive it
+			syscall.Kill(redisPID, syscall.SIGKILL)
+		}
+	})
 
 	var acked atomic.Int64
 	writing := make(chan struct{})
