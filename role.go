@@ -192,11 +192,15 @@ func (r *reconciler) handOff() {
 	}
 	if r.role.replicaOf == "" || time.Since(r.demoteSince) < handoverGrace {
 		r.holdWrites()
-		// The take-over is the target's manager's doing, which this one
-		// learns of only by looking: soon, not in pollServing, so that
-		// this instance's entry, its discovery port and a switchover
-		// back to it right after go by what it is now.
-		time.AfterFunc(pollStarting, r.pokeObserver)
+		if r.role.replicaOf != "" {
+			// The take-over is the target's manager's doing, which this
+			// one learns of only by looking: soon, not in pollServing, so
+			// that this instance's entry, its discovery port and a
+			// switchover back to it right after go by what it is now.
+			// (Not while the target is unreachable, fenced say: the hold
+			// can last, and needs no quick looks.)
+			time.AfterFunc(pollStarting, r.pokeObserver)
+		}
 		return
 	}
 	me, creds, target := r.me(), r.creds.list(), r.peer(r.role.replicaOf)
